@@ -1,0 +1,76 @@
+# Accordion developer entry points. `make help` lists them; `make test` and `make demo` are the
+# two a newcomer needs, and both install whatever is missing first.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+UV_VERSION := 0.13.8
+CACHE ?= $(or $(ACCORDION_CACHE),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/accordion)
+UV := $(CACHE)/uv-$(UV_VERSION)/bin/uv
+VENV := .venv
+PY := $(VENV)/bin/python
+export ACCORDION_CACHE := $(CACHE)
+export PATH := $(CURDIR)/$(VENV)/bin:$(CACHE)/bin:$(PATH)
+
+.PHONY: help
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
+
+$(UV):
+	python3 -m venv $(CACHE)/uv-$(UV_VERSION)
+	$(CACHE)/uv-$(UV_VERSION)/bin/pip install --quiet uv==$(UV_VERSION)
+
+.PHONY: deps deps-python deps-system deps-bin
+deps: deps-system deps-python deps-bin ## install everything (idempotent; cached by pinned versions)
+
+deps-python: $(UV) ## Python venv from uv.lock (+ the cached Horovod wheel)
+	$(UV) sync --frozen --extra trainer
+	@if [[ -x trainer/build-horovod.sh ]]; then trainer/build-horovod.sh "$(UV)" "$(PY)"; fi
+
+deps-system: ## Debian packages: prometheus/promtool
+	@if ! command -v promtool >/dev/null; then \
+	  echo "[deps] installing Debian prometheus (prometheus + promtool)"; \
+	  SUDO=$$( [[ $$(id -u) -eq 0 ]] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	fi
+
+deps-bin: ## Go-built binaries: etcd, kube-*, kubectl, kwok, helm, minio
+	@e2e/build.sh >/dev/null
+
+.PHONY: lint typecheck fmt
+lint: deps-python ## ruff, import-linter, hadolint
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
+	@if compgen -G 'Dockerfile.*' >/dev/null; then $(VENV)/bin/hadolint Dockerfile.*; fi
+
+fmt: deps-python ## apply ruff fixes and formatting
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+typecheck: deps-python ## mypy (strict on the operator)
+	$(VENV)/bin/mypy
+
+.PHONY: test test-unit test-cluster
+test: deps lint typecheck ## install what is missing, then lint, types and every test tier
+	$(PY) -m pytest
+
+test-unit: deps-python ## pure-logic tests only (no cluster)
+	$(PY) -m pytest tests/unit
+
+.PHONY: cluster-up cluster-down cluster-status
+cluster-up: deps ## start the local cluster (control plane, GPU nodes, MinIO, Prometheus)
+	$(PY) -m accordion_dev cluster up
+
+cluster-down: ## stop the local cluster and everything it started
+	$(PY) -m accordion_dev cluster down
+
+cluster-status: ## show each component of the local cluster
+	$(PY) -m accordion_dev cluster status
+
+.PHONY: bench
+bench: deps ## run the benchmarks under benchmarks/ (writes results as data)
+	$(PY) -m benchmarks
+
+.PHONY: clean
+clean: ## remove the venv and build outputs (keeps the binary cache)
+	rm -rf $(VENV) .accordion .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Builds the local cluster's binaries from pinned Go modules (through the Go module proxy) into
+# a cache keyed by those pins, so a warm machine skips the build. Prints the bin directory.
+#
+#   e2e/build.sh            build what is missing, print the bin dir on stdout
+#   e2e/build.sh --check    exit 0 if everything is cached, 1 otherwise
+#
+# Pins live here and in e2e/kube/go.mod (Kubernetes, etcd); change them together.
+set -euo pipefail
+
+KWOK_VERSION=v0.8.0
+HELM_VERSION=v4.3.1
+MINIO_VERSION=v0.0.0-20260212201848-7aac2a2c5b7c  # github.com/minio/minio, commit 7aac2a2c5b7c
+KUBE_VERSION=v1.36.3                                # must match e2e/kube/go.mod
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cache="${ACCORDION_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/accordion}"
+export GOFLAGS="-buildvcs=false -trimpath"
+export CGO_ENABLED=0
+
+key() { # hash of everything that determines one binary
+  { go env GOVERSION; printf '%s\n' "$@"; } | sha256sum | cut -c1-16
+}
+kube_key=$(key "$KUBE_VERSION" "$(cat "$here/kube/go.mod" "$here/kube/go.sum" "$here"/kube/*.go)")
+kwok_key=$(key "$KWOK_VERSION" stages-v2)
+helm_key=$(key "$HELM_VERSION")
+minio_key=$(key "$MINIO_VERSION")
+
+bin="$cache/bin"
+want=("kube:$kube_key" "kwok:$kwok_key" "helm:$helm_key" "minio:$minio_key")
+
+missing=()
+for w in "${want[@]}"; do
+  name=${w%%:*} k=${w#*:}
+  [[ -x "$cache/store/$name-$k/$name" ]] || missing+=("$name")
+done
+if [[ "${1:-}" == "--check" ]]; then
+  [[ ${#missing[@]} -eq 0 ]]
+  exit
+fi
+
+step() { printf '\033[1m[build]\033[0m %s\n' "$*" >&2; }
+total=${#missing[@]} n=0
+for name in "${missing[@]}"; do
+  n=$((n + 1))
+  start=$SECONDS
+  case $name in
+    kube)
+      out="$cache/store/kube-$kube_key"
+      step "($n/$total) etcd + kube-apiserver + scheduler + controller-manager + kubectl $KUBE_VERSION (the long one: ~4-20 min cold, by CPU)"
+      ver="-X k8s.io/component-base/version.gitVersion=$KUBE_VERSION \
+        -X k8s.io/component-base/version.gitMajor=1 \
+        -X k8s.io/component-base/version.gitMinor=$(cut -d. -f2 <<<"$KUBE_VERSION") \
+        -X k8s.io/component-base/version.gitTreeState=clean \
+        -X k8s.io/component-base/version.buildDate=1970-01-01T00:00:00Z"
+      ldflags="-s -w $ver ${ver//k8s.io\/component-base\/version/k8s.io/client-go/pkg/version}"
+      (cd "$here/kube" && go build -ldflags "$ldflags" -o "$out.tmp/kube" .)
+      ;;
+    kwok)  out="$cache/store/kwok-$kwok_key";  step "($n/$total) kwok $KWOK_VERSION"
+           GOBIN="$out.tmp" go install -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
+           # kwok's binary has no built-in lifecycle: take the stages kwokctl uses from the
+           # same pinned module (node-fast, heartbeat with lease, pod-fast).
+           src=$(go mod download -json "sigs.k8s.io/kwok@$KWOK_VERSION" | sed -n 's/.*"Dir": "\(.*\)",/\1/p')
+           mkdir -p "$out.tmp/stages"
+           cp "$src"/kustomize/stage/node/fast/node-initialize.yaml \
+              "$src"/kustomize/stage/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml \
+              "$src"/kustomize/stage/pod/fast/pod-*.yaml "$out.tmp/stages/"
+           chmod -R u+w "$out.tmp/stages" ;;
+    helm)  out="$cache/store/helm-$helm_key";  step "($n/$total) helm $HELM_VERSION"
+           GOBIN="$out.tmp" go install -ldflags "-s -w -X helm.sh/helm/v4/internal/version.version=$HELM_VERSION" "helm.sh/helm/v4/cmd/helm@$HELM_VERSION" ;;
+    minio) out="$cache/store/minio-$minio_key"; step "($n/$total) minio $MINIO_VERSION"
+           GOBIN="$out.tmp" go install -ldflags "-s -w" "github.com/minio/minio@$MINIO_VERSION" ;;
+  esac
+  rm -rf "$out" && mv "$out.tmp" "$out"  # publish atomically: a killed build leaves no half binary
+  step "    done in $((SECONDS - start)) s"
+done
+
+# A stable bin dir of links into the store, rebuilt every time (cheap) so it follows the pins.
+mkdir -p "$bin"
+ln -sfn "$cache/store/kube-$kube_key/kube" "$bin/kube"
+for tool in etcd kube-apiserver kube-scheduler kube-controller-manager kubectl; do
+  ln -sfn kube "$bin/$tool"
+done
+ln -sfn "$cache/store/kwok-$kwok_key/kwok" "$bin/kwok"
+ln -sfn "$cache/store/kwok-$kwok_key/stages" "$bin/kwok-stages"
+ln -sfn "$cache/store/helm-$helm_key/helm" "$bin/helm"
+ln -sfn "$cache/store/minio-$minio_key/minio" "$bin/minio"
+echo "$bin"

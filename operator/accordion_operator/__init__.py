@@ -1,0 +1,1 @@
+"""operator/accordion_operator"""
