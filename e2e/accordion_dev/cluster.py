@@ -203,12 +203,12 @@ class Cluster:
         self._step(log, "kube-controller-manager + kube-scheduler", lambda: self._start_ctrl(bins))
         self._step(log, "MinIO", lambda: self._start_minio(bins))
         self._step(log, "Prometheus", self._start_prometheus)
-        if self.config.kwok_nodes:
-            self._step(
-                log,
-                f"kwok + {self.config.kwok_nodes} simulated GPU nodes",
-                lambda: self._start_kwok(bins),
-            )
+        # kwok always runs (cheap), so simulated nodes can be added later (benchmarks, tests).
+        self._step(
+            log,
+            f"kwok + {self.config.kwok_nodes} simulated GPU nodes",
+            lambda: self._start_kwok(bins),
+        )
         if self.config.process_nodes:
             self._step(log, f"{self.config.process_nodes} process nodes", self._start_process_nodes)
 

@@ -1,0 +1,82 @@
+"""Helpers shared by the benchmarks: a private local cluster and result files."""
+
+from __future__ import annotations
+
+import json
+import platform
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from accordion_dev.cluster import Cluster, ClusterConfig
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def free_base_port(size: int = 9) -> int:
+    for base in range(36400, 50000, 17):
+        try:
+            for port in range(base, base + size):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError("no free port block")
+
+
+@contextmanager
+def private_cluster(**overrides: Any) -> Iterator[Cluster]:
+    """A throwaway cluster on free ports in a temporary directory."""
+    with tempfile.TemporaryDirectory(prefix="accordion-bench-") as tmp:
+        cfg = ClusterConfig(state_dir=Path(tmp), base_port=free_base_port(), kwok_nodes=0)
+        for key, value in overrides.items():
+            setattr(cfg, key, value)
+        c = Cluster(cfg)
+        c.up()
+        try:
+            yield c
+        finally:
+            c.down()
+
+
+def machine() -> dict[str, Any]:
+    cpu = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ),
+        "unknown",
+    )
+    mem_kb = int(Path("/proc/meminfo").read_text().split()[1])
+    rev = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    return {
+        "cpu": cpu,
+        "cores": len(
+            [
+                ln
+                for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("processor")
+            ]
+        ),
+        "memory_gib": round(mem_kb / 2**20, 1),
+        "python": platform.python_version(),
+        "commit": rev,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def write_result(name: str, data: dict[str, Any]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps({"benchmark": name, "machine": machine(), **data}, indent=2) + "\n")
+    print(f"[bench] wrote {path}")
+    return path
