@@ -67,6 +67,20 @@ cluster-down: ## stop the local cluster and everything it started
 cluster-status: ## show each component of the local cluster
 	$(PY) -m accordion_dev cluster status
 
+.PHONY: demo demo-down
+demo: deps ## the main job: local cluster, operator, an elastic MNIST run, an experiment
+	$(PY) -m accordion_dev demo
+
+demo-down: ## stop everything the demo started
+	$(PY) -m accordion_dev cluster down
+
+.PHONY: chart-sync chart-test
+chart-sync: deps-python ## copy crds/ into the Helm chart and regenerate its Grafana dashboards
+	$(PY) helm/sync.py
+
+chart-test: deps ## Helm chart: lint, template tests, promtool alert tests, image recipe
+	$(PY) -m pytest tests/chart tests/images tests/unit/operator/test_metrics.py
+
 .PHONY: bench
 bench: deps ## run the benchmarks under benchmarks/ (writes results as data)
 	$(PY) -m benchmarks

@@ -55,6 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     down = verbs.add_parser("down", help="stop everything the cluster started")
     down.add_argument("--purge", action="store_true", help="also delete the state directory")
 
+    demo = groups.add_parser("demo", help="the end-to-end demo (make demo)")
+    demo.add_argument("--ci", action="store_true", help="non-interactive, short training")
+    fetch = groups.add_parser("fetch", help="download s3://bucket/prefix from the local MinIO")
+    fetch.add_argument("uri")
+    fetch.add_argument("dest")
+
     # Process-node commands (stop/start/cordon/drain) live with the node agent.
     if importlib.util.find_spec("accordion_dev.nodecli") is not None:
         from accordion_dev import nodecli
@@ -62,7 +68,19 @@ def main(argv: list[str] | None = None) -> int:
         nodecli.add_parser(groups)
 
     args = parser.parse_args(argv)
+    if args.group == "demo":
+        from accordion_dev import demo as demo_mod
+
+        extra = ["--ci"] if args.ci else []
+        extra += ["--state-dir", args.state_dir] if args.state_dir else []
+        extra += ["--base-port", str(args.base_port)] if args.base_port else []
+        return demo_mod.main(extra)
     try:
+        if args.group == "fetch":
+            from accordion_dev.demo import fetch as fetch_uri
+
+            fetch_uri(args.uri, args.dest, _cluster_from(args))
+            return 0
         if args.group == "cluster":
             c = _cluster_from(args)
             if args.verb == "up":

