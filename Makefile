@@ -26,11 +26,11 @@ deps-python: $(UV) ## Python venv from uv.lock (+ the cached Horovod wheel)
 	$(UV) sync --frozen --extra trainer
 	@if [[ -x trainer/build-horovod.sh ]]; then trainer/build-horovod.sh "$(UV)" "$(PY)"; fi
 
-deps-system: ## Debian packages: prometheus/promtool
-	@if ! command -v promtool >/dev/null; then \
-	  echo "[deps] installing Debian prometheus (prometheus + promtool)"; \
+deps-system: ## Debian packages: prometheus/promtool, openssh-server (the trainer's workers serve SSH)
+	@if ! command -v promtool >/dev/null || [[ ! -x /usr/sbin/sshd ]]; then \
+	  echo "[deps] installing Debian packages: prometheus openssh-server"; \
 	  SUDO=$$( [[ $$(id -u) -eq 0 ]] || echo sudo ); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus openssh-server >/dev/null; \
 	fi
 
 deps-bin: ## Go-built binaries: etcd, kube-*, kubectl, kwok, helm, minio
@@ -41,6 +41,9 @@ lint: deps-python ## ruff, import-linter, hadolint
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
+	$(PY) -m accordion_operator.crdgen --check
+	$(PY) -m accordion_operator.crdgen_experiment --check
+	$(PY) helm/sync.py --check
 	@if compgen -G 'Dockerfile.*' >/dev/null; then $(VENV)/bin/hadolint Dockerfile.*; fi
 
 fmt: deps-python ## apply ruff fixes and formatting
@@ -73,6 +76,12 @@ demo: deps ## the main job: local cluster, operator, an elastic MNIST run, an ex
 
 demo-down: ## stop everything the demo started
 	$(PY) -m accordion_dev cluster down
+
+.PHONY: crds
+crds: deps-python ## regenerate crds/ from the Python models, then the chart's copies
+	$(PY) -m accordion_operator.crdgen
+	$(PY) -m accordion_operator.crdgen_experiment
+	$(PY) helm/sync.py
 
 .PHONY: chart-sync chart-test
 chart-sync: deps-python ## copy crds/ into the Helm chart and regenerate its Grafana dashboards

@@ -437,6 +437,20 @@ class Cluster:
             ],
         )
         self._wait("prometheus", lambda: self._get_ok(f"{self.prometheus_url}/-/ready"), p)
+        # Debian's Prometheus is built without Kubernetes service discovery; a small process
+        # does its job for pods (see accordion_dev.podsd).
+        self.procs.start(
+            "pod-discovery",
+            [
+                sys.executable,
+                "-m",
+                "accordion_dev.podsd",
+                "--state-dir",
+                str(self.state_dir),
+                "--base-port",
+                str(self.ports.base),
+            ],
+        )
 
     def add_scrape_target(
         self,

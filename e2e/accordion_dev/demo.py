@@ -70,9 +70,24 @@ class Demo:
         if any(p.name == "operator" and p.alive() for p in self.c.procs.load()):
             console.print("operator already running")
             return
-        env = {"KUBECONFIG": str(self.c.kubeconfig), "ACCORDION_LOG_LEVEL": "INFO"}
-        p = self.c.procs.start("operator", [sys.executable, "-m", "accordion_operator"], env=env)
-        console.print(f"operator running (pid {p.pid}, log {p.log})")
+        # The chart's defaults, as environment (docs/helm.md: running the operator as a
+        # process from the same values); ports next to the cluster's own so demos don't clash.
+        health, metrics = self.c.ports.base + 10, self.c.ports.base + 11
+        env = {
+            "KUBECONFIG": str(self.c.kubeconfig),
+            "ACCORDION_LOG_LEVEL": "INFO",
+            "ACCORDION_HEALTH_PORT": str(health),
+            "ACCORDION_OPERATOR_METRICS_PORT": str(metrics),
+            # process nodes run pods as this machine's user; fsGroup means nothing there
+            "ACCORDION_POD_FS_GROUP": "0",
+        }
+        p = self.c.procs.start(
+            "operator",
+            [sys.executable, "-m", "accordion_operator"],
+            env=env,
+        )
+        self.c.add_scrape_target("operator", f"127.0.0.1:{metrics}", {"job": "accordion-operator"})
+        console.print(f"operator running (pid {p.pid}, log {p.log}, metrics :{metrics})")
 
     # ---- 3. data ------------------------------------------------------------------------
     def upload_data(self) -> None:

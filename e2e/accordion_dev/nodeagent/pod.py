@@ -40,8 +40,10 @@ from accordion_dev.nodeagent.status import (
     exit_reason,
 )
 from accordion_dev.nodeagent.volumes import (
+    Mount,
     VolumeError,
     decode_data,
+    etc_hosts,
     materialise,
     mounts_for,
 )
@@ -257,6 +259,11 @@ class PodRunner:
                 runtime.remove_cgroup_tree(root / self.uid, timeout=1.0)
 
     @property
+    def hostname(self) -> str:
+        """spec.hostname if set, else the pod name (kubelet's rule)."""
+        return str(self.pod["spec"].get("hostname") or self.name)
+
+    @property
     def alive(self) -> bool:
         return any(r.proc.poll() is None for r in self.running.values())
 
@@ -329,7 +336,7 @@ class PodRunner:
         devs = visible_devices(self.devices.get(c.name, []))
         base = {
             **self.ctx.base_env,
-            "HOSTNAME": self.name,
+            "HOSTNAME": self.hostname,
             "POD_IP": self.pod_ip,
             "CUDA_VISIBLE_DEVICES": devs,
             "NVIDIA_VISIBLE_DEVICES": devs or "void",
@@ -349,6 +356,12 @@ class PodRunner:
             )
             argv = command_line(spec, env)
             mounts = mounts_for(spec, self.volumes, term_file)
+            if self.ctx.isolate:
+                # kubelet manages /etc/hosts so the pod's hostname resolves to its own IP
+                # (Gloo, MPI and friends look their hostname up to pick an address).
+                hosts = self.dir / "etc-hosts"
+                hosts.write_text(etc_hosts(self.pod_ip, self.hostname))
+                mounts = [*mounts, Mount(hosts, "/etc/hosts", read_only=False, is_file=True)]
             if hidden := runtime.shadowing(mounts, self.ctx.protected):
                 raise VolumeError(
                     f"on a process node (no own root filesystem) these mountPaths would hide "
@@ -374,7 +387,7 @@ class PodRunner:
                 env,
                 spec.get("workingDir", ""),
                 mounts,
-                self.name,
+                self.hostname,
                 self.dir / f"{c.name}.log",
                 cgroup,
                 self.ctx.isolate,

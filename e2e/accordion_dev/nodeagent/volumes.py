@@ -34,6 +34,15 @@ class Mount:
     is_file: bool
 
 
+def etc_hosts(pod_ip: str, hostname: str) -> str:
+    """The pod's /etc/hosts as kubelet writes it: localhost plus its hostname at its IP."""
+    return (
+        "# Kubernetes-managed hosts file (accordion process node).\n"
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+        f"{pod_ip}\t{hostname}\n"
+    )
+
+
 def _write(root: Path, rel: str, data: bytes, mode: int) -> None:
     p = (root / rel).resolve()
     if not p.is_relative_to(root.resolve()):

@@ -155,3 +155,11 @@ def test_decode_data_of_secrets_and_configmaps() -> None:
         "binaryData": {"b": base64.b64encode(b"B").decode()},
     }
     assert decode_data(cm) == {"t": b"text", "b": b"B"}
+
+
+def test_etc_hosts_resolves_the_pod_hostname_to_its_ip() -> None:
+    from accordion_dev.nodeagent.volumes import etc_hosts
+
+    lines = etc_hosts("127.104.0.3", "mnist-worker-0").splitlines()
+    assert "127.104.0.3\tmnist-worker-0" in lines
+    assert "127.0.0.1\tlocalhost" in lines

@@ -1,0 +1,240 @@
+"""Operator at scale: N one-worker TrainingRuns on M kwok nodes with 8 GPUs each.
+
+    .venv/bin/python benchmarks/operator_scale.py --runs 10000 --nodes 1000
+
+Starts its own local cluster (accordion_dev.cluster, state in a temporary directory), applies the
+CRD, starts `python -m accordion_operator` (cluster-wide, default settings), creates the runs as
+fast as the apiserver takes them and measures the time until every run is admitted with its
+worker pod created, plus the operator's peak RSS (VmHWM). Issue 4 targets: <= 60 s, <= 400 MB at
+10,000 runs x 1,000 nodes. Writes benchmarks/results/operator_scale[-<runs>x<nodes>].json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from accordion_dev.cluster import Cluster, ClusterConfig
+
+REPO = Path(__file__).resolve().parents[1]
+OUT_DIR = REPO / "benchmarks" / "results"
+TR = "/apis/accordion.dev/v1alpha1/namespaces/{ns}/trainingruns"
+META_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
+
+
+def free_base_port() -> int:
+    for base in range(36400, 60000, 17):
+        try:
+            for port in range(base, base + 9):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+    raise RuntimeError("no free ports")
+
+
+def run_body(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "accordion.dev/v1alpha1",
+        "kind": "TrainingRun",
+        "metadata": {"name": name},
+        "spec": {
+            "model": {"builtin": "mnist-cnn"},
+            "results": {
+                "endpoint": "minio.local:9000",
+                "bucket": "results",
+                "credentialsSecret": {"name": "s3"},
+            },
+            "workers": {"min": 1, "max": 1, "gpusPerWorker": 1},
+            "tolerations": [{"operator": "Exists"}],
+        },
+    }
+
+
+async def create_runs(cluster: Cluster, namespaces: list[str], runs: int, conc: int) -> float:
+    ctx = ssl.create_default_context(cafile=str(cluster.pki / "ca.crt"))
+    ctx.load_cert_chain(str(cluster.pki / "admin.crt"), str(cluster.pki / "admin.key"))
+    sem = asyncio.Semaphore(conc)
+    client = httpx.AsyncClient(
+        base_url=cluster.server,
+        verify=ctx,
+        timeout=60,
+        limits=httpx.Limits(max_connections=conc),
+    )
+    t0 = time.monotonic()
+
+    async def one(i: int) -> None:
+        ns = namespaces[i % len(namespaces)]
+        async with sem:
+            for _ in range(5):
+                r = await client.post(TR.format(ns=ns), json=run_body(f"r{i:05d}"))
+                if r.status_code in (201, 409):
+                    return
+                await asyncio.sleep(0.5)
+            raise RuntimeError(f"create r{i}: {r.status_code} {r.text[:200]}")
+
+    await asyncio.gather(*(one(i) for i in range(runs)))
+    await client.aclose()
+    return time.monotonic() - t0
+
+
+def count_workers(http: httpx.Client) -> int:
+    r = http.get(
+        "/api/v1/pods",
+        params={"labelSelector": "accordion.dev/role=worker", "resourceVersion": "0"},
+        headers={"Accept": META_LIST},
+    )
+    r.raise_for_status()
+    return len(r.json().get("items") or [])
+
+
+def count_admitted(http: httpx.Client) -> int:
+    r = http.get("/apis/accordion.dev/v1alpha1/trainingruns", params={"resourceVersion": "0"})
+    r.raise_for_status()
+    return sum(
+        1
+        for it in r.json()["items"]
+        if any(
+            c["type"] == "Admitted" and c["status"] == "True"
+            for c in (it.get("status") or {}).get("conditions") or []
+        )
+    )
+
+
+def vm_hwm_mb(pid: int) -> float:
+    text = Path(f"/proc/{pid}/status").read_text()
+    m = re.search(r"VmHWM:\s+(\d+) kB", text)
+    return int(m.group(1)) / 1024 if m else float("nan")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=10_000)
+    ap.add_argument("--nodes", type=int, default=1_000)
+    ap.add_argument("--namespaces", type=int, default=10)
+    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--timeout", type=float, default=900)
+    args = ap.parse_args()
+    state = Path(tempfile.mkdtemp(prefix="accordion-bench-"))
+    cluster = Cluster(
+        ClusterConfig(state_dir=state, base_port=free_base_port(), kwok_nodes=args.nodes)
+    )
+    t_up = time.monotonic()
+    cluster.up(log=lambda line: print(line, flush=True))
+    up_s = time.monotonic() - t_up
+    op: subprocess.Popen[bytes] | None = None
+    result: dict[str, Any] = {}
+    try:
+        cluster.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
+        cluster.kubectl(
+            "wait", "--for=condition=Established", "--timeout=60s", "crd/trainingruns.accordion.dev"
+        )
+        namespaces = [f"bench-{i}" for i in range(args.namespaces)]
+        with cluster.http() as http:
+            for ns in namespaces:
+                http.post("/api/v1/namespaces", json={"metadata": {"name": ns}}).raise_for_status()
+                for _ in range(100):
+                    if (
+                        http.get(f"/api/v1/namespaces/{ns}/serviceaccounts/default").status_code
+                        == 200
+                    ):
+                        break
+                    time.sleep(0.2)
+                http.post(
+                    f"/api/v1/namespaces/{ns}/secrets",
+                    json={
+                        "metadata": {"name": "s3"},
+                        "stringData": {"accessKey": "a", "secretKey": "b"},
+                    },
+                ).raise_for_status()
+        log_path = state / "operator.log"
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(cluster.kubeconfig),
+            "ACCORDION_HEALTH_PORT": str(free_base_port() + 20),
+            "ACCORDION_OPERATOR_METRICS_PORT": str(free_base_port() + 21),
+        }
+        op = subprocess.Popen(
+            [sys.executable, "-m", "accordion_operator"],
+            env=env,
+            stdout=log_path.open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+        time.sleep(3)
+        t0 = time.monotonic()
+        create_s = asyncio.run(create_runs(cluster, namespaces, args.runs, args.concurrency))
+        print(f"[bench] {args.runs} runs created in {create_s:.1f} s", flush=True)
+        samples: list[tuple[float, int]] = []
+        with cluster.http(timeout=120) as http:
+            while True:
+                n = count_workers(http)
+                elapsed = time.monotonic() - t0
+                samples.append((round(elapsed, 1), n))
+                print(f"[bench] t={elapsed:6.1f} s worker pods {n}", flush=True)
+                if n >= args.runs or elapsed > args.timeout:
+                    break
+                time.sleep(2)
+            done_s = time.monotonic() - t0
+            admitted = count_admitted(http)
+        rss = vm_hwm_mb(op.pid)
+        passes = [
+            line
+            for line in log_path.read_text().splitlines()
+            if "accordion.controller: pass" in line
+        ]
+        result = {
+            "benchmark": "operator_scale",
+            "runs": args.runs,
+            "nodes": args.nodes,
+            "gpus_per_node": 8,
+            "namespaces": args.namespaces,
+            "cluster_up_seconds": round(up_s, 1),
+            "create_runs_seconds": round(create_s, 1),
+            "all_admitted_with_pods_seconds": round(done_s, 1),
+            "runs_admitted": admitted,
+            "worker_pods": samples[-1][1],
+            "operator_peak_rss_mb": round(rss, 1),
+            "targets": {"seconds": 60, "rss_mb": 400, "at": "10000 runs x 1000 nodes"},
+            "progress": samples[:: max(1, len(samples) // 40)],
+            "operator_passes_tail": passes[-8:],
+            "python": platform.python_version(),
+            "machine": "shared 2-core VM: apiserver, etcd, scheduler, kwok and the operator on "
+            "the same 2 cores",
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+    finally:
+        if op is not None:
+            op.terminate()
+            try:
+                op.wait(20)
+            except subprocess.TimeoutExpired:
+                op.kill()
+        cluster.down(purge=True)
+    name = (
+        "operator_scale.json"
+        if (args.runs, args.nodes) == (10_000, 1_000)
+        else (f"operator_scale-{args.runs}x{args.nodes}.json")
+    )
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    (OUT_DIR / name).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in result.items() if k not in ("progress",)}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,63 @@
+{{/*
+The operator's permissions, least privilege: exactly the calls in operator/accordion_operator/
+(kube.py, handlers.py) plus what it grants each run's launcher (builders.build_role: RBAC lets
+only holders grant). tests/chart/test_chart_rbac.py derives that set from the code and compares.
+"Framework:" rules are what kopf itself needs; "Application:" rules are Accordion's.
+*/}}
+
+{{/* Rules within the watched namespaces (a Role each, or part of the ClusterRole). */}}
+{{- define "accordion.rbac.namespacedRules" -}}
+# Application: watch TrainingRuns (kopf event handler + periodic LIST); delete finished ones
+# after spec.ttlSecondsAfterFinished. An Experiment creates its trials as TrainingRuns and
+# patches a trial's spec to stop it (pruning).
+- apiGroups: [accordion.dev]
+  resources: [trainingruns]
+  verbs: [list, watch, create, patch, delete]
+# Application: watch Experiments (kopf event handler + periodic LIST).
+- apiGroups: [accordion.dev]
+  resources: [experiments]
+  verbs: [list, watch]
+# Application: phase, conditions and worker counts in status; each launcher is granted get/patch
+# on its own run's status, which the operator must therefore hold.
+- apiGroups: [accordion.dev]
+  resources: [trainingruns/status]
+  verbs: [get, patch]
+# Application: an Experiment's trial counts and best result in status.
+- apiGroups: [accordion.dev]
+  resources: [experiments/status]
+  verbs: [patch]
+# Application: the launcher and worker pods of each run; get is granted to the launcher (host
+# discovery), so the operator must hold it.
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [get, list, watch, create, delete]
+# Application: the per-run SSH key Secret (create), and the run's credentials Secret (get: a
+# run whose Secret is missing or incomplete is not admitted).
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get, create]
+# Application: each run's launcher identity and its Role/RoleBinding (created once; a 409 on
+# an existing one counts as success, so no get/update).
+- apiGroups: [""]
+  resources: [serviceaccounts]
+  verbs: [create]
+- apiGroups: [rbac.authorization.k8s.io]
+  resources: [roles, rolebindings]
+  verbs: [create]
+# Application: Events on runs (admission, scaling, failures).
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create]
+{{- end -}}
+
+{{/* Rules on cluster-scoped objects (always a ClusterRole). */}}
+{{- define "accordion.rbac.clusterRules" -}}
+# Application: GPU capacity (allocatable nvidia.com/gpu), taints and readiness of every node.
+- apiGroups: [""]
+  resources: [nodes]
+  verbs: [list, watch]
+# Framework: kopf notices CRDs created or deleted while it runs (read-only).
+- apiGroups: [apiextensions.k8s.io]
+  resources: [customresourcedefinitions]
+  verbs: [list, watch]
+{{- end -}}

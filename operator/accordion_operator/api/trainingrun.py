@@ -1,0 +1,395 @@
+"""TrainingRun (`accordion.dev/v1alpha1`): spec and status models.
+
+These models are the single source of truth: `accordion_operator.crdgen` renders the CRD's
+OpenAPI schema from them (plus the CEL rules declared here), and the operator parses every object
+it reads through them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import ConfigDict, Field
+
+from accordion_operator.api.common import (
+    DNS_SUBDOMAIN_PATTERN,
+    ApiModel,
+    Condition,
+    DnsLabel,
+    LabelKey,
+    LabelValue,
+    ObjectMeta,
+    Quantity,
+    ShortText,
+    cel,
+)
+
+KIND = "TrainingRun"
+PLURAL = "trainingruns"
+SINGULAR = "trainingrun"
+SHORT_NAMES = ("tr",)
+
+MAX_WORKERS = 1024
+
+# --- condition types and reasons (documented constants; `kubectl describe` shows them) -----------
+
+#: Condition types, positive CamelCase.
+COND_ADMITTED = "Admitted"
+COND_RUNNING = "Running"
+COND_SCALING = "Scaling"
+COND_SUSPENDED = "Suspended"
+COND_SUCCEEDED = "Succeeded"
+COND_FAILED = "Failed"
+CONDITION_TYPES = (
+    COND_ADMITTED,
+    COND_RUNNING,
+    COND_SCALING,
+    COND_SUSPENDED,
+    COND_SUCCEEDED,
+    COND_FAILED,
+)
+
+#: Admitted=True: the allocator granted at least the run's minimum workers.
+REASON_GANG_ADMITTED = "MinimumWorkersFit"
+#: Admitted=False: the minimum does not fit the free GPUs yet; the run waits in its priority's FIFO.
+REASON_QUEUED = "WaitingForGPUs"
+#: Admitted=False: a higher-priority run needed the GPUs of this run's minimum (last resort).
+REASON_PREEMPTED = "PreemptedByHigherPriority"
+#: Admitted=False: no schedulable node matches the run's placement constraints at all.
+REASON_UNSCHEDULABLE = "NoMatchingNodes"
+#: Admitted=False: the credentials Secret named in spec.data/spec.results is missing or incomplete.
+REASON_SECRET_MISSING = "CredentialsSecretNotFound"  # noqa: S105 - a reason, no secret
+REASON_SECRET_INVALID = "CredentialsSecretInvalid"  # noqa: S105 - a reason, no secret
+#: Admitted=False: spec.model.builtin names a model the trainer does not ship.
+REASON_UNKNOWN_MODEL = "UnknownBuiltinModel"
+#: Admitted=False: a hyperparameter name or value is not a string/number (schema cannot say).
+REASON_INVALID_HPARAMS = "InvalidHyperparameters"
+#: Admitted=False: spec.suspend is true.
+REASON_SUSPENDED = "Suspended"
+#: Suspended=False: the run is not suspended.
+REASON_NOT_SUSPENDED = "NotSuspended"
+#: Running=True: launcher up and at least `min` workers ready.
+REASON_TRAINING = "Training"
+#: Running=False: waiting for pods to start (scheduling, image pull, data stage-in).
+REASON_STARTING = "WorkersStarting"
+#: Running=False: pods cannot pull their image.
+REASON_IMAGE_PULL = "ImagePullFailed"
+#: Running=False: the launcher exited with an error and waits for its backoff to restart.
+REASON_LAUNCHER_BACKOFF = "LauncherBackoff"
+#: Running=False: not admitted, suspended or finished.
+REASON_NOT_RUNNING = "NotRunning"
+#: Scaling=True: current workers differ from what the allocator grants.
+REASON_SCALING_UP = "ScalingUp"
+REASON_SCALING_DOWN = "ScalingDown"
+#: Scaling=False: current == desired.
+REASON_STABLE = "Stable"
+#: Succeeded=True: the launcher exited 0 (training finished, results written).
+REASON_COMPLETED = "TrainingCompleted"
+#: Failed=True reasons: the launcher exceeded spec.backoffLimit restarts, ...
+REASON_BACKOFF_LIMIT = "BackoffLimitExceeded"
+#: ... fewer than `min` workers ready for longer than spec.workers.minAvailableTimeoutSeconds, ...
+REASON_BELOW_MIN = "BelowMinimumWorkers"
+#: ... or the trainer reported a permanent error (exit codes of the contract, e.g. DataNotFound).
+PERMANENT_TRAINER_REASONS = frozenset(
+    {"DataAccessDenied", "DataNotFound", "DataUnreadable", "ModelInvalid"}
+)
+#: Succeeded/Failed=False while the run is not finished.
+REASON_IN_PROGRESS = "InProgress"
+
+Phase = Literal["Pending", "Queued", "Running", "Suspended", "Succeeded", "Failed"]
+FINISHED_PHASES: frozenset[str] = frozenset({"Succeeded", "Failed"})
+
+# --- spec ----------------------------------------------------------------------------------------
+
+HParamValue = Annotated[str, Field(max_length=1024)] | int | float
+
+
+class SecretRef(ApiModel):
+    """A Secret in the run's namespace with keys `accessKey` and `secretKey`."""
+
+    name: Annotated[str, Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)]
+
+
+class ObjectStore(ApiModel):
+    """A MinIO/S3 location. Credentials always come from a Secret, never inline."""
+
+    endpoint: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=253,
+            pattern=r"^[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?(:[0-9]{1,5})?$",
+            description="host[:port] of the S3 API, without scheme (see `secure`)",
+        ),
+    ]
+    bucket: Annotated[
+        str, Field(min_length=3, max_length=63, pattern=r"^[a-z0-9][a-z0-9.-]*[a-z0-9]$")
+    ]
+    prefix: Annotated[str, Field(max_length=512, pattern=r"^[^\s]*$")] = ""
+    secure: bool = Field(default=False, description="use https")
+    credentials_secret: SecretRef
+
+
+class ModelSource(ApiModel):
+    """What to train: a built-in model, or user code from a bucket object or a path in the image."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "[has(self.builtin), has(self.bucketObject), has(self.path)]"
+                    ".filter(x, x).size() == 1",
+                    "set exactly one of model.builtin, model.bucketObject, model.path",
+                ),
+                cel(
+                    "has(self.builtin) != has(self.command)",
+                    "model.command is required with bucketObject/path and not allowed with builtin",
+                ),
+            ]
+        }
+    )
+
+    builtin: DnsLabel | None = Field(default=None, description="built-in model, e.g. mnist-cnn")
+    bucket_object: Annotated[str, Field(min_length=1, max_length=1024)] | None = Field(
+        default=None,
+        description="object key of the user's code archive in the data bucket (spec.data)",
+    )
+    path: Annotated[str, Field(min_length=2, max_length=1024, pattern=r"^/")] | None = Field(
+        default=None, description="absolute path of the user's code inside the trainer image"
+    )
+    command: Annotated[str, Field(min_length=1, max_length=4096)] | None = Field(
+        default=None, description="command that runs the user's training code"
+    )
+
+
+class Workers(ApiModel):
+    """Elastic worker bounds; one worker pod = one Horovod slot."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("self.min <= self.max", "workers.min must be <= workers.max"),
+                cel(
+                    "!has(self.replicas) || (self.replicas >= self.min && "
+                    "self.replicas <= self.max)",
+                    "workers.replicas (kubectl scale) must be within [workers.min, workers.max]",
+                ),
+            ]
+        }
+    )
+
+    min: Annotated[int, Field(ge=1, le=MAX_WORKERS)] = 1
+    max: Annotated[int, Field(ge=1, le=MAX_WORKERS)] = 1
+    replicas: Annotated[int, Field(ge=1, le=MAX_WORKERS)] | None = Field(
+        default=None,
+        description="workers the user asks for (the scale subresource); defaults to max",
+    )
+    gpus_per_worker: Annotated[int, Field(ge=0, le=16)] = 1
+    cpu: Quantity = "1"
+    memory: Quantity = "4Gi"
+    min_available_timeout_seconds: Annotated[int, Field(ge=10, le=86400)] = Field(
+        default=600,
+        description="fail the run when fewer than min workers are ready for this long",
+    )
+
+    @property
+    def requested(self) -> int:
+        return self.replicas if self.replicas is not None else self.max
+
+
+class Toleration(ApiModel):
+    """A pod toleration (core/v1 shape)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.operator != 'Exists' || !has(self.value) || self.value == ''",
+                    "a toleration with operator Exists must not have a value",
+                ),
+                cel(
+                    "has(self.key) || self.operator == 'Exists'",
+                    "a toleration without key must use operator Exists",
+                ),
+            ]
+        }
+    )
+
+    key: LabelKey | None = None
+    operator: Literal["Exists", "Equal"] = "Equal"
+    value: LabelValue | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: Annotated[int, Field(ge=0, le=31536000)] | None = None
+
+
+class NodeSelectorRequirement(ApiModel):
+    """A node label requirement (core/v1 shape)."""
+
+    key: LabelKey
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist", "Gt", "Lt"]
+    values: Annotated[list[LabelValue], Field(max_length=32)] = []
+
+
+class NodeSelectorTerm(ApiModel):
+    match_expressions: Annotated[list[NodeSelectorRequirement], Field(min_length=1, max_length=16)]
+
+
+class RequiredNodeSelector(ApiModel):
+    node_selector_terms: Annotated[list[NodeSelectorTerm], Field(min_length=1, max_length=8)]
+
+
+class NodeAffinity(ApiModel):
+    required_during_scheduling_ignored_during_execution: RequiredNodeSelector | None = None
+
+
+class Affinity(ApiModel):
+    """Node affinity for the worker pods (required terms; the allocator honours them too)."""
+
+    node_affinity: NodeAffinity | None = None
+
+
+LABEL_MAP_RULE = cel(
+    "self.all(k, size(k) <= 317)", "node selector keys must be at most 317 characters"
+)
+HPARAM_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]*$"
+
+
+class TrainingRunSpec(ApiModel):
+    """An elastic Horovod training run."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!has(self.model.bucketObject) || has(self.data)",
+                    "model.bucketObject needs spec.data (the bucket and credentials to read it)",
+                ),
+            ]
+        }
+    )
+
+    image: Annotated[str, Field(min_length=1, max_length=512)] | None = Field(
+        default=None,
+        description="trainer image; defaults to the operator's ACCORDION_TRAINER_IMAGE",
+    )
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
+    model: ModelSource
+    # A string-or-number value has no structural OpenAPI type, and the apiserver can neither
+    # compile CEL over such a map nor keep untyped values of a typed map. So the map keeps its
+    # values unchecked (bounded by maxProperties) and the operator validates names and values,
+    # reporting a bad one in status (reason InvalidHyperparameters).
+    hyperparameters: Annotated[
+        dict[Annotated[str, Field(max_length=63, pattern=HPARAM_NAME_PATTERN)], HParamValue],
+        Field(
+            max_length=64,
+            json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+        ),
+    ] = {}
+    epochs: Annotated[int, Field(ge=1, le=100000)] = 10
+    batch_size: Annotated[int, Field(ge=1, le=65536)] = 64
+    checkpoint_epochs: Annotated[int, Field(ge=1, le=10000)] = Field(
+        default=1, description="write a checkpoint every this many epochs"
+    )
+    data: ObjectStore | None = Field(default=None, description="where the training data is")
+    results: ObjectStore = Field(description="where checkpoints and the model go")
+    workers: Workers = Workers()
+    node_selector: Annotated[
+        dict[str, LabelValue],
+        Field(max_length=32, json_schema_extra={"x-kubernetes-validations": [LABEL_MAP_RULE]}),
+    ] = {}
+    tolerations: Annotated[list[Toleration], Field(max_length=32)] = []
+    affinity: Affinity | None = None
+    priority: Annotated[int, Field(ge=-1000, le=1000)] = 0
+    suspend: bool = False
+    backoff_limit: Annotated[int, Field(ge=0, le=100)] = Field(
+        default=3, description="launcher restarts before the run fails"
+    )
+    ttl_seconds_after_finished: Annotated[int, Field(ge=0, le=31536000)] | None = None
+
+
+#: Spec fields that cannot change once the run has started (status.startTime set).
+IMMUTABLE_AFTER_START = (
+    "image",
+    "model",
+    "data",
+    "results",
+    "epochs",
+    "batchSize",
+)
+
+# --- status --------------------------------------------------------------------------------------
+
+MetricMap = Annotated[
+    dict[Annotated[str, Field(max_length=63)], float],
+    Field(max_length=32),
+]
+Timestamp = Annotated[str, Field(max_length=64, json_schema_extra={"format": "date-time"})]
+
+
+class EpochRecord(ApiModel):
+    epoch: Annotated[int, Field(ge=0)]
+    metrics: MetricMap = {}
+
+
+class TrainingProgress(ApiModel):
+    """Written by the launcher (rank 0) through the status subresource; never by the operator."""
+
+    epoch: Annotated[int, Field(ge=0)] | None = None
+    batch: Annotated[int, Field(ge=0)] | None = None
+    world_size: Annotated[int, Field(ge=0, le=MAX_WORKERS)] | None = None
+    metrics: MetricMap = {}
+    history: Annotated[list[EpochRecord], Field(max_length=50)] = []
+    checkpoint: Annotated[str, Field(max_length=2048)] | None = None
+    results_uri: Annotated[str, Field(max_length=2048)] | None = Field(
+        default=None, alias="resultsURI"
+    )
+    updated_at: Timestamp | None = None
+
+
+class TrainingRunStatus(ApiModel):
+    """Observed state; the operator writes everything except `training`."""
+
+    phase: Phase | None = None
+    conditions: Annotated[
+        list[Condition],
+        Field(
+            max_length=16,
+            json_schema_extra={
+                "x-kubernetes-list-type": "map",
+                "x-kubernetes-list-map-keys": ["type"],
+            },
+        ),
+    ] = []
+    observed_generation: Annotated[int, Field(ge=0)] | None = None
+    current_workers: Annotated[int, Field(ge=0)] | None = None
+    desired_workers: Annotated[int, Field(ge=0)] | None = None
+    ready_workers: Annotated[int, Field(ge=0)] | None = None
+    worker_summary: Annotated[str, Field(max_length=32)] | None = Field(
+        default=None, description="current/desired, for `kubectl get`"
+    )
+    gpus: Annotated[int, Field(ge=0)] | None = None
+    selector: Annotated[str, Field(max_length=512)] | None = None
+    admitted_time: Timestamp | None = None
+    start_time: Timestamp | None = None
+    completion_time: Timestamp | None = None
+    last_scale_time: Timestamp | None = None
+    below_min_since: Timestamp | None = None
+    launcher_restarts: Annotated[int, Field(ge=0)] | None = None
+    launcher_failed_time: Timestamp | None = None
+    results_uri: Annotated[str, Field(max_length=2048)] | None = Field(
+        default=None, alias="resultsURI"
+    )
+    message: ShortText | None = None
+    training: TrainingProgress | None = None
+
+
+class TrainingRun(ApiModel):
+    """A whole TrainingRun as the operator reads it."""
+
+    metadata: ObjectMeta
+    spec: TrainingRunSpec
+    status: TrainingRunStatus = TrainingRunStatus()
+
+    @property
+    def key(self) -> str:
+        return f"{self.metadata.namespace}/{self.metadata.name}"

@@ -1,0 +1,333 @@
+"""Desired child objects of a TrainingRun, as plain dicts (docs/contract.md is the spec).
+
+Pure functions: the same run and config always build the same object (except the SSH key pair,
+made by `new_ssh_keypair`, which the caller passes in).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from accordion_operator.api.common import API_VERSION
+from accordion_operator.api.trainingrun import KIND, PLURAL, ObjectStore, TrainingRun
+from accordion_operator.config import Config
+
+LABEL_NAME = "app.kubernetes.io/name"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_RUN = "accordion.dev/run"
+LABEL_ROLE = "accordion.dev/role"
+LABEL_INDEX = "accordion.dev/worker-index"
+LABEL_EXPERIMENT = "accordion.dev/experiment"
+MANAGED_BY = "accordion-operator"
+ROLE_WORKER = "worker"
+ROLE_LAUNCHER = "launcher"
+SSH_DIR = "/etc/accordion/ssh"
+#: where a worker stages its data in (an emptyDir)
+DATA_DIR = "/var/lib/accordion/data"
+#: the Secret keys of a credentialsSecret (contract)
+ACCESS_KEY, SECRET_KEY = "accessKey", "secretKey"
+
+
+def worker_name(run: str, index: int) -> str:
+    return f"{run}-worker-{index}"
+
+
+def launcher_name(run: str) -> str:
+    return f"{run}-launcher"
+
+
+def ssh_secret_name(run: str) -> str:
+    return f"{run}-ssh"
+
+
+def selector(run: str, role: str = ROLE_WORKER) -> str:
+    """The label selector of a run's workers (status.selector, the scale subresource)."""
+    return f"{LABEL_RUN}={run},{LABEL_ROLE}={role}"
+
+
+def labels(run: TrainingRun, role: str, cfg: Config, index: int | None = None) -> dict[str, str]:
+    out = {
+        **cfg.pod_labels(),
+        LABEL_NAME: "accordion",
+        LABEL_MANAGED_BY: MANAGED_BY,
+        LABEL_RUN: run.metadata.name,
+        LABEL_ROLE: role,
+    }
+    if index is not None:
+        out[LABEL_INDEX] = str(index)
+    experiment = run.metadata.labels.get(LABEL_EXPERIMENT)
+    if experiment:
+        out[LABEL_EXPERIMENT] = experiment
+    return out
+
+
+def owner_reference(run: TrainingRun) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": run.metadata.name,
+        "uid": run.metadata.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _meta(
+    run: TrainingRun, name: str, role: str, cfg: Config, index: int | None = None
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": run.metadata.namespace,
+        "labels": labels(run, role, cfg, index),
+        "ownerReferences": [owner_reference(run)],
+    }
+
+
+# --- auth ----------------------------------------------------------------------------------------
+
+
+def new_ssh_keypair() -> tuple[str, str]:
+    """A fresh ed25519 key pair: (OpenSSH private key, `ssh-ed25519 ...` public key)."""
+    key = Ed25519PrivateKey.generate()
+    private = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.OpenSSH,
+        serialization.NoEncryption(),
+    ).decode()
+    public = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        .decode()
+    )
+    return private, public
+
+
+def build_ssh_secret(run: TrainingRun, cfg: Config, keypair: tuple[str, str]) -> dict[str, Any]:
+    private, public = keypair
+    comment = f"accordion-{run.metadata.name}"
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _meta(run, ssh_secret_name(run.metadata.name), ROLE_LAUNCHER, cfg),
+        "type": "Opaque",
+        "stringData": {
+            "id_ed25519": private,
+            "id_ed25519.pub": f"{public} {comment}\n",
+            "authorized_keys": f"{public} {comment}\n",
+        },
+    }
+
+
+def build_service_account(run: TrainingRun, cfg: Config) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": _meta(run, launcher_name(run.metadata.name), ROLE_LAUNCHER, cfg),
+        "automountServiceAccountToken": True,
+    }
+
+
+def build_role(run: TrainingRun, cfg: Config) -> dict[str, Any]:
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": _meta(run, launcher_name(run.metadata.name), ROLE_LAUNCHER, cfg),
+        "rules": [
+            # host discovery: the launcher lists its run's Ready worker pods
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+            # progress reports into status.training, of this run only
+            {
+                "apiGroups": ["accordion.dev"],
+                "resources": [f"{PLURAL}/status"],
+                "resourceNames": [run.metadata.name],
+                "verbs": ["get", "patch"],
+            },
+        ],
+    }
+
+
+def build_role_binding(run: TrainingRun, cfg: Config) -> dict[str, Any]:
+    name = launcher_name(run.metadata.name)
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": _meta(run, name, ROLE_LAUNCHER, cfg),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": run.metadata.namespace}],
+    }
+
+
+# --- pods ----------------------------------------------------------------------------------------
+
+
+def _store_env(prefix: str, store: ObjectStore) -> list[dict[str, Any]]:
+    return [
+        {"name": f"ACCORDION_{prefix}_ENDPOINT", "value": store.endpoint},
+        {"name": f"ACCORDION_{prefix}_BUCKET", "value": store.bucket},
+        {"name": f"ACCORDION_{prefix}_PREFIX", "value": store.prefix},
+        {"name": f"ACCORDION_{prefix}_SECURE", "value": "true" if store.secure else "false"},
+    ]
+
+
+def common_env(run: TrainingRun, cfg: Config) -> list[dict[str, Any]]:
+    """Environment of both the launcher and the workers (contract table)."""
+    spec = run.spec
+    model = spec.model.model_dump(by_alias=True, exclude_none=True)
+    env: list[dict[str, Any]] = [
+        {"name": "ACCORDION_RUN_NAME", "value": run.metadata.name},
+        {"name": "ACCORDION_NAMESPACE", "value": run.metadata.namespace},
+        {"name": "ACCORDION_RUN_UID", "value": run.metadata.uid},
+        {"name": "ACCORDION_MIN_WORKERS", "value": str(spec.workers.min)},
+        {"name": "ACCORDION_MAX_WORKERS", "value": str(spec.workers.max)},
+        {"name": "ACCORDION_SSH_DIR", "value": SSH_DIR},
+        {"name": "ACCORDION_SSH_PORT", "value": str(cfg.ssh_port)},
+        {"name": "ACCORDION_MODEL", "value": json.dumps(model, sort_keys=True)},
+        {"name": "ACCORDION_HPARAMS", "value": json.dumps(spec.hyperparameters, sort_keys=True)},
+        {"name": "ACCORDION_EPOCHS", "value": str(spec.epochs)},
+        {"name": "ACCORDION_BATCH_SIZE", "value": str(spec.batch_size)},
+        {"name": "ACCORDION_CHECKPOINT_EPOCHS", "value": str(spec.checkpoint_epochs)},
+        {"name": "ACCORDION_METRICS_PORT", "value": str(cfg.metrics_port)},
+        # sshd and /metrics bind to the pod IP (contract): on process nodes pods share a netns
+        {"name": "ACCORDION_POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+    ]
+    if spec.data is not None:
+        env += _store_env("DATA", spec.data)
+    env += _store_env("RESULTS", spec.results)
+    return env
+
+
+def _credentials_env(run: TrainingRun) -> list[dict[str, Any]]:
+    # Workers only: horovodrun copies the launcher's environment onto the ssh command line.
+    secret = run.spec.results.credentials_secret.name
+    return [
+        {
+            "name": env,
+            "valueFrom": {"secretKeyRef": {"name": secret, "key": key}},
+        }
+        for env, key in (("AWS_ACCESS_KEY_ID", ACCESS_KEY), ("AWS_SECRET_ACCESS_KEY", SECRET_KEY))
+    ]
+
+
+def _placement(run: TrainingRun) -> dict[str, Any]:
+    spec = run.spec
+    out: dict[str, Any] = {}
+    if spec.node_selector:
+        out["nodeSelector"] = dict(spec.node_selector)
+    if spec.tolerations:
+        out["tolerations"] = [
+            t.model_dump(by_alias=True, exclude_none=True) for t in spec.tolerations
+        ]
+    if spec.affinity is not None and spec.affinity.node_affinity is not None:
+        out["affinity"] = spec.affinity.model_dump(by_alias=True, exclude_none=True)
+    return out
+
+
+def _ssh_volume(run: TrainingRun) -> dict[str, Any]:
+    # 0440 (+ fsGroup when the image runs as non-root): the trainer copies the keys into private
+    # 0600 files itself; 0400 would leave them unreadable to a non-root user (contract).
+    return {
+        "name": "ssh",
+        "secret": {"secretName": ssh_secret_name(run.metadata.name), "defaultMode": 0o440},
+    }
+
+
+def _security_context(cfg: Config) -> dict[str, Any]:
+    return {"securityContext": {"fsGroup": cfg.pod_fs_group}} if cfg.pod_fs_group else {}
+
+
+def _image(run: TrainingRun, cfg: Config) -> tuple[str, str]:
+    return run.spec.image or cfg.trainer_image, run.spec.image_pull_policy or cfg.image_pull_policy
+
+
+def build_worker_pod(run: TrainingRun, index: int, cfg: Config) -> dict[str, Any]:
+    """One Horovod slot (contract: one slot per pod, so a lost worker blacklists no other)."""
+    w = run.spec.workers
+    image, pull = _image(run, cfg)
+    resources: dict[str, Any] = {"cpu": w.cpu, "memory": w.memory}
+    if w.gpus_per_worker:
+        resources[cfg.gpu_resource] = str(w.gpus_per_worker)
+    name = worker_name(run.metadata.name, index)
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": _meta(run, name, ROLE_WORKER, cfg, index),
+        "spec": {
+            # The operator replaces a failed worker itself (a new pod, maybe on another node).
+            "restartPolicy": "Never",
+            "hostname": name,
+            "automountServiceAccountToken": False,
+            "enableServiceLinks": False,
+            "terminationGracePeriodSeconds": 30,
+            **_security_context(cfg),
+            **_placement(run),
+            "containers": [
+                {
+                    "name": "worker",
+                    "image": image,
+                    "imagePullPolicy": pull,
+                    "command": ["python", "-m", "accordion_trainer", "worker"],
+                    "env": [
+                        *common_env(run, cfg),
+                        {"name": "ACCORDION_WORKER_INDEX", "value": str(index)},
+                        {"name": "ACCORDION_DATA_DIR", "value": DATA_DIR},
+                        *_credentials_env(run),
+                    ],
+                    "ports": [
+                        {"name": "ssh", "containerPort": cfg.ssh_port},
+                        {"name": "metrics", "containerPort": cfg.metrics_port},
+                    ],
+                    "resources": {"requests": resources, "limits": dict(resources)},
+                    "readinessProbe": {
+                        "tcpSocket": {"port": cfg.ssh_port},
+                        "periodSeconds": 1,
+                        "failureThreshold": 3,
+                    },
+                    "terminationMessagePolicy": "FallbackToLogsOnError",
+                    "volumeMounts": [
+                        {"name": "ssh", "mountPath": SSH_DIR, "readOnly": True},
+                        {"name": "data", "mountPath": DATA_DIR},
+                    ],
+                }
+            ],
+            "volumes": [_ssh_volume(run), {"name": "data", "emptyDir": {}}],
+        },
+    }
+
+
+def build_launcher_pod(run: TrainingRun, cfg: Config) -> dict[str, Any]:
+    """The elastic driver (`horovodrun`); restarted by the operator with exponential backoff."""
+    image, pull = _image(run, cfg)
+    name = launcher_name(run.metadata.name)
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": _meta(run, name, ROLE_LAUNCHER, cfg),
+        "spec": {
+            "restartPolicy": "Never",
+            "serviceAccountName": name,
+            "enableServiceLinks": False,
+            "terminationGracePeriodSeconds": 30,
+            **_security_context(cfg),
+            **_placement(run),
+            "containers": [
+                {
+                    "name": "launcher",
+                    "image": image,
+                    "imagePullPolicy": pull,
+                    "command": ["python", "-m", "accordion_trainer", "launcher"],
+                    "env": common_env(run, cfg),
+                    "resources": {
+                        "requests": {"cpu": cfg.launcher_cpu, "memory": cfg.launcher_memory},
+                        "limits": {"memory": cfg.launcher_memory},
+                    },
+                    "terminationMessagePolicy": "FallbackToLogsOnError",
+                    "volumeMounts": [{"name": "ssh", "mountPath": SSH_DIR, "readOnly": True}],
+                }
+            ],
+            "volumes": [_ssh_volume(run)],
+        },
+    }

@@ -1,0 +1,116 @@
+"""Operator settings: every one comes from an `ACCORDION_*` environment variable.
+
+Each setting is documented with a `#:` comment; `python -m accordion_operator --help-config`
+prints the table (name, default, meaning) that the Helm chart's values mirror.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+
+def _split(value: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in value.split(",") if x.strip())
+
+
+@dataclass(frozen=True)
+class Config:
+    #: Trainer image used when a TrainingRun has no spec.image.
+    trainer_image: str = "ghcr.io/accordion-dev/accordion-trainer:0.1.0"
+    #: imagePullPolicy of the pods when the run does not set one.
+    image_pull_policy: str = "IfNotPresent"
+    #: Comma-separated namespaces to watch; empty = cluster-wide (needs ClusterRole RBAC).
+    namespaces: tuple[str, ...] = ()
+    #: Built-in models the trainer ships (spec.model.builtin must be one of them).
+    builtin_models: tuple[str, ...] = ("mnist-cnn", "mnist-mlp", "cifar10-cnn")
+    #: Seconds between full reconcile passes even without any watch event (level-based safety net).
+    resync_seconds: float = 10.0
+    #: Seconds to wait after a watch event before reconciling, to batch bursts of events.
+    debounce_seconds: float = 0.2
+    #: Seconds after a run's worker count changed during which the allocator keeps that count
+    #: unless GPUs must be freed for a higher priority (hysteresis against oscillation).
+    scale_cooldown_seconds: float = 30.0
+    #: First launcher restart delay; doubles per restart (exponential backoff).
+    launcher_backoff_seconds: float = 10.0
+    #: Upper bound of the launcher restart delay.
+    launcher_backoff_max_seconds: float = 300.0
+    #: Concurrent write requests to the apiserver (pod creation/deletion, status patches).
+    max_concurrent_requests: int = 32
+    #: Runs acted on together within a pass (bounds a pass's memory; first pods start sooner).
+    batch_runs: int = 200
+    #: Seconds between full re-lists of runs, pods and nodes (repairs a missed watch event).
+    relist_seconds: float = 300.0
+    #: SSH port the workers serve (contract: ACCORDION_SSH_PORT).
+    ssh_port: int = 2222
+    #: Prometheus port of each worker (contract: ACCORDION_METRICS_PORT).
+    metrics_port: int = 9400
+    #: Port of the operator's Prometheus /metrics (docs/metrics.md); 0 disables it.
+    operator_metrics_port: int = 9090
+    #: Port of the operator's liveness endpoint (kopf's /healthz).
+    health_port: int = 8080
+    #: CPU request of a launcher pod (it only runs horovodrun and ssh).
+    launcher_cpu: str = "250m"
+    #: Memory request and limit of a launcher pod.
+    launcher_memory: str = "512Mi"
+    #: fsGroup of the pods (0 = unset); set it when the trainer image runs as a non-root user,
+    #: so that the ssh Secret's files (mode 0440) are readable.
+    pod_fs_group: int = 10001
+    #: Resource name that counts GPUs on nodes and pods.
+    gpu_resource: str = "nvidia.com/gpu"
+    #: Extra labels (k=v,k=v) put on every child pod, e.g. for cost attribution.
+    extra_pod_labels: tuple[str, ...] = ()
+    #: Log level (DEBUG, INFO, WARNING, ERROR).
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(env_name(f.name))
+            if raw is None:
+                continue
+            default = getattr(cls, f.name)
+            if isinstance(default, tuple):
+                values[f.name] = _split(raw)
+            elif isinstance(default, bool):
+                values[f.name] = raw.lower() in ("1", "true", "yes")
+            elif isinstance(default, int):
+                values[f.name] = int(raw)
+            elif isinstance(default, float):
+                values[f.name] = float(raw)
+            else:
+                values[f.name] = raw
+        return cls(**values)
+
+    def pod_labels(self) -> dict[str, str]:
+        return dict(kv.split("=", 1) for kv in self.extra_pod_labels if "=" in kv)
+
+
+def env_name(field_name: str) -> str:
+    return "ACCORDION_" + field_name.upper()
+
+
+def describe() -> list[tuple[str, str, str]]:
+    """(variable, default, meaning) for every setting, from the `#:` comments of this module."""
+    import inspect
+
+    source = inspect.getsource(Config).splitlines()
+    docs: dict[str, str] = {}
+    pending: list[str] = []
+    for line in source:
+        stripped = line.strip()
+        if stripped.startswith("#:"):
+            pending.append(stripped[2:].strip())
+        elif ":" in stripped and pending:
+            docs[stripped.split(":", 1)[0]] = " ".join(pending)
+            pending = []
+    rows = []
+    for f in fields(Config):
+        default = getattr(Config, f.name)
+        shown = ",".join(default) if isinstance(default, tuple) else str(default)
+        rows.append((env_name(f.name), shown, docs.get(f.name, "")))
+    return rows

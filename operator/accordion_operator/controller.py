@@ -1,0 +1,389 @@
+"""The controller loop: one cluster-wide pass decides every run, then acts on the differences.
+
+Why one loop rather than a kopf timer per run: the allocator must see all runs at once, and a
+pass over 10,000 runs is a few tens of milliseconds of pure computation when nothing changed, so
+one loop woken by any watch event (debounced) reacts within a second and costs nothing at rest.
+A periodic pass (`ACCORDION_RESYNC_SECONDS`) is the level-based safety net, and a full re-LIST
+every `ACCORDION_RELIST_SECONDS` repairs anything a watch might have missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from accordion_operator import builders
+from accordion_operator.allocator import RunRequest, decide_allocation
+from accordion_operator.api.common import ObjectMeta
+from accordion_operator.api.trainingrun import FINISHED_PHASES, REASON_PREEMPTED, TrainingRun
+from accordion_operator.config import Config
+from accordion_operator.kube import WATCHED, ClusterCache, Kube, ParsedRun
+from accordion_operator.metrics import OperatorMetrics
+from accordion_operator.reconcile import (
+    Children,
+    Plan,
+    SecretInfo,
+    check_run,
+    decide_run,
+    from_rfc3339,
+    run_request,
+    to_rfc3339,
+    wants_gpus,
+)
+
+log = logging.getLogger("accordion.controller")
+
+
+@dataclass
+class PassStats:
+    runs: int = 0
+    admitted: int = 0
+    actions: int = 0
+    decide_seconds: float = 0.0
+    act_seconds: float = 0.0
+
+
+@dataclass
+class Controller:
+    cfg: Config
+    kube: Kube
+    cache: ClusterCache
+    clock: Callable[[], float] = time.time
+    #: run uids whose ssh Secret/SA/Role/RoleBinding this process has ensured
+    auth_done: set[str] = field(default_factory=set)
+    #: (namespace, secret) -> (checked at, info)
+    secrets: dict[tuple[str, str], tuple[float, SecretInfo | None]] = field(default_factory=dict)
+    secret_ttl: float = 10.0
+    last: PassStats = field(default_factory=PassStats)
+    #: Prometheus metrics (docs/metrics.md); None in tests that do not look at them
+    metrics: OperatorMetrics | None = None
+    _known_runs: set[tuple[str, str]] = field(default_factory=set)
+    #: per run: the inputs of its last decision that had nothing to do (see reconcile_all)
+    _settled: dict[str, tuple[object, ...]] = field(default_factory=dict)
+    #: per run: (resourceVersion, allocator request) so unchanged runs are not re-derived
+    _requests: dict[str, tuple[str, RunRequest]] = field(default_factory=dict)
+    passes: int = 0
+
+    async def _secrets_for(self, run: TrainingRun, now: float) -> dict[str, SecretInfo | None]:
+        names = {run.spec.results.credentials_secret.name}
+        if run.spec.data is not None:
+            names.add(run.spec.data.credentials_secret.name)
+        out: dict[str, SecretInfo | None] = {}
+        for name in names:
+            key = (run.metadata.namespace, name)
+            hit = self.secrets.get(key)
+            if hit is None or now - hit[0] > self.secret_ttl:
+                hit = (now, await self.kube.secret_keys(*key))
+                self.secrets[key] = hit
+            out[name] = hit[1]
+        return out
+
+    async def reconcile_all(self) -> float | None:
+        """One pass. Returns the earliest requeue delay any run asked for."""
+        t0 = time.perf_counter()
+        now = self.clock()
+        cache, cfg = self.cache, self.cfg
+        invalid: dict[str, tuple[str, str] | None] = {}
+        runs: list[TrainingRun] = []
+        for parsed in list(cache.runs.values()):
+            run = parsed.run
+            if run is None:
+                continue
+            runs.append(run)
+            # Checked only before the run starts: afterwards the pods already hold what they need.
+            if run.status.start_time is None and run.status.phase not in FINISHED_PHASES:
+                invalid[run.key] = check_run(run, await self._secrets_for(run, now), cfg)
+        requests = []
+        memo: dict[str, tuple[str, RunRequest]] = {}
+        for r in runs:
+            if wants_gpus(r) and invalid.get(r.key) is None:
+                hit = self._requests.get(r.key)
+                if hit is None or hit[0] != r.metadata.resource_version:
+                    hit = (r.metadata.resource_version, run_request(r))
+                memo[r.key] = hit
+                requests.append(hit[1])
+        self._requests = memo
+        alloc = decide_allocation(
+            list(cache.nodes.values()),
+            list(cache.gpu_pods.values()),
+            requests,
+            now,
+            cfg.scale_cooldown_seconds,
+        )
+        settled: dict[str, tuple[object, ...]] = {}
+        batch: list[tuple[TrainingRun, Plan]] = []
+        delays: list[float] = []
+        acted = 0
+        decide_s = time.perf_counter() - t0
+        act_s = 0.0
+
+        async def flush() -> None:
+            # Acting in batches bounds the memory of a pass (10,000 new runs would otherwise hold
+            # 10,000 plans with their pod bodies) and lets the first pods start sooner.
+            nonlocal act_s
+            t = time.perf_counter()
+            await asyncio.gather(*(self._execute(r, p) for r, p in batch))
+            batch.clear()
+            act_s += time.perf_counter() - t
+
+        # highest priority first, so that under load its pods are created first
+        for run in sorted(
+            runs, key=lambda r: (-r.spec.priority, r.metadata.creation_timestamp or "")
+        ):
+            t = time.perf_counter()
+            grant = alloc.grants.get(run.key)
+            pods = cache.pods_of(run.metadata.namespace, run.metadata.name)
+            inputs = (
+                run.metadata.resource_version,
+                tuple(sorted(pods, key=lambda p: p.name)),
+                grant,
+                invalid.get(run.key),
+            )
+            # decide_run is a pure function of these inputs (and of time only when it asked to
+            # be requeued): a run whose inputs did not change since its last no-op decision
+            # needs no new one. This keeps a pass at 10,000 quiet runs cheap.
+            if self._settled.get(run.key) == inputs:
+                settled[run.key] = inputs
+                continue
+            plan = decide_run(
+                run,
+                Children(pods, auth_ready=run.metadata.uid in self.auth_done),
+                grant.workers if grant else 0,
+                grant.reason if grant else "",
+                grant.message if grant else "",
+                invalid.get(run.key),
+                cfg,
+                now,
+            )
+            if plan.requeue_after is not None:
+                delays.append(plan.requeue_after)
+            if _has_work(plan):
+                batch.append((run, plan))
+                acted += 1
+            elif plan.requeue_after is None:
+                settled[run.key] = inputs
+            decide_s += time.perf_counter() - t
+            if len(batch) >= cfg.batch_runs:
+                await flush()
+        await flush()
+        self._settled = settled
+        t = time.perf_counter()
+        for parsed in list(cache.runs.values()):
+            if parsed.run is None and parsed.invalid is not None:
+                await self._report_unparsable(parsed)
+        act_s += time.perf_counter() - t
+        self.passes += 1
+        if self.metrics is not None:
+            self._export_pass(runs, time.perf_counter() - t0)
+        self.last = PassStats(
+            runs=len(runs),
+            admitted=sum(1 for g in alloc.grants.values() if g.admitted),
+            actions=acted,
+            decide_seconds=decide_s,
+            act_seconds=act_s,
+        )
+        return min(delays) if delays else None
+
+    def _export_pass(self, runs: list[TrainingRun], seconds: float) -> None:
+        m = self.metrics
+        assert m is not None
+        phases: dict[tuple[str, str], int] = {}
+        queued: dict[str, int] = {}
+        seen: set[tuple[str, str]] = set()
+        for parsed in self.cache.runs.values():
+            run = parsed.run
+            if run is None:
+                continue
+            ns, phase = run.metadata.namespace, run.status.phase or "Pending"
+            phases[(ns, phase)] = phases.get((ns, phase), 0) + 1
+            queued.setdefault(ns, 0)
+            if phase == "Queued":
+                queued[ns] += 1
+            seen.add((ns, run.metadata.name))
+        m.set_runs_by_phase(phases)
+        m.set_queue_lengths(queued)
+        for ns, name in self._known_runs - seen:
+            m.forget_run(ns, name)
+        self._known_runs = seen
+        m.observe_reconcile("trainingruns", seconds, failed=False)
+
+    def _export_run(self, run: TrainingRun, plan: Plan, status: dict[str, Any]) -> None:
+        m = self.metrics
+        if m is None:
+            return
+        ns, name = run.metadata.namespace, run.metadata.name
+        m.set_run_state(
+            ns,
+            name,
+            phase=status.get("phase") or "Pending",
+            workers_desired=status.get("desiredWorkers") or 0,
+            workers_current=status.get("currentWorkers") or 0,
+            gpus_allocated=status.get("gpus") or 0,
+        )
+        old, new = run.status.desired_workers or 0, status.get("desiredWorkers") or 0
+        reasons = {reason for _, reason, _ in plan.events}
+        if REASON_PREEMPTED in reasons:
+            m.count_preemption(ns, "HigherPriority")
+        why = (
+            "Admitted"
+            if old == 0
+            else "Preempted"
+            if REASON_PREEMPTED in reasons or new < old
+            else "CapacityAvailable"
+        )
+        m.count_rescale(ns, old=old, new=new, reason=why)
+        if run.status.admitted_time is None and status.get("admittedTime"):
+            created = from_rfc3339(run.metadata.creation_timestamp) or self.clock()
+            m.observe_admission(ns, self.clock() - created)
+        for _, reason, _ in plan.events:
+            if reason in ("WorkerReplaced", "LauncherRestart"):
+                role = "worker" if reason == "WorkerReplaced" else "launcher"
+                m.count_pod_failure(ns, name, role=role, reason="Other")
+
+    async def _report_unparsable(self, parsed: ParsedRun) -> None:
+        """A run whose spec the models reject (e.g. a hyperparameter that is an object)."""
+        meta = parsed.body.get("metadata") or {}
+        status = parsed.body.get("status") or {}
+        assert parsed.invalid is not None
+        reason, message = parsed.invalid
+        conds = status.get("conditions") or []
+        if any(c.get("type") == "Admitted" and c.get("reason") == reason for c in conds):
+            return
+        now = to_rfc3339(self.clock())
+        patch = {
+            "phase": "Pending",
+            "observedGeneration": meta.get("generation", 0),
+            "conditions": [
+                {
+                    "type": "Admitted",
+                    "status": "False",
+                    "reason": reason,
+                    "message": message[:1024],
+                    "lastTransitionTime": now,
+                    "observedGeneration": meta.get("generation", 0),
+                }
+            ],
+            "message": message[:256],
+        }
+        code, data = await self.kube.patch_run_status(meta["namespace"], meta["name"], patch)
+        if code == 200:
+            self.cache.apply("run", "MODIFIED", data, wake=False)
+        await self.kube.event(ObjectMeta.model_validate(meta), "Warning", reason, message)
+
+    async def _execute(self, run: TrainingRun, plan: Plan) -> None:
+        ns, name = run.metadata.namespace, run.metadata.name
+        try:
+            if plan.delete_run:
+                code, data = await self.kube.delete_run(ns, name)
+                log.info("TTL after finish: deleted %s (%s)", run.key, code)
+                return
+            if plan.ensure_auth and plan.create:
+                await self._ensure_auth(run)
+            results = await asyncio.gather(*(self.kube.create(o) for o in plan.create))
+            for obj, (code, data) in zip(plan.create, results, strict=True):
+                if code in (200, 201):
+                    self.cache.apply("pod", "ADDED", data, wake=False)
+                elif code != 409:
+                    msg = f"creating {obj['kind']} {obj['metadata']['name']}: {data.get('message')}"
+                    log.warning("%s: %s", run.key, msg)
+                    plan.events.append(("Warning", "CreateFailed", msg))
+            deletions = await asyncio.gather(
+                *(self.kube.delete_pod(ns, p) for p in plan.delete_pods)
+            )
+            for pod, (code, data) in zip(plan.delete_pods, deletions, strict=True):
+                if code in (200, 202) and data.get("kind") == "Pod":
+                    self.cache.apply("pod", "MODIFIED", data, wake=False)
+                elif code not in (200, 202, 404):
+                    log.warning("%s: deleting pod %s: %s", run.key, pod, data.get("message"))
+            if plan.status_patch is not None:
+                code, data = await self.kube.patch_run_status(ns, name, plan.status_patch)
+                if code == 200:
+                    self.cache.apply("run", "MODIFIED", data, wake=False)
+                    self._export_run(run, plan, data.get("status") or {})
+                elif code != 404:
+                    log.warning("%s: status patch: %s %s", run.key, code, data.get("message"))
+            for etype, reason, message in plan.events:
+                await self.kube.event(run.metadata, etype, reason, message)
+        except Exception:  # never let one run's trouble stop the loop
+            log.exception("reconciling %s failed; retrying on the next pass", run.key)
+
+    async def _ensure_auth(self, run: TrainingRun) -> None:
+        cfg = self.cfg
+        objs = [
+            builders.build_ssh_secret(run, cfg, builders.new_ssh_keypair()),
+            builders.build_service_account(run, cfg),
+            builders.build_role(run, cfg),
+            builders.build_role_binding(run, cfg),
+        ]
+        codes = await asyncio.gather(*(self.kube.create(o) for o in objs))
+        bad = [
+            (o["kind"], c, d.get("message"))
+            for o, (c, d) in zip(objs, codes, strict=True)
+            if c not in (200, 201, 409)
+        ]
+        if bad:
+            raise RuntimeError(f"creating auth objects for {run.key}: {bad}")
+        self.auth_done.add(run.metadata.uid)
+
+    async def run_forever(self, stop: asyncio.Event) -> None:
+        watches = [
+            asyncio.create_task(self.kube.watch(self.cache, kind, stop), name=f"watch-{kind}")
+            for kind in WATCHED
+        ]
+        try:
+            await self._loop(stop)
+        finally:
+            for task in watches:
+                task.cancel()
+            await asyncio.gather(*watches, return_exceptions=True)
+
+    async def _loop(self, stop: asyncio.Event) -> None:
+        cfg = self.cfg
+        expected = self.kube.expected_syncs()
+        # Act only on a complete view: a run seen before its pods would get duplicate creations
+        # refused by name, but an incomplete view of the GPU pods could over-admit.
+        while not stop.is_set() and not expected <= self.cache.synced:
+            self.cache.dirty.clear()  # the first pass below runs regardless
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.cache.dirty.wait(), 1.0)
+        while not stop.is_set():
+            try:
+                self.cache.dirty.clear()
+                requeue = await self.reconcile_all()
+                s = self.last
+                if s.actions:
+                    log.info(
+                        "pass %d: %d runs, %d admitted, %d acted on; decide %.3f s, act %.3f s",
+                        self.passes,
+                        s.runs,
+                        s.admitted,
+                        s.actions,
+                        s.decide_seconds,
+                        s.act_seconds,
+                    )
+            except Exception:
+                log.exception("controller pass failed; retrying")
+                if self.metrics is not None:
+                    self.metrics.observe_reconcile("trainingruns", 0.0, failed=True)
+                requeue = 1.0
+            timeout = cfg.resync_seconds if requeue is None else min(cfg.resync_seconds, requeue)
+            try:
+                await asyncio.wait_for(self.cache.dirty.wait(), timeout=max(0.05, timeout))
+                await asyncio.sleep(cfg.debounce_seconds)  # batch a burst of events
+            except TimeoutError:
+                pass
+
+
+def _has_work(plan: Plan) -> bool:
+    return bool(
+        plan.create
+        or plan.delete_pods
+        or plan.status_patch is not None
+        or plan.events
+        or plan.delete_run
+    )

@@ -1,0 +1,298 @@
+"""The operator's RBAC is exactly what its code uses: no rule unused, no call unpermitted.
+
+The permissions the code needs are derived from the source of operator/accordion_operator/:
+- every module: each `_call(METHOD, version, url, ...)` and `list_all(version, plural)`, each
+  `@kopf.on.event(group, version, plural)` (kopf lists and watches) and each entry of a
+  `WATCHED` table (the controller's own watch streams);
+- kube.py: `Kube.create(obj)`, whose kind -> plural table lists what it can create;
+- builders.build_role: what the operator grants each launcher, which RBAC lets only holders grant;
+- kopf itself (FRAMEWORK below).
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import inspect
+import pkgutil
+from collections.abc import Iterator
+from types import ModuleType
+from typing import Any
+
+import pytest
+from chartkit import Obj, find, one, render
+
+from accordion_operator import builders, kube
+from accordion_operator.api.trainingrun import TrainingRun
+
+Perm = tuple[str, str, str]  # (apiGroup, resource, verb)
+
+#: What kopf needs beyond the handlers' list/watch: scanning of CRDs (read-only).
+FRAMEWORK: set[Perm] = {
+    ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
+    ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
+}
+CLUSTER_SCOPED = {"nodes", "customresourcedefinitions"}
+HTTP_VERB = {"GET": "get", "POST": "create", "DELETE": "delete", "PATCH": "patch", "PUT": "update"}
+KIND_GROUP = {"Role": "rbac.authorization.k8s.io", "RoleBinding": "rbac.authorization.k8s.io"}
+
+
+def _group(version: str) -> str:
+    return version.rsplit("/", 1)[0] if "/" in version else ""
+
+
+def _value(node: ast.expr, scope: dict[str, Any]) -> str:
+    """A string argument: a literal, a module constant, or the resource part of an f-string."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    if isinstance(node, ast.Name):
+        value = scope[node.id]
+        assert isinstance(value, str), node.id
+        return value
+    if isinstance(node, ast.JoinedStr):
+        parts = []
+        for v in node.values:
+            if isinstance(v, ast.Constant):
+                parts.append(str(v.value))
+            elif isinstance(v, ast.FormattedValue) and isinstance(v.value, ast.Name):
+                # module constants resolve (PLURAL); local names (an object's name) become "*"
+                parts.append(str(scope.get(v.value.id, "*")))
+            else:
+                parts.append("*")
+        return "".join(parts)
+    raise AssertionError(f"cannot read {ast.unparse(node)}: extend this test")
+
+
+def _resource(url: str) -> str:
+    """`pods/{name}` -> pods; `trainingruns/{name}/status` -> trainingruns/status."""
+    parts = url.split("/")
+    return parts[0] if len(parts) < 3 else f"{parts[0]}/{parts[2]}"
+
+
+def _calls(tree: ast.AST, attr: str) -> Iterator[ast.Call]:
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == attr
+        ):
+            yield node
+
+
+def _modules() -> list[ModuleType]:
+    import accordion_operator
+
+    names = [
+        m.name for m in pkgutil.walk_packages(accordion_operator.__path__, "accordion_operator.")
+    ]
+    return [importlib.import_module(n) for n in names if not n.endswith("__main__")]
+
+
+def permissions_from_api_calls() -> set[Perm]:
+    """Every `_call(METHOD, version, url)` and `list_all(version, plural)` in any module."""
+    perms: set[Perm] = set()
+    for module in _modules():
+        scope = vars(module)
+        tree = ast.parse(inspect.getsource(module))
+        for call in _calls(tree, "_call"):
+            method, version, url = call.args[:3]
+            if isinstance(version, ast.Name) and version.id == "version":
+                continue  # the generic helpers (list_all, create) pass it through
+            perms.add(
+                (
+                    _group(_value(version, scope)),
+                    _resource(_value(url, scope)),
+                    HTTP_VERB[_value(method, scope)],
+                )
+            )
+        for call in _calls(tree, "list_all"):
+            version, plural = call.args[:2]
+            perms.add((_group(_value(version, scope)), _value(plural, scope), "list"))
+    return perms
+
+
+def permissions_from_create() -> set[Perm]:
+    """`Kube.create(obj)`: its kind -> plural table lists every kind it can create."""
+    scope = vars(kube)
+    tree = ast.parse(inspect.getsource(kube))
+    perms: set[Perm] = set()
+    (create,) = [
+        n for n in ast.walk(tree) if isinstance(n, ast.AsyncFunctionDef) and n.name == "create"
+    ]
+    (table,) = [n for n in ast.walk(create) if isinstance(n, ast.Dict)]
+    for k, v in zip(table.keys, table.values, strict=True):
+        assert k is not None
+        kind, plural = _value(k, scope), _value(v, scope)
+        perms.add((KIND_GROUP.get(kind, ""), plural, "create"))
+    return perms
+
+
+def permissions_from_handlers() -> set[Perm]:
+    """What is watched: each `@kopf.on.event` (kopf lists and watches) and each entry of a
+    module's `WATCHED` table (kind -> (version, plural, namespaced): the controller's own
+    LIST + WATCH streams)."""
+    perms: set[Perm] = set()
+    for module in _modules():
+        for version, plural, _namespaced in getattr(module, "WATCHED", {}).values():
+            perms |= {(_group(version), plural, "list"), (_group(version), plural, "watch")}
+        scope = vars(module)
+        for node in ast.walk(ast.parse(inspect.getsource(module))):
+            if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            for deco in node.decorator_list:
+                if not isinstance(deco, ast.Call):
+                    continue
+                name = ast.unparse(deco.func)
+                if name == "kopf.on.event":
+                    group, _version, plural = (_value(a, scope) for a in deco.args[:3])
+                    perms |= {(group, plural, "list"), (group, plural, "watch")}
+                elif name.startswith("kopf.on."):
+                    assert name in ("kopf.on.startup", "kopf.on.cleanup"), (
+                        f"{name}: a change handler makes kopf patch finalizers/annotations: "
+                        "add those verbs here and in the chart"
+                    )
+    return perms
+
+
+def permissions_granted_to_launchers() -> set[Perm]:
+    run = TrainingRun.model_validate(
+        {
+            "metadata": {"name": "r", "namespace": "ns", "uid": "u"},
+            "spec": {
+                "model": {"builtin": "mnist-cnn"},
+                "results": {
+                    "endpoint": "minio:9000",
+                    "bucket": "results",
+                    "credentialsSecret": {"name": "s"},
+                },
+            },
+        }
+    )
+    from accordion_operator.config import Config
+
+    role = builders.build_role(run, Config())
+    return {
+        (g, r, v)
+        for rule in role["rules"]
+        for g in rule["apiGroups"]
+        for r in rule["resources"]
+        for v in rule["verbs"]
+    }
+
+
+def needed() -> set[Perm]:
+    return (
+        permissions_from_api_calls()
+        | permissions_from_create()
+        | permissions_from_handlers()
+        | permissions_granted_to_launchers()
+        | FRAMEWORK
+    )
+
+
+def _expand(rules: list[dict[str, Any]]) -> set[Perm]:
+    out: set[Perm] = set()
+    for rule in rules:
+        assert "resourceNames" not in rule
+        for g in rule["apiGroups"]:
+            for r in rule["resources"]:
+                for v in rule["verbs"]:
+                    assert "*" not in (g, r, v), rule
+                    out.add((g, r, v))
+    return out
+
+
+def test_the_code_derivation_finds_the_known_calls() -> None:
+    """Guards the parser itself: a few calls we know the operator makes."""
+    perms = needed()
+    assert ("", "pods", "create") in perms
+    assert ("", "secrets", "get") in perms
+    assert ("accordion.dev", "trainingruns/status", "patch") in perms
+    assert ("accordion.dev", "trainingruns", "watch") in perms
+    assert ("", "nodes", "watch") in perms
+    assert ("accordion.dev", "experiments", "watch") in perms
+    assert ("", "nodes", "list") in perms
+    assert ("rbac.authorization.k8s.io", "rolebindings", "create") in perms
+
+
+def test_cluster_wide_rules_equal_what_the_code_uses(defaults: list[Obj]) -> None:
+    role = one(defaults, "ClusterRole", "acc-accordion-operator")
+    granted = _expand(role["rules"])
+    missing = needed() - granted
+    unused = granted - needed()
+    assert missing == set(), f"the operator makes calls its ClusterRole does not allow: {missing}"
+    assert unused == set(), f"rules no code uses (least privilege): {unused}"
+    binding = one(defaults, "ClusterRoleBinding", "acc-accordion-operator")
+    assert binding["subjects"] == [
+        {
+            "kind": "ServiceAccount",
+            "name": "acc-accordion-operator",
+            "namespace": "accordion-system",
+        }
+    ]
+
+
+def test_namespaced_mode_uses_roles_plus_a_cluster_role_for_nodes() -> None:
+    objs = render({"watch.namespaces": '["team-a","team-b"]'})
+    cluster = _expand(one(objs, "ClusterRole", "acc-accordion-operator")["rules"])
+    assert {r for _, r, _ in cluster} == CLUSTER_SCOPED
+    roles = find(objs, "Role", "acc-accordion-operator")
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
+    bindings = find(objs, "RoleBinding", "acc-accordion-operator")
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
+    for role in roles:
+        assert cluster | _expand(role["rules"]) == needed()
+        assert {r for _, r, _ in _expand(role["rules"])}.isdisjoint(CLUSTER_SCOPED)
+
+
+def test_every_rule_is_labelled_framework_or_application() -> None:
+    from chartkit import render_text
+
+    text = render_text({"watch.namespaces": '["a"]'}, "--skip-tests")
+    for doc in text.split("\n---"):
+        if "name: acc-accordion-operator\n" not in doc or "\nrules:" not in doc:
+            continue
+        head, previous_was_comment, rules = "", False, 0
+        for line in doc.split("\nrules:", 1)[1].splitlines():
+            stripped = line.strip()
+            is_comment = stripped.startswith("#")
+            if is_comment and not previous_was_comment:
+                head = stripped  # first line of the comment block the next rules belong to
+            previous_was_comment = is_comment
+            if stripped.startswith("- apiGroups:"):
+                rules += 1
+                assert head.startswith(("# Framework:", "# Application:")), (line, head)
+        assert rules >= 2
+
+
+def test_users_get_runs_through_the_default_roles(defaults: list[Obj]) -> None:
+    view = one(defaults, "ClusterRole", "acc-accordion-view")
+    edit = one(defaults, "ClusterRole", "acc-accordion-edit")
+    for label in ("view", "edit", "admin"):
+        assert (
+            view["metadata"]["labels"][f"rbac.authorization.k8s.io/aggregate-to-{label}"] == "true"
+        )
+    assert "rbac.authorization.k8s.io/aggregate-to-view" not in edit["metadata"]["labels"]
+    read = _expand(view["rules"])
+    assert {(g, r) for g, r, _ in read} >= {
+        ("accordion.dev", "trainingruns"),
+        ("accordion.dev", "experiments"),
+    }
+    assert {v for _, _, v in read} == {"get", "list", "watch"}
+    write = _expand(edit["rules"])
+    assert ("accordion.dev", "trainingruns", "create") in write
+    assert ("accordion.dev", "experiments", "delete") in write
+    assert ("accordion.dev", "trainingruns/scale", "patch") in write
+    # users never write status: that is the operator's and the launcher's
+    assert not [p for p in write if p[1].endswith("/status")]
+
+
+@pytest.mark.parametrize("value", ["rbac.create", "rbac.aggregateToDefaultRoles"])
+def test_rbac_toggles(value: str) -> None:
+    objs = render({value: "false"})
+    names = {o["metadata"]["name"] for o in objs if o["kind"] == "ClusterRole"}
+    if value == "rbac.create":
+        assert names == {"acc-accordion-view", "acc-accordion-edit"}
+        assert find(objs, "ClusterRoleBinding") == []
+    else:
+        assert names == {"acc-accordion-operator"}

@@ -1,0 +1,290 @@
+"""The Helm chart against the real local apiserver: every rendered object passes server-side
+validation (`kubectl apply --dry-run=server`), and install + uninstall leaves nothing of the
+operator behind except the CRDs, which the chart keeps on purpose."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from accordion_dev.cluster import Cluster
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "helm" / "accordion"
+CACHE = Path(os.environ.get("ACCORDION_CACHE", Path.home() / ".cache" / "accordion"))
+CRD = "trainingruns.accordion.dev"
+CRDS = (CRD, "experiments.accordion.dev")
+
+
+def _run(
+    cluster: Cluster, argv: list[str], stdin: str | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "HELM_CACHE_HOME": "/tmp/helm-c"}
+    r = subprocess.run(
+        argv, input=stdin, capture_output=True, text=True, env=env, timeout=180, check=False
+    )
+    if check:
+        assert r.returncode == 0, f"{argv}: {r.stdout}\n{r.stderr}"
+    return r
+
+
+def _helm(cluster: Cluster, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return _run(cluster, [str(CACHE / "bin" / "helm"), *args], check=check)
+
+
+def _kubectl(
+    cluster: Cluster, *args: str, stdin: str | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    return _run(cluster, [str(CACHE / "bin" / "kubectl"), *args], stdin=stdin, check=check)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [],
+        # namespaced watch mode: Roles in the listed namespace; dashboards on
+        ["--set", "monitoring.dashboards.enabled=true", "--set-json", 'watch.namespaces=["NS"]'],
+    ],
+    ids=["defaults", "namespaced-with-dashboards"],
+)
+def test_rendered_chart_passes_server_side_dry_run(
+    cluster: Cluster, namespace: str, values: list[str]
+) -> None:
+    values = [v.replace('"NS"', f'"{namespace}"') for v in values]
+    manifest = _helm(
+        cluster, "template", "acc", str(CHART), "-n", namespace, "--skip-tests", *values
+    ).stdout
+    r = _kubectl(cluster, "apply", "--dry-run=server", "-n", namespace, "-f", "-", stdin=manifest)
+    applied = r.stdout.splitlines()
+    assert any(f"customresourcedefinition.apiextensions.k8s.io/{CRD}" in x for x in applied)
+    assert any("deployment.apps/acc-accordion-operator" in x for x in applied)
+    assert any("clusterrole.rbac.authorization.k8s.io/acc-accordion-operator" in x for x in applied)
+    if values:
+        assert any(
+            x.startswith("role.rbac.authorization.k8s.io/acc-accordion-operator") for x in applied
+        )
+        assert any("configmap/acc-accordion-accordion-runs" in x for x in applied)
+
+
+def test_helm_test_hook_passes_server_side_dry_run(cluster: Cluster, namespace: str) -> None:
+    """The hook's objects; its Pod checked on its own with the namespace's default service
+    account (the hook's own account only exists once `helm test` creates it)."""
+    out = _helm(cluster, "template", "acc", str(CHART), "-n", namespace).stdout
+    docs = [d for d in yaml.safe_load_all(out) if d]
+    hooks = [d for d in docs if d["metadata"].get("annotations", {}).get("helm.sh/hook") == "test"]
+    assert sorted(d["kind"] for d in hooks) == [
+        "ConfigMap",
+        "Pod",
+        "Role",
+        "RoleBinding",
+        "ServiceAccount",
+    ]
+    for d in hooks:
+        if d["kind"] == "Pod":
+            d["spec"]["serviceAccountName"] = "default"
+    manifest = yaml.safe_dump_all(hooks)
+    r = _kubectl(cluster, "apply", "--dry-run=server", "-n", namespace, "-f", "-", stdin=manifest)
+    assert "pod/acc-accordion-test created (server dry run)" in r.stdout
+
+
+def _adopt_existing_crd(cluster: Cluster, release: str, namespace: str) -> None:
+    """A kept CRD (from an earlier release, or applied by hand) must be adopted by the new release:
+    the documented step is to give it the release's ownership metadata."""
+    for crd in CRDS:
+        if _kubectl(cluster, "get", "crd", crd, "-o", "name", check=False).returncode != 0:
+            continue
+        _kubectl(cluster, "label", "--overwrite", "crd", crd, "app.kubernetes.io/managed-by=Helm")
+        _kubectl(
+            cluster,
+            "annotate",
+            "--overwrite",
+            "crd",
+            crd,
+            f"meta.helm.sh/release-name={release}",
+            f"meta.helm.sh/release-namespace={namespace}",
+        )
+
+
+def _leftovers(cluster: Cluster, release: str, namespace: str) -> list[str]:
+    selector = f"app.kubernetes.io/instance={release}"
+    names = _kubectl(
+        cluster,
+        "get",
+        "deployments,replicasets,configmaps,serviceaccounts,services,roles,rolebindings,secrets",
+        "-n",
+        namespace,
+        "-l",
+        selector,
+        "-o",
+        "name",
+    ).stdout.split()
+    names += _kubectl(
+        cluster, "get", "clusterroles,clusterrolebindings", "-l", selector, "-o", "name"
+    ).stdout.split()
+    return names
+
+
+def test_install_then_uninstall_leaves_only_the_kept_crds(cluster: Cluster, namespace: str) -> None:
+    release = namespace  # unique per test: its cluster-scoped roles cannot clash with another's
+    _adopt_existing_crd(cluster, release, namespace)
+    # The operator itself is not started here (tests/e2e runs a TrainingRun through the chart):
+    # the Deployment is created and removed like every other object.
+    _helm(cluster, "install", release, str(CHART), "-n", namespace, "--timeout", "2m")
+    installed = _leftovers(cluster, release, namespace)
+    assert any(x.startswith("deployment.apps/") for x in installed)
+    assert any(x.startswith("configmap/") and x.endswith("-operator-settings") for x in installed)
+    assert any(x.startswith("clusterrole.rbac.authorization.k8s.io/") for x in installed)
+    status = json.loads(_helm(cluster, "status", release, "-n", namespace, "-o", "json").stdout)
+    assert status["info"]["status"] == "deployed"
+
+    r = _helm(cluster, "uninstall", release, "-n", namespace, "--wait", "--timeout", "2m")
+    assert "These resources were kept due to the resource policy" in r.stdout + r.stderr
+    assert _leftovers(cluster, release, namespace) == []
+    crd = json.loads(_kubectl(cluster, "get", "crd", CRD, "-o", "json").stdout)
+    assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert _helm(cluster, "status", release, "-n", namespace, check=False).returncode != 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def test_operator_deployment_from_the_chart_runs_with_its_rbac(
+    cluster: Cluster, namespace: str, process_nodes: list[str]
+) -> None:
+    """The chart's Deployment, on a process node (the image is ignored there: `command` runs
+    from this checkout), runs the real operator under the chart's ServiceAccount and RBAC: it
+    lists nodes, pods, runs and experiments, reads a run's credentials Secret and patches the
+    run's status.
+
+    The run exists before the operator starts (install with replicas 0, then upgrade to 1), so
+    the operator sees it through its startup LIST: on process nodes kopf's own in-cluster login
+    cannot resolve kubernetes.default.svc (no cluster DNS), so its watches do not work there."""
+    release = namespace
+    _adopt_existing_crd(cluster, release, namespace)
+    _helm(
+        cluster,
+        "install",
+        release,
+        str(CHART),
+        "-n",
+        namespace,
+        "--timeout",
+        "2m",
+        "--set",
+        "operator.replicas=0",
+        "--set-json",
+        'operator.nodeSelector={"accordion.dev/process-node":"true"}',
+        # all process nodes share this machine's ports: pick free ones
+        "--set",
+        f"operator.healthPort={_free_port()}",
+        "--set",
+        f"operator.metricsPort={_free_port()}",
+    )
+    try:
+        run = {
+            "apiVersion": "accordion.dev/v1alpha1",
+            "kind": "TrainingRun",
+            "metadata": {"name": "rbac-probe", "namespace": namespace},
+            "spec": {
+                "model": {"builtin": "mnist-mlp"},
+                "results": {
+                    "endpoint": "minio:9000",
+                    "bucket": "results",
+                    "credentialsSecret": {"name": "no-such-secret"},
+                },
+            },
+        }
+        _kubectl(cluster, "apply", "-f", "-", stdin=json.dumps(run))
+        _helm(
+            cluster,
+            "upgrade",
+            release,
+            str(CHART),
+            "-n",
+            namespace,
+            "--reuse-values",
+            "--set",
+            "operator.replicas=1",
+            "--wait",
+            "--timeout",
+            "3m",
+        )
+        pods = json.loads(
+            _kubectl(
+                cluster,
+                "get",
+                "pods",
+                "-n",
+                namespace,
+                "-l",
+                "app.kubernetes.io/component=operator",
+                "-o",
+                "json",
+            ).stdout
+        )["items"]
+        assert len(pods) == 1
+        pod = pods[0]
+        assert pod["spec"]["nodeName"] in process_nodes
+        assert [c["status"] for c in pod["status"]["conditions"] if c["type"] == "Ready"] == [
+            "True"
+        ]
+        uid = pod["metadata"]["uid"]
+        pattern = f"nodes/*/pods/{namespace}_{pod['metadata']['name']}_{uid}/operator.log"
+        (log_file,) = cluster.state_dir.glob(pattern)
+        # The controller looks up the run's credentials Secret (missing here) and patches the
+        # run's status to say so.
+        deadline = time.monotonic() + 60
+        reasons: set[str] = set()
+        while "CredentialsSecretNotFound" not in reasons:
+            assert time.monotonic() < deadline, (reasons, log_file.read_text()[-3000:])
+            time.sleep(1)
+            got = json.loads(
+                _kubectl(
+                    cluster, "get", "trainingrun", "rbac-probe", "-n", namespace, "-o", "json"
+                ).stdout
+            )
+            reasons = {c["reason"] for c in got.get("status", {}).get("conditions", [])}
+        time.sleep(2)  # the experiment controller's first pass lists experiments too
+        denied = [x for x in log_file.read_text().splitlines() if "403" in x or "Forbidden" in x]
+        assert denied == []
+        _kubectl(cluster, "delete", "trainingrun", "rbac-probe", "-n", namespace, "--wait")
+    finally:
+        _helm(cluster, "uninstall", release, "-n", namespace, "--wait", "--timeout", "2m")
+    assert _leftovers(cluster, release, namespace) == []
+
+
+def test_notes_example_run_is_accepted_by_the_apiserver(cluster: Cluster, namespace: str) -> None:
+    """The TrainingRun that NOTES.txt tells users to apply passes the CRD's validation."""
+    _adopt_existing_crd(cluster, "acc", namespace)
+    _kubectl(
+        cluster,
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        "-",
+        stdin=_helm(
+            cluster, "template", "acc", str(CHART), "--show-only", "templates/crds/crds.yaml"
+        ).stdout,
+    )
+    out = _helm(cluster, "install", "acc", str(CHART), "-n", namespace, "--dry-run").stdout
+    notes = out.split("NOTES:", 1)[1]
+    body = notes.split("cat <<YAML | kubectl -n <namespace> apply -f -\n", 1)[1]
+    body = body.split("\n     YAML", 1)[0]
+    run = yaml.safe_load("\n".join(line.removeprefix("     ") for line in body.splitlines()))
+    assert run["kind"] == "TrainingRun"
+    r = _kubectl(
+        cluster, "apply", "--dry-run=server", "-n", namespace, "-f", "-", stdin=json.dumps(run)
+    )
+    assert "trainingrun.accordion.dev/mnist created (server dry run)" in r.stdout

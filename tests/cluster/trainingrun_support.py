@@ -1,0 +1,235 @@
+"""Fixtures and helpers for the TrainingRun cluster tests: the CRD, the operator as a
+subprocess (`python -m accordion_operator`, cluster-wide) against the session cluster."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from accordion_dev.cluster import Cluster
+
+REPO = Path(__file__).resolve().parents[2]
+CRD = REPO / "crds" / "trainingruns.accordion.dev.yaml"
+TR = "/apis/accordion.dev/v1alpha1/namespaces/{ns}/trainingruns"
+TOLERATE_ALL = [{"operator": "Exists"}]  # kwok nodes carry the kwok and the GPU taint
+
+
+def poll(fn: Callable[[], Any], timeout: float = 30, every: float = 0.25, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what or fn}; last: {last!r}")
+
+
+@pytest.fixture(scope="session")
+def trainingrun_crd(cluster: Cluster) -> str:
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
+    cluster.kubectl(
+        "wait", "--for=condition=Established", "--timeout=30s", "crd/trainingruns.accordion.dev"
+    )
+    return "trainingruns.accordion.dev"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class Operator:
+    """`python -m accordion_operator` in a subprocess; restartable."""
+
+    def __init__(self, cluster: Cluster, log_dir: Path, env: dict[str, str]) -> None:
+        self.cluster = cluster
+        self.log_dir = log_dir
+        self.env = env
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+        self.health_port = _free_port()
+        self.metrics_port = _free_port()
+
+    @property
+    def log(self) -> Path:
+        return self.log_dir / f"operator-{self.starts}.log"
+
+    def start(self) -> None:
+        assert self.proc is None
+        self.starts += 1
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.cluster.kubeconfig),
+            "ACCORDION_HEALTH_PORT": str(self.health_port),
+            "ACCORDION_OPERATOR_METRICS_PORT": str(self.metrics_port),
+            "ACCORDION_DEBOUNCE_SECONDS": "0.1",
+            "ACCORDION_RESYNC_SECONDS": "2",
+            "ACCORDION_SCALE_COOLDOWN_SECONDS": "5",
+            **self.env,
+        }
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "accordion_operator"],
+            env=env,
+            stdout=self.log.open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+
+        def healthy() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"operator exited: {self.log.read_text()[-3000:]}")
+            try:
+                return (
+                    httpx.get(f"http://127.0.0.1:{self.health_port}/healthz", timeout=1).status_code
+                    == 200
+                )
+            except httpx.HTTPError:
+                return False
+
+        poll(healthy, 60, what="operator /healthz")
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup at all, the way a crash or an OOM kill ends it."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+        self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.proc = None
+
+    def tail(self) -> str:
+        return self.log.read_text()[-4000:] if self.log.exists() else ""
+
+
+@pytest.fixture
+def operator(cluster: Cluster, trainingrun_crd: str, tmp_path: Path) -> Iterator[Operator]:
+    op = Operator(cluster, tmp_path, {})
+    op.start()
+    try:
+        yield op
+    finally:
+        alive = op.alive()
+        op.stop()
+        assert alive, f"the operator died during the test:\n{op.tail()}"
+
+
+def run_body(
+    name: str, *, lo: int = 1, hi: int = 1, gpus: int = 1, priority: int = 0, **spec: Any
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "accordion.dev/v1alpha1",
+        "kind": "TrainingRun",
+        "metadata": {"name": name},
+        "spec": {
+            "model": {"builtin": "mnist-cnn"},
+            "results": {
+                "endpoint": "minio.local:9000",
+                "bucket": "results",
+                "credentialsSecret": {"name": "s3"},
+            },
+            "workers": {"min": lo, "max": hi, "gpusPerWorker": gpus},
+            "priority": priority,
+            "tolerations": TOLERATE_ALL,
+            **spec,
+        },
+    }
+
+
+class Api:
+    """Small synchronous helpers over the admin client."""
+
+    def __init__(self, cluster: Cluster, ns: str) -> None:
+        self.cluster = cluster
+        self.ns = ns
+        self.http = cluster.http()
+
+    def close(self) -> None:
+        self.http.close()
+
+    def secret(self, name: str = "s3", **data: str) -> None:
+        data = data or {"accessKey": "minio", "secretKey": "minio123"}
+        r = self.http.post(
+            f"/api/v1/namespaces/{self.ns}/secrets",
+            json={"metadata": {"name": name}, "stringData": data},
+        )
+        assert r.status_code == 201, r.text
+
+    def create(self, body: dict[str, Any]) -> httpx.Response:
+        return self.http.post(TR.format(ns=self.ns), json=body)
+
+    def get(self, name: str) -> dict[str, Any]:
+        r = self.http.get(TR.format(ns=self.ns) + f"/{name}")
+        r.raise_for_status()
+        body: dict[str, Any] = r.json()
+        return body
+
+    def status(self, name: str) -> dict[str, Any]:
+        return self.get(name).get("status") or {}
+
+    def condition(self, name: str, ctype: str) -> dict[str, Any]:
+        for c in self.status(name).get("conditions") or []:
+            if c["type"] == ctype:
+                return dict(c)
+        return {}
+
+    def delete(self, name: str) -> None:
+        r = self.http.delete(
+            TR.format(ns=self.ns) + f"/{name}", params={"propagationPolicy": "Foreground"}
+        )
+        assert r.status_code in (200, 202), r.text
+
+    def pods(
+        self,
+        selector: str = "app.kubernetes.io/managed-by=accordion-operator",
+        ns: str | None = None,
+    ) -> list[dict[str, Any]]:
+        path = f"/api/v1/namespaces/{ns or self.ns}/pods" if ns != "" else "/api/v1/pods"
+        r = self.http.get(path, params={"labelSelector": selector})
+        r.raise_for_status()
+        return [p for p in r.json()["items"] if not p["metadata"].get("deletionTimestamp")]
+
+    def workers(self, run: str) -> list[dict[str, Any]]:
+        return self.pods(f"accordion.dev/run={run},accordion.dev/role=worker")
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        r = self.http.get(
+            f"/api/v1/namespaces/{self.ns}/events",
+            params={"fieldSelector": f"involvedObject.name={name}"},
+        )
+        r.raise_for_status()
+        items: list[dict[str, Any]] = r.json()["items"]
+        return items
+
+
+@pytest.fixture
+def api(cluster: Cluster, trainingrun_crd: str, namespace: str) -> Iterator[Api]:
+    a = Api(cluster, namespace)
+    try:
+        yield a
+    finally:
+        a.close()

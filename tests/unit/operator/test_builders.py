@@ -1,0 +1,155 @@
+"""Child objects match docs/contract.md."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from trainingrun_factory import make_run
+
+from accordion_operator import builders
+from accordion_operator.config import Config
+
+CONTRACT = Path(__file__).resolve().parents[3] / "docs" / "contract.md"
+CFG = Config(trainer_image="registry.local/trainer:1")
+
+
+def env_of(pod: dict) -> dict[str, dict]:
+    return {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
+
+
+def test_worker_pod_shape() -> None:
+    run = make_run(spec={"workers": {"gpusPerWorker": 2, "cpu": "4", "memory": "16Gi"}})
+    pod = builders.build_worker_pod(run, 3, CFG)
+    meta = pod["metadata"]
+    assert meta["name"] == "mnist-worker-3"
+    assert meta["labels"] == {
+        "app.kubernetes.io/name": "accordion",
+        "app.kubernetes.io/managed-by": "accordion-operator",
+        "accordion.dev/run": "mnist",
+        "accordion.dev/role": "worker",
+        "accordion.dev/worker-index": "3",
+    }
+    assert meta["ownerReferences"] == [
+        {
+            "apiVersion": "accordion.dev/v1alpha1",
+            "kind": "TrainingRun",
+            "name": "mnist",
+            "uid": "uid-1",
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
+    c = pod["spec"]["containers"][0]
+    assert c["image"] == "registry.local/trainer:1"
+    assert c["command"] == ["python", "-m", "accordion_trainer", "worker"]
+    assert c["resources"]["requests"] == {"cpu": "4", "memory": "16Gi", "nvidia.com/gpu": "2"}
+    assert c["resources"]["limits"] == c["resources"]["requests"]
+    assert c["readinessProbe"]["tcpSocket"] == {"port": 2222}
+    assert pod["spec"]["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists"}]
+    assert pod["spec"]["restartPolicy"] == "Never"
+    assert {"name": "ssh", "mountPath": "/etc/accordion/ssh", "readOnly": True} in c["volumeMounts"]
+    ssh = next(v for v in pod["spec"]["volumes"] if v["name"] == "ssh")
+    assert ssh["secret"] == {"secretName": "mnist-ssh", "defaultMode": 0o440}
+    assert pod["spec"]["securityContext"] == {"fsGroup": 10001}  # the trainer image's user
+    unset = builders.build_worker_pod(run, 0, Config(pod_fs_group=0))
+    assert "securityContext" not in unset["spec"]
+    with_group = builders.build_worker_pod(run, 0, Config(pod_fs_group=1000))
+    assert with_group["spec"]["securityContext"] == {"fsGroup": 1000}
+    env = env_of(pod)
+    assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"] == {
+        "name": "s3",
+        "key": "accessKey",
+    }
+    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["key"] == "secretKey"
+    assert json.loads(env["ACCORDION_MODEL"]["value"]) == {"builtin": "mnist-cnn"}
+
+
+def test_launcher_never_gets_credentials_and_uses_its_service_account() -> None:
+    run = make_run(spec={"image": "mine:2", "hyperparameters": {"learning_rate": 0.01}})
+    pod = builders.build_launcher_pod(run, CFG)
+    env = env_of(pod)
+    assert not any(name.startswith("AWS_") for name in env)
+    assert not any("secretKeyRef" in e.get("valueFrom", {}) for e in env.values())
+    assert pod["spec"]["serviceAccountName"] == "mnist-launcher"
+    assert pod["spec"]["containers"][0]["image"] == "mine:2"
+    assert "nvidia.com/gpu" not in pod["spec"]["containers"][0]["resources"]["requests"]
+    assert json.loads(env["ACCORDION_HPARAMS"]["value"]) == {"learning_rate": 0.01}
+    assert env["ACCORDION_MIN_WORKERS"]["value"] == "1"
+    assert env["ACCORDION_MAX_WORKERS"]["value"] == "4"
+
+
+def test_every_contract_variable_is_set() -> None:
+    text = CONTRACT.read_text()
+    section = text.split("## Environment", 1)[1].split("\n## ", 1)[0]
+    table = "\n".join(line for line in section.splitlines() if line.startswith("| `"))
+    names = set(re.findall(r"`((?:ACCORDION|AWS)_[A-Z_]+)`", table))
+    run = make_run(
+        spec={
+            "data": {
+                "endpoint": "minio:9000",
+                "bucket": "data",
+                "credentialsSecret": {"name": "s3"},
+            }
+        }
+    )
+    worker = set(env_of(builders.build_worker_pod(run, 0, CFG)))
+    launcher = set(env_of(builders.build_launcher_pod(run, CFG)))
+    assert names - worker == set()
+    worker_only = {
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "ACCORDION_DATA_DIR",
+        "ACCORDION_WORKER_INDEX",
+    }
+    assert names - launcher == worker_only
+    pod_ip = env_of(builders.build_launcher_pod(run, CFG))["ACCORDION_POD_IP"]
+    assert pod_ip["valueFrom"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+
+
+def test_experiment_label_is_inherited() -> None:
+    run = make_run(metadata={"labels": {"accordion.dev/experiment": "lr-search"}})
+    pod = builders.build_worker_pod(run, 0, CFG)
+    assert pod["metadata"]["labels"]["accordion.dev/experiment"] == "lr-search"
+
+
+def test_auth_objects() -> None:
+    run = make_run()
+    private, public = builders.new_ssh_keypair()
+    assert private.startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
+    assert public.startswith("ssh-ed25519 ")
+    secret = builders.build_ssh_secret(run, CFG, (private, public))
+    assert secret["metadata"]["name"] == "mnist-ssh"
+    assert set(secret["stringData"]) == {"id_ed25519", "id_ed25519.pub", "authorized_keys"}
+    assert secret["stringData"]["authorized_keys"].startswith(public)
+    role = builders.build_role(run, CFG)
+    assert role["rules"][0] == {
+        "apiGroups": [""],
+        "resources": ["pods"],
+        "verbs": ["get", "list", "watch"],
+    }
+    assert role["rules"][1]["resources"] == ["trainingruns/status"]
+    assert role["rules"][1]["resourceNames"] == ["mnist"]
+    assert role["rules"][1]["verbs"] == ["get", "patch"]
+    binding = builders.build_role_binding(run, CFG)
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "mnist-launcher", "namespace": "team-a"}
+    ]
+    assert builders.build_service_account(run, CFG)["metadata"]["name"] == "mnist-launcher"
+
+
+def test_placement_is_copied() -> None:
+    aff = {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [
+                    {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}
+                ]
+            }
+        }
+    }
+    run = make_run(spec={"nodeSelector": {"gpu": "h100"}, "affinity": aff})
+    pod = builders.build_worker_pod(run, 0, CFG)
+    assert pod["spec"]["nodeSelector"] == {"gpu": "h100"}
+    assert pod["spec"]["affinity"] == aff

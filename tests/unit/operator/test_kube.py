@@ -1,0 +1,109 @@
+"""The controller's cache: watch events and LISTs in, allocator inputs out (no apiserver)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from trainingrun_factory import make_body
+
+from accordion_operator.allocator import PodUse, Taint
+from accordion_operator.config import Config
+from accordion_operator.kube import ClusterCache, node_from
+
+
+def pod(
+    name: str,
+    ns: str = "team-a",
+    *,
+    run: str | None = None,
+    gpus: int = 1,
+    node: str | None = "n1",
+    phase: str = "Running",
+    rv: str = "5",
+) -> dict[str, Any]:
+    labels = {}
+    if run:
+        labels = {
+            "accordion.dev/run": run,
+            "accordion.dev/role": "worker",
+            "app.kubernetes.io/managed-by": "accordion-operator",
+            "accordion.dev/worker-index": name.rsplit("-", 1)[-1],
+        }
+    return {
+        "metadata": {"name": name, "namespace": ns, "labels": labels, "resourceVersion": rv},
+        "spec": {
+            "nodeName": node,
+            "containers": [{"resources": {"requests": {"nvidia.com/gpu": str(gpus)}}}],
+        },
+        "status": {"phase": phase},
+    }
+
+
+def test_pods_feed_gpu_use_and_run_children() -> None:
+    cache = ClusterCache(Config())
+    cache.apply("pod", "ADDED", pod("mnist-worker-0", run="mnist"))
+    cache.apply("pod", "ADDED", pod("other", gpus=2))
+    cache.apply("pod", "ADDED", pod("pending", node=None))
+    cache.apply("pod", "ADDED", pod("done", phase="Succeeded"))
+    assert sorted(cache.gpu_pods.values(), key=lambda p: p.gpus) == [
+        PodUse("n1", 1, "team-a/mnist"),
+        PodUse("n1", 2, None),
+    ]
+    assert [p.name for p in cache.pods_of("team-a", "mnist")] == ["mnist-worker-0"]
+    assert cache.dirty.is_set()
+    cache.apply("pod", "DELETED", pod("mnist-worker-0", run="mnist"))
+    assert cache.pods_of("team-a", "mnist") == []
+    assert list(cache.gpu_pods.values()) == [PodUse("n1", 2, None)]
+
+
+def test_older_copies_do_not_overwrite_newer_ones() -> None:
+    cache = ClusterCache(Config())
+    cache.apply("pod", "MODIFIED", pod("mnist-worker-0", run="mnist", phase="Failed", rv="9"))
+    cache.apply("pod", "MODIFIED", pod("mnist-worker-0", run="mnist", phase="Running", rv="7"))
+    assert cache.pods_of("team-a", "mnist")[0].phase == "Failed"
+    body = make_body(metadata={"resourceVersion": "20"})
+    cache.apply("run", "MODIFIED", body)
+    cache.apply(
+        "run", "MODIFIED", make_body(metadata={"resourceVersion": "3"}, spec={"priority": 9})
+    )
+    parsed = cache.runs[("team-a", "mnist")]
+    assert parsed.run is not None
+    assert parsed.run.spec.priority == 0
+
+
+def test_a_list_forgets_what_is_gone_in_its_namespace_only() -> None:
+    cache = ClusterCache(Config())
+    cache.apply("pod", "ADDED", pod("a-worker-0", "ns1", run="a"))
+    cache.apply("pod", "ADDED", pod("b-worker-0", "ns2", run="b"))
+    cache.replace_all("pod", [], namespace="ns1")
+    assert cache.pods_of("ns1", "a") == []
+    assert len(cache.pods_of("ns2", "b")) == 1
+    cache.replace_all("pod", [])
+    assert cache.gpu_pods == {}
+
+
+def test_unparsable_runs_are_kept_with_the_reason() -> None:
+    cache = ClusterCache(Config())
+    cache.apply("run", "ADDED", make_body(spec={"hyperparameters": {"x": [1, 2]}}))
+    parsed = cache.runs[("team-a", "mnist")]
+    assert parsed.run is None
+    assert parsed.invalid is not None
+    assert parsed.invalid[0] == "InvalidHyperparameters"
+
+
+def test_node_from() -> None:
+    body = {
+        "metadata": {"name": "gpu-1", "labels": {"type": "kwok"}},
+        "spec": {"taints": [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]},
+        "status": {
+            "allocatable": {"nvidia.com/gpu": "8"},
+            "conditions": [{"type": "Ready", "status": "True"}],
+        },
+    }
+    node = node_from(body, "nvidia.com/gpu")
+    assert (node.name, node.gpus, node.unschedulable) == ("gpu-1", 8, False)
+    assert node.taints == (Taint("nvidia.com/gpu", "present", "NoSchedule"),)
+    cordoned = {**body, "spec": {**body["spec"], "unschedulable": True}}
+    assert node_from(cordoned, "nvidia.com/gpu").unschedulable
+    not_ready = {**body, "status": {"allocatable": {"nvidia.com/gpu": "8"}, "conditions": []}}
+    assert node_from(not_ready, "nvidia.com/gpu").unschedulable

@@ -1,0 +1,357 @@
+"""decide_run and friends: observed run + children + grant -> plan, without a cluster."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from trainingrun_factory import make_body, make_run, merge
+
+from accordion_operator.api.trainingrun import TrainingRun
+from accordion_operator.config import Config
+from accordion_operator.reconcile import (
+    Children,
+    Plan,
+    PodState,
+    SecretInfo,
+    check_run,
+    decide_run,
+    parse_run,
+    pod_state,
+    run_request,
+    to_rfc3339,
+)
+
+CFG = Config(launcher_backoff_seconds=10, launcher_backoff_max_seconds=60)
+NOW = 1_800_000_000.0
+OK_SECRET = {"s3": SecretInfo(frozenset({"accessKey", "secretKey"}))}
+
+
+def worker(
+    i: int, *, ready: bool = True, node: str | None = "n1", phase: str = "Running", **kw: Any
+) -> PodState:
+    return PodState(f"mnist-worker-{i}", "mnist", "worker", i, phase, ready, node, False, 1, **kw)
+
+
+def launcher(phase: str = "Running", **kw: Any) -> PodState:
+    return PodState(
+        "mnist-launcher", "mnist", "launcher", None, phase, phase == "Running", "n1", False, 0, **kw
+    )
+
+
+def decide(
+    run: TrainingRun,
+    pods: list[PodState],
+    grant: int = 2,
+    reason: str = "MinimumWorkersFit",
+    message: str = "granted",
+    invalid: tuple[str, str] | None = None,
+    now: float = NOW,
+) -> Plan:
+    return decide_run(
+        run, Children(pods, auth_ready=True), grant, reason, message, invalid, CFG, now
+    )
+
+
+def with_status(run: TrainingRun, plan: Plan) -> TrainingRun:
+    """The run as it looks after the plan's status patch was applied."""
+    body = run.model_dump(by_alias=True, exclude_none=True)
+    body["status"] = merge(body.get("status") or {}, plan.status_patch or {})
+    return TrainingRun.model_validate(body)
+
+
+def cond(plan: Plan, ctype: str) -> dict[str, Any]:
+    assert plan.status_patch is not None
+    return next(c for c in plan.status_patch["conditions"] if c["type"] == ctype)
+
+
+def names(objs: list[dict[str, Any]]) -> list[str]:
+    return [o["metadata"]["name"] for o in objs]
+
+
+def test_admitted_run_gets_launcher_and_workers() -> None:
+    run = make_run()
+    plan = decide_run(
+        run, Children([], auth_ready=False), 2, "MinimumWorkersFit", "granted 2", None, CFG, NOW
+    )
+    assert plan.ensure_auth
+    assert names(plan.create) == ["mnist-launcher", "mnist-worker-0", "mnist-worker-1"]
+    st = plan.status_patch
+    assert st is not None
+    assert st["phase"] == "Running"
+    assert st["desiredWorkers"] == 2
+    assert st["currentWorkers"] == 0
+    assert st["workerSummary"] == "0/2"
+    assert st["startTime"] == to_rfc3339(NOW)
+    assert st["selector"] == "accordion.dev/run=mnist,accordion.dev/role=worker"
+    assert cond(plan, "Admitted")["status"] == "True"
+    assert cond(plan, "Scaling")["reason"] == "ScalingUp"
+    assert plan.events == []  # admission is in status; Events are for trouble
+
+
+def test_steady_state_is_a_no_op() -> None:
+    """Level-based and idempotent: deciding again on the result changes nothing."""
+    run = make_run()
+    pods = [launcher(), worker(0), worker(1)]
+    first = decide(run, pods)
+    assert first.create == []
+    assert first.delete_pods == []
+    run = with_status(run, first)
+    again = decide(run, pods, now=NOW + 5)
+    assert again.status_patch is None
+    assert again.events == []
+    assert again.create == []
+    assert again.delete_pods == []
+    assert cond(first, "Running")["status"] == "True"
+
+
+def test_queued_run_creates_nothing_and_says_why() -> None:
+    plan = decide(make_run(), [], grant=0, reason="WaitingForGPUs", message="waiting for 1 GPUs")
+    assert plan.create == []
+    assert not plan.ensure_auth
+    assert plan.status_patch is not None
+    assert plan.status_patch["phase"] == "Queued"
+    assert cond(plan, "Admitted")["reason"] == "WaitingForGPUs"
+    assert plan.events == []
+
+
+def test_preempted_run_frees_every_pod() -> None:
+    run = make_run(status={"phase": "Running", "desiredWorkers": 2})
+    plan = decide(
+        run,
+        [launcher(), worker(0), worker(1)],
+        grant=0,
+        reason="PreemptedByHigherPriority",
+        message="preempted",
+    )
+    assert sorted(plan.delete_pods) == ["mnist-launcher", "mnist-worker-0", "mnist-worker-1"]
+    assert ("Warning", "PreemptedByHigherPriority", "preempted") in plan.events
+
+
+def test_invalid_run_is_reported_not_started() -> None:
+    plan = decide(
+        make_run(), [], invalid=("CredentialsSecretNotFound", "Secret team-a/s3 not found")
+    )
+    assert plan.create == []
+    assert plan.status_patch is not None
+    assert plan.status_patch["phase"] == "Pending"
+    assert cond(plan, "Admitted") | {"lastTransitionTime": None} == cond(plan, "Admitted") | {
+        "reason": "CredentialsSecretNotFound",
+        "status": "False",
+        "lastTransitionTime": None,
+    }
+    assert plan.events[0][:2] == ("Warning", "CredentialsSecretNotFound")
+
+
+def test_scale_down_keeps_the_workers_that_train() -> None:
+    pods = [
+        launcher(),
+        worker(0),
+        worker(1),
+        worker(2, ready=False),
+        worker(3, node=None),
+        worker(4),
+    ]
+    plan = decide(make_run(spec={"workers": {"max": 8}}), pods, grant=2)
+    assert plan.delete_pods == ["mnist-worker-3", "mnist-worker-2", "mnist-worker-4"]
+    assert plan.create == []
+
+
+def test_failed_worker_is_replaced_at_a_free_index() -> None:
+    pods = [launcher(), worker(0), worker(1, phase="Failed", exit_code=137)]
+    plan = decide(make_run(), pods, grant=2)
+    assert plan.delete_pods == ["mnist-worker-1"]
+    assert names(plan.create) == ["mnist-worker-2"]
+    assert any(e[1] == "WorkerReplaced" for e in plan.events)
+
+
+def test_launcher_success_finishes_the_run_and_ttl_deletes_it() -> None:
+    run = make_run(spec={"ttlSecondsAfterFinished": 60})
+    plan = decide(run, [launcher("Succeeded", exit_code=0), worker(0), worker(1)])
+    assert plan.status_patch is not None
+    assert plan.status_patch["phase"] == "Succeeded"
+    assert cond(plan, "Succeeded")["status"] == "True"
+    assert sorted(plan.delete_pods) == ["mnist-worker-0", "mnist-worker-1"]  # launcher kept
+    done = with_status(run, plan)
+    later = decide(done, [launcher("Succeeded", exit_code=0)], now=NOW + 30)
+    assert not later.delete_run
+    assert later.requeue_after == pytest.approx(30)
+    assert decide(done, [launcher("Succeeded", exit_code=0)], now=NOW + 61).delete_run
+
+
+def test_permanent_trainer_error_fails_at_once() -> None:
+    plan = decide(
+        make_run(),
+        [launcher("Failed", exit_code=12, message="bucket data not found"), worker(0), worker(1)],
+    )
+    assert plan.status_patch is not None
+    assert plan.status_patch["phase"] == "Failed"
+    failed = cond(plan, "Failed")
+    assert failed["reason"] == "DataNotFound"
+    assert "bucket data not found" in failed["message"]
+
+
+def test_worker_data_error_fails_the_run_but_unreachable_is_retried() -> None:
+    bad = worker(1, phase="Failed", ready=False, exit_code=11, message="DataAccessDenied: key")
+    plan = decide(make_run(), [launcher(), worker(0), bad])
+    assert cond(plan, "Failed")["reason"] == "DataAccessDenied"
+    assert "mnist-worker-1" in cond(plan, "Failed")["message"]
+    flaky = worker(1, phase="Failed", ready=False, exit_code=10, message="DataUnreachable")
+    plan = decide(make_run(), [launcher(), worker(0), flaky])
+    assert plan.delete_pods == ["mnist-worker-1"]
+    assert names(plan.create) == ["mnist-worker-2"]
+
+
+def test_launcher_restarts_with_exponential_backoff_then_gives_up() -> None:
+    pods = [launcher("Failed", exit_code=1, finished_at=NOW - 5), worker(0), worker(1)]
+    run = make_run(spec={"backoffLimit": 2}, status={"launcherRestarts": 1})
+    waiting = decide(run, pods)  # second restart waits 10 * 2**1 = 20 s
+    assert waiting.delete_pods == []
+    assert waiting.requeue_after == pytest.approx(15)
+    assert cond(waiting, "Running")["reason"] == "LauncherBackoff"
+    due = decide(run, pods, now=NOW + 16)
+    assert due.delete_pods == ["mnist-launcher"]
+    assert due.status_patch is not None
+    assert due.status_patch["launcherRestarts"] == 2
+    exhausted = make_run(spec={"backoffLimit": 2}, status={"launcherRestarts": 2})
+    plan = decide(exhausted, pods)
+    assert cond(plan, "Failed")["reason"] == "BackoffLimitExceeded"
+
+
+def test_suspend_frees_gpus() -> None:
+    plan = decide(make_run(spec={"suspend": True}), [launcher(), worker(0)], grant=0)
+    assert sorted(plan.delete_pods) == ["mnist-launcher", "mnist-worker-0"]
+    assert plan.status_patch is not None
+    assert plan.status_patch["phase"] == "Suspended"
+    assert cond(plan, "Suspended")["status"] == "True"
+
+
+def test_below_min_for_too_long_fails() -> None:
+    run = make_run(
+        spec={"workers": {"min": 2, "minAvailableTimeoutSeconds": 60}},
+        status={"belowMinSince": to_rfc3339(NOW - 61)},
+    )
+    plan = decide(run, [launcher(), worker(0), worker(1, ready=False)])
+    assert cond(plan, "Failed")["reason"] == "BelowMinimumWorkers"
+    young = make_run(spec={"workers": {"min": 2, "minAvailableTimeoutSeconds": 60}})
+    plan = decide(young, [launcher(), worker(0), worker(1, ready=False)])
+    assert plan.status_patch is not None
+    assert plan.status_patch["belowMinSince"] == to_rfc3339(NOW)
+    assert plan.requeue_after == pytest.approx(60)
+
+
+def test_image_pull_failure_is_a_condition() -> None:
+    pods = [
+        launcher(),
+        worker(
+            0,
+            ready=False,
+            phase="Pending",
+            waiting_reason="ErrImagePull",
+            waiting_message="no such image",
+        ),
+    ]
+    plan = decide(make_run(), pods, grant=1)
+    running = cond(plan, "Running")
+    assert running["reason"] == "ImagePullFailed"
+    assert "no such image" in running["message"]
+
+
+def test_check_run() -> None:
+    assert check_run(make_run(), OK_SECRET, CFG) is None
+    assert check_run(make_run(spec={"model": {"builtin": "resnet-9000"}}), OK_SECRET, CFG)[0] == (
+        "UnknownBuiltinModel"
+    )
+    reason, message = check_run(make_run(), {"s3": None}, CFG)  # type: ignore[misc]
+    assert reason == "CredentialsSecretNotFound"
+    assert "team-a/s3" in message
+    partial = {"s3": SecretInfo(frozenset({"accessKey"}))}
+    assert check_run(make_run(), partial, CFG) == (
+        "CredentialsSecretInvalid",
+        "spec.results.credentialsSecret: Secret team-a/s3 lacks key(s) secretKey",
+    )
+    bad_name = parse_run(make_body(spec={"hyperparameters": {"1st": 1}}))
+    assert isinstance(bad_name, tuple)
+    assert bad_name[0] == "InvalidHyperparameters"
+    assert "1st" in bad_name[1]
+
+
+def test_parse_run_reports_values_the_schema_cannot_check() -> None:
+    got = parse_run(make_body(spec={"hyperparameters": {"opt": {"name": "adam"}}}))
+    assert isinstance(got, tuple)
+    assert got[0] == "InvalidHyperparameters"
+    assert isinstance(
+        parse_run(make_body(spec={"hyperparameters": {"lr": 0.1, "opt": "adam", "layers": 3}})),
+        TrainingRun,
+    )
+
+
+def test_pod_state_parses_what_matters() -> None:
+    body = {
+        "metadata": {
+            "name": "mnist-worker-2",
+            "labels": {
+                "accordion.dev/run": "mnist",
+                "accordion.dev/role": "worker",
+                "accordion.dev/worker-index": "2",
+            },
+        },
+        "spec": {
+            "nodeName": "n7",
+            "containers": [{"resources": {"requests": {"nvidia.com/gpu": "2"}}}],
+        },
+        "status": {
+            "phase": "Failed",
+            "conditions": [{"type": "Ready", "status": "False"}],
+            "containerStatuses": [
+                {
+                    "state": {
+                        "terminated": {
+                            "exitCode": 11,
+                            "message": "DataAccessDenied: bad key\n",
+                            "finishedAt": "2026-01-01T00:00:10Z",
+                        }
+                    }
+                }
+            ],
+        },
+    }
+    st = pod_state(body)
+    assert (st.index, st.node, st.gpus, st.exit_code, st.terminal, st.ready) == (
+        2,
+        "n7",
+        2,
+        11,
+        True,
+        False,
+    )
+    assert st.message == "DataAccessDenied: bad key"
+
+
+def test_run_request_uses_the_previous_grant_only_when_admitted() -> None:
+    admitted = make_run(
+        spec={"priority": 7, "workers": {"min": 2, "max": 6, "replicas": 4}},
+        status={
+            "desiredWorkers": 4,
+            "lastScaleTime": "2026-01-01T00:01:00Z",
+            "conditions": [
+                {
+                    "type": "Admitted",
+                    "status": "True",
+                    "reason": "MinimumWorkersFit",
+                    "lastTransitionTime": "2026-01-01T00:01:00Z",
+                }
+            ],
+        },
+    )
+    req = run_request(admitted)
+    assert (req.key, req.priority, req.min, req.max, req.requested, req.previous) == (
+        "team-a/mnist",
+        7,
+        2,
+        6,
+        4,
+        4,
+    )
+    assert req.last_scale == pytest.approx(1767225660.0)
+    assert run_request(make_run(status={"desiredWorkers": 4})).previous == 0

@@ -1,0 +1,177 @@
+"""Launcher/worker pure parts: discovery, progress reports, sshd config (docs/contract.md)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from accordion_trainer.errors import TrainerError
+from accordion_trainer.incluster import (
+    Reporter,
+    build_training_status,
+    decide_report,
+    launcher_env,
+    parse_progress,
+    sshd_set_env,
+)
+from accordion_trainer.kube import ready_worker_ips, worker_selector
+from accordion_trainer.train import decide_commit_every, scaled_lr
+
+
+def _pod(
+    name: str,
+    index: int,
+    ip: str | None,
+    ready: bool = True,
+    phase: str = "Running",
+    deleting: bool = False,
+) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "labels": {"accordion.dev/worker-index": str(index)}}
+    if deleting:
+        meta["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    status: dict[str, Any] = {
+        "phase": phase,
+        "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+    }
+    if ip:
+        status["podIP"] = ip
+    return {"metadata": meta, "status": status}
+
+
+def test_discovery_lists_only_ready_running_workers_in_index_order() -> None:
+    pods = {
+        "items": [
+            _pod("r-worker-2", 2, "10.0.0.12"),
+            _pod("r-worker-0", 0, "10.0.0.10"),
+            _pod("r-worker-1", 1, "10.0.0.11", ready=False),
+            _pod("r-worker-3", 3, None),
+            _pod("r-worker-4", 4, "10.0.0.14", phase="Pending"),
+            _pod("r-worker-5", 5, "10.0.0.15", deleting=True),
+            _pod("r-worker-10", 10, "10.0.0.20"),
+        ]
+    }
+    assert ready_worker_ips(pods) == ["10.0.0.10", "10.0.0.12", "10.0.0.20"]
+    assert ready_worker_ips({}) == []
+    assert worker_selector("r") == "accordion.dev/run=r,accordion.dev/role=worker"
+
+
+def test_report_rate_limit() -> None:
+    assert decide_report(100.0, None, None, 0)
+    assert not decide_report(101.0, 100.0, 0, 0)
+    assert decide_report(102.0, 100.0, 0, 0)
+    assert decide_report(100.1, 100.0, 0, 1)  # every epoch end goes out at once
+
+
+def test_reporter_sends_at_most_every_two_seconds_and_flushes_the_last() -> None:
+    now = [0.0]
+    sent: list[dict[str, Any]] = []
+    rep = Reporter(sent.append, clock=lambda: now[0])
+    for step in range(50):  # 5 s of progress lines every 0.1 s within epoch 0
+        now[0] = step * 0.1
+        rep.offer({"epoch": 0, "batch": step, "worldSize": 2, "metrics": {"loss": 1.0}})
+    assert [s["batch"] for s in sent] == [0, 20, 40]
+    rep.flush()
+    assert sent[-1]["batch"] == 49
+
+
+def test_training_status_shape() -> None:
+    status = build_training_status(
+        {
+            "epoch": 3,
+            "batch": 0,
+            "worldSize": 2,
+            "metrics": {"loss": 0.5, "bad": "x"},
+            "history": [{"epoch": i} for i in range(80)],
+            "checkpoint": "s3://b/c",
+            "resultsURI": "",
+        },
+        now=0.0,
+    )
+    assert status["metrics"] == {"loss": 0.5}
+    assert len(status["history"]) == 50
+    assert status["history"][0] == {"epoch": 30, "metrics": {}}
+    assert status["checkpoint"] == "s3://b/c"
+    assert "resultsURI" not in status
+    assert status["updatedAt"] == "1970-01-01T00:00:00Z"
+
+
+def test_parse_progress_from_any_launch_rank() -> None:
+    doc = {"epoch": 1}
+    assert parse_progress(f"[0]<stdout>:ACCORDION_PROGRESS {json.dumps(doc)}") == doc
+    assert parse_progress(f"ACCORDION_PROGRESS {json.dumps(doc)}") == doc
+    # After a reset the current rank 0 may be a process horovodrun started as rank 1.
+    assert parse_progress(f"[1]<stdout>:ACCORDION_PROGRESS {json.dumps(doc)}") == doc
+    assert parse_progress("[0]<stdout>:epoch 1") is None
+    assert parse_progress("[0]<stdout>:ACCORDION_PROGRESS {broken") is None
+
+
+def test_secrets_never_reach_the_horovodrun_environment(tmp_path: Any) -> None:
+    env = launcher_env(
+        {"AWS_SECRET_ACCESS_KEY": "s", "AWS_ACCESS_KEY_ID": "k", "A": "1", "PATH": "/usr/bin"},
+        tmp_path,
+    )
+    assert "AWS_SECRET_ACCESS_KEY" not in env
+    assert "AWS_ACCESS_KEY_ID" not in env
+    assert env["PATH"].startswith(str(tmp_path))
+
+
+def test_sshd_set_env_quotes_and_refuses_unsafe_values() -> None:
+    assert sshd_set_env({"B": "2 3", "A": "1"}) == 'SetEnv "A=1" "B=2 3"'
+    assert sshd_set_env({}) == ""
+    with pytest.raises(TrainerError):
+        sshd_set_env({"A": 'x"y'})
+
+
+@pytest.mark.parametrize(("size", "lr"), [(1, 0.001), (2, 0.002), (4, 0.004), (0, 0.001)])
+def test_learning_rate_scales_with_world_size(size: int, lr: float) -> None:
+    assert scaled_lr(0.001, size) == pytest.approx(lr)
+
+
+@pytest.mark.parametrize(
+    ("step_s", "every"), [(0.01, 20), (0.2, 1), (1.5, 1), (0.0001, 100), (0.0, 1), (0.05, 4)]
+)
+def test_commit_interval_targets_a_fifth_of_a_second(step_s: float, every: int) -> None:
+    assert decide_commit_every(step_s) == every
+
+
+def test_host_poller_rewrites_the_hosts_file_only_on_change(tmp_path: Any) -> None:
+    from accordion_trainer.incluster import HostPoller
+
+    answers = [["10.0.0.1"], ["10.0.0.1"], ["10.0.0.1", "10.0.0.2"]]
+
+    def fetch() -> list[str]:
+        if not answers:
+            raise RuntimeError("apiserver down")
+        return answers.pop(0)
+
+    hosts = tmp_path / "hosts"
+    poller = HostPoller(hosts, fetch, interval_s=60)
+    assert poller.poll_once() == ["10.0.0.1"]
+    mtime = hosts.stat().st_mtime_ns
+    poller.poll_once()
+    assert hosts.stat().st_mtime_ns == mtime
+    poller.poll_once()
+    assert hosts.read_text() == "10.0.0.1:1\n10.0.0.2:1\n"
+    # A failed poll keeps the last known list (horovod keeps training meanwhile).
+    assert poller.poll_once() == ["10.0.0.1", "10.0.0.2"]
+
+
+def test_static_host_sources(tmp_path: Any) -> None:
+    from accordion_trainer.incluster import host_source, network_interface
+
+    assert host_source({"ACCORDION_HOSTS": "127.0.0.2,127.0.0.3"})() == ["127.0.0.2", "127.0.0.3"]
+    f = tmp_path / "hosts"
+    f.write_text("127.0.0.5:1\n127.0.0.6:1\n")
+    assert host_source({"ACCORDION_HOSTS": f"@{f}"})() == ["127.0.0.5", "127.0.0.6"]
+    assert network_interface("127.0.0.1", {}) == "lo"
+    assert network_interface("127.0.9.9", {}) == "lo"
+    assert network_interface("10.1.2.3", {"ACCORDION_NETWORK_INTERFACE": "eth1"}) == "eth1"
+
+
+def test_history_entries_take_the_crd_shape() -> None:
+    status = build_training_status(
+        {"epoch": 2, "history": [{"epoch": 1, "loss": 0.5, "val_accuracy": 0.9}]}, now=0.0
+    )
+    assert status["history"] == [{"epoch": 1, "metrics": {"loss": 0.5, "val_accuracy": 0.9}}]

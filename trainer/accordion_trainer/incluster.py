@@ -1,0 +1,509 @@
+"""In-cluster halves of docs/contract.md: `worker`, `launcher`, and their helpers.
+
+worker   stage data in, then serve SSH (Debian's OpenSSH sshd, run as the pod's user) on
+         `$ACCORDION_POD_IP:$ACCORDION_SSH_PORT` with the per-run key, plus `/metrics`.
+launcher `horovodrun` in elastic mode; a thread polls the apiserver for the run's Ready worker
+         pods and rewrites the hosts file that the discovery script prints; rank 0's progress
+         lines become merge-patches of `status.training` (at most every 2 s, and every epoch).
+
+Both also run outside a cluster for tests: `ACCORDION_HOSTS` (comma-separated addresses) replaces
+the apiserver as the host source, and the SSH port/addresses are plain loopback addresses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import Reason, TrainerError, fail, parse_error_line
+
+PROGRESS_MARKER = "ACCORDION_PROGRESS "
+REPORT_MIN_INTERVAL_S = 2.0
+#: Variables never forwarded to workers: horovodrun puts the launcher's environment on the ssh
+#: command line, where every process listing shows it.
+SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+
+
+def pod_ip(env: Mapping[str, str]) -> str:
+    ip = env.get("ACCORDION_POD_IP") or env.get("POD_IP")
+    if ip:
+        return ip
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return "127.0.0.1"
+
+
+# --- worker ------------------------------------------------------------------------------------
+
+SSHD_CONFIG = """\
+# Written by accordion_trainer worker; one sshd per worker pod, as the pod's user.
+Port {port}
+ListenAddress {addr}
+HostKey {host_key}
+AuthorizedKeysFile {authorized_keys}
+PidFile {pid_file}
+# Secret volumes are root-owned and group-readable; the key copies are checked by us instead.
+StrictModes no
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin prohibit-password
+UsePAM no
+PrintMotd no
+PermitUserEnvironment no
+AllowTcpForwarding no
+X11Forwarding no
+LogLevel {log_level}
+# The training process started by the launcher reads these from its session environment:
+# credentials never travel on the launcher's ssh command line.
+{set_env}
+"""
+
+
+def sshd_set_env(values: Mapping[str, str]) -> str:
+    """`SetEnv` line for sshd_config (values double-quoted; unsafe ones refused)."""
+    parts = []
+    for key, value in sorted(values.items()):
+        if any(c in value for c in '"\n\r\\'):
+            raise TrainerError(Reason.TrainingError, f"{key} has a character sshd cannot pass")
+        parts.append(f'"{key}={value}"')
+    return f"SetEnv {' '.join(parts)}" if parts else ""
+
+
+def prepare_sshd(
+    ssh_dir: Path, state: Path, addr: str, port: int, session_env: Mapping[str, str]
+) -> Path:
+    """Private copies of the keys, a fresh host key, and the sshd config; returns its path."""
+    state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    state.chmod(0o700)
+    auth_src = ssh_dir / "authorized_keys"
+    if not auth_src.exists():
+        auth_src = ssh_dir / "id_ed25519.pub"
+    if not auth_src.exists():
+        raise TrainerError(Reason.TrainingError, f"no authorized_keys in {ssh_dir}")
+    auth = state / "authorized_keys"
+    auth.write_text(auth_src.read_text())
+    auth.chmod(0o600)
+    host_key = state / "ssh_host_ed25519_key"
+    if not host_key.exists():
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host_key)],
+            check=True,
+            capture_output=True,
+        )
+    config = state / "sshd_config"
+    config.write_text(
+        SSHD_CONFIG.format(
+            port=port,
+            addr=addr,
+            host_key=host_key,
+            authorized_keys=auth,
+            pid_file=state / "sshd.pid",
+            log_level="ERROR",
+            set_env=sshd_set_env(session_env),
+        )
+    )
+    config.chmod(0o600)
+    return config
+
+
+def sshd_binary() -> str:
+    for cand in (shutil.which("sshd"), "/usr/sbin/sshd"):
+        if cand and Path(cand).exists():
+            return cand
+    raise TrainerError(Reason.TrainingError, "sshd not found (install openssh-server)")
+
+
+def fetch_model_object(cfg: Any, spec: dict[str, Any]) -> None:
+    """`{"bucketObject": "bucket/key"}`: download the code archive next to the work dir."""
+    from .config import S3Location
+    from .staging import classify, client_for
+
+    ref = str(spec["bucketObject"]).removeprefix("s3://")
+    bucket, _, key = ref.partition("/")
+    loc = cfg.data or cfg.results
+    if loc is None:
+        raise TrainerError(Reason.ModelInvalid, "bucketObject model but no data/results endpoint")
+    client = client_for(S3Location(loc.endpoint, bucket, "", loc.secure))
+    dest = cfg.model.path
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        client.fget_object(bucket, key, str(dest))
+    except Exception as e:
+        err = classify(e, f"s3://{bucket}/{key}")
+        raise TrainerError(Reason.ModelInvalid, err.message) from e
+
+
+def cmd_worker(a: argparse.Namespace) -> int:
+    env = dict(os.environ)
+    ip = pod_ip(env)
+    env.setdefault("HOROVOD_HOSTNAME", ip)  # so the scratch dir matches the training process's
+    from .config import default_scratch
+
+    work = Path(env.get("ACCORDION_WORK_DIR") or default_scratch(env))
+    # Before prometheus_client is imported: the training processes write here too.
+    mp_dir = work / "metrics"
+    shutil.rmtree(mp_dir, ignore_errors=True)
+    mp_dir.mkdir(parents=True, exist_ok=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(mp_dir)
+    os.environ.setdefault("ACCORDION_WORK_DIR", str(work))
+
+    from . import metrics
+    from .config import from_env
+
+    cfg = from_env()
+    metrics_port = int(env.get("ACCORDION_METRICS_PORT", "0") or 0)
+    if metrics_port:
+        metrics.serve(metrics_port, addr=ip)
+    model_spec = json.loads(env.get("ACCORDION_MODEL") or "{}")
+    if isinstance(model_spec, dict) and model_spec.get("bucketObject"):
+        fetch_model_object(cfg, model_spec)
+    if cfg.data is not None:
+        stage(cfg)
+    if not a.skip_data_check and (cfg.model.builtin is not None):
+        from .data import load_dir
+
+        load_dir(cfg.data_dir)  # unreadable data fails here, with its reason, before Ready
+
+    session_env = {
+        "PROMETHEUS_MULTIPROC_DIR": str(mp_dir),
+        "ACCORDION_WORK_DIR": str(work),
+        "ACCORDION_DATA_DIR": str(cfg.data_dir),
+        **{k: env[k] for k in SECRET_ENV if env.get(k)},
+    }
+    ssh_dir = Path(env.get("ACCORDION_SSH_DIR", "/etc/accordion/ssh"))
+    port = int(env.get("ACCORDION_SSH_PORT", "2222"))
+    config = prepare_sshd(ssh_dir, work / "sshd", ip, port, session_env)
+    if os.geteuid() == 0:  # root sshd insists on its privilege-separation directory
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+    print(f"[worker] sshd on {ip}:{port}; data in {cfg.data_dir}", flush=True)
+    proc = subprocess.Popen([sshd_binary(), "-D", "-e", "-f", str(config)])
+
+    def stop(signum: int, _frame: Any) -> None:
+        proc.terminate()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    rc = proc.wait()
+    return 0 if rc in (0, -signal.SIGTERM, 255) else rc
+
+
+def stage(cfg: Any) -> None:
+    from .staging import client_for, stage_in
+
+    assert cfg.data is not None
+    client = client_for(cfg.data)
+    stage_in(
+        client, cfg.data.bucket, cfg.data.prefix, cfg.data_dir, log=lambda m: print(m, flush=True)
+    )
+
+
+def cmd_stage(_: argparse.Namespace) -> int:
+    from .config import from_env
+
+    cfg = from_env()
+    if cfg.data is None:
+        raise TrainerError(Reason.DataNotFound, "no ACCORDION_DATA_ENDPOINT/BUCKET configured")
+    stage(cfg)
+    from .data import load_dir
+
+    ds = load_dir(cfg.data_dir)
+    print(f"[stage] {len(ds.x_train)} training / {len(ds.x_val)} validation samples", flush=True)
+    return 0
+
+
+# --- launcher ----------------------------------------------------------------------------------
+
+
+def decide_report(now: float, last_sent: float | None, last_epoch: int | None, epoch: int) -> bool:
+    """Send a progress patch on every epoch change, otherwise at most every 2 s (pure)."""
+    if last_sent is None or last_epoch != epoch:
+        return True
+    return now - last_sent >= REPORT_MIN_INTERVAL_S
+
+
+def _epoch_record(entry: dict[str, Any]) -> dict[str, Any]:
+    """One history entry in the CRD's shape `{epoch, metrics: {...}}` (the trainer keeps flat
+    `{epoch, loss, ...}` records; the apiserver would prune unknown flat keys)."""
+    if "metrics" in entry:
+        return entry
+    metrics = {k: float(v) for k, v in entry.items() if k != "epoch" and isinstance(v, int | float)}
+    return {"epoch": int(entry.get("epoch", 0)), "metrics": metrics}
+
+
+def build_training_status(progress: dict[str, Any], now: float) -> dict[str, Any]:
+    """`status.training` as the contract spells it, from one progress line (pure)."""
+    out: dict[str, Any] = {
+        "epoch": int(progress.get("epoch", 0)),
+        "batch": int(progress.get("batch", 0)),
+        "worldSize": int(progress.get("worldSize", 0)),
+        "metrics": {
+            k: float(v)
+            for k, v in (progress.get("metrics") or {}).items()
+            if isinstance(v, int | float)
+        },
+        "history": [_epoch_record(h) for h in list(progress.get("history") or [])[-50:]],
+        "updatedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
+    }
+    for key in ("checkpoint", "resultsURI"):
+        if progress.get(key):
+            out[key] = str(progress[key])
+    return out
+
+
+@dataclass
+class Reporter:
+    send: Callable[[dict[str, Any]], None]
+    clock: Callable[[], float] = time.time
+    last_sent: float | None = None
+    last_epoch: int | None = None
+    pending: dict[str, Any] | None = None
+    errors: int = 0
+    sent: list[float] = field(default_factory=list)
+
+    def offer(self, progress: dict[str, Any], force: bool = False) -> None:
+        now = self.clock()
+        epoch = int(progress.get("epoch", 0))
+        if not (force or decide_report(now, self.last_sent, self.last_epoch, epoch)):
+            self.pending = progress
+            return
+        self.pending = None
+        try:
+            self.send(build_training_status(progress, now))
+        except Exception as e:  # a status write must never stop training
+            self.errors += 1
+            print(f"[launcher] status patch failed: {e!r}", file=sys.stderr, flush=True)
+            return
+        self.last_sent, self.last_epoch = now, epoch
+        self.sent.append(now)
+
+    def flush(self) -> None:
+        if self.pending is not None:
+            self.offer(self.pending, force=True)
+
+
+def parse_progress(line: str) -> dict[str, Any] | None:
+    """A progress line as relayed by horovodrun (`[N]<stdout>:ACCORDION_PROGRESS {...}`).
+
+    Only the current rank 0 prints them; the `[N]` prefix is the rank the process was started
+    with, which elastic resets change, so it is ignored."""
+    _, marker, rest = line.partition(PROGRESS_MARKER)
+    if not marker:
+        return None
+    try:
+        doc = json.loads(rest)
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def network_interface(ip: str, env: Mapping[str, str]) -> str | None:
+    """The NIC that carries `ip` (Gloo and the rendezvous bind to it); loopback pods: `lo`."""
+    if env.get("ACCORDION_NETWORK_INTERFACE"):
+        return str(env["ACCORDION_NETWORK_INTERFACE"])
+    import psutil
+
+    for name, addrs in psutil.net_if_addrs().items():
+        if any(a.family == socket.AF_INET and a.address == ip for a in addrs):
+            return str(name)
+    return "lo" if ip.startswith("127.") else None
+
+
+SSH_WRAPPER = """#!/bin/sh
+# horovodrun runs `ssh -o ... HOST [-p P] [-i F] CMD`; add our config (port, key, no known_hosts).
+exec {ssh} -F {config} "$@"
+"""
+
+SSH_CLIENT_CONFIG = """\
+Host *
+  Port {port}
+  IdentityFile {key}
+  IdentitiesOnly yes
+  BatchMode yes
+  UserKnownHostsFile /dev/null
+  StrictHostKeyChecking no
+  LogLevel ERROR
+  ConnectTimeout 5
+  ServerAliveInterval 5
+  ServerAliveCountMax 3
+"""
+
+
+def prepare_ssh_client(ssh_dir: Path, state: Path, port: int) -> Path:
+    """A bin dir with an `ssh` wrapper using the per-run key (copied 0600: ssh refuses others)."""
+    state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key = state / "id_ed25519"
+    key.write_text((ssh_dir / "id_ed25519").read_text())
+    key.chmod(0o600)
+    config = state / "ssh_config"
+    config.write_text(SSH_CLIENT_CONFIG.format(port=port, key=key))
+    bindir = state / "bin"
+    bindir.mkdir(exist_ok=True)
+    real = shutil.which("ssh") or "/usr/bin/ssh"
+    wrapper = bindir / "ssh"
+    wrapper.write_text(SSH_WRAPPER.format(ssh=real, config=config))
+    wrapper.chmod(0o755)
+    return bindir
+
+
+class HostPoller:
+    """Keeps `hosts_file` equal to the run's Ready workers (`ip:1` lines)."""
+
+    def __init__(self, hosts_file: Path, fetch: Callable[[], list[str]], interval_s: float) -> None:
+        self.hosts_file = hosts_file
+        self.fetch = fetch
+        self.interval_s = interval_s
+        self.hosts: list[str] = []
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="host-poller", daemon=True)
+
+    def poll_once(self) -> list[str]:
+        from .standalone import write_hosts
+
+        try:
+            hosts = self.fetch()
+        except Exception as e:  # keep the last known list; horovod keeps running meanwhile
+            print(f"[launcher] host discovery failed: {e!r}", file=sys.stderr, flush=True)
+            return self.hosts
+        if hosts != self.hosts or not self.hosts_file.exists():
+            print(f"[launcher] hosts: {', '.join(hosts) or '(none)'}", flush=True)
+            write_hosts(self.hosts_file, hosts)
+            self.hosts = hosts
+        return hosts
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.poll_once()
+
+    def start(self) -> None:
+        self.poll_once()
+        self.thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def host_source(env: Mapping[str, str]) -> Callable[[], list[str]]:
+    static = env.get("ACCORDION_HOSTS")
+    if static is not None:  # outside a cluster (tests): a fixed list, or a file re-read each time
+        if static.startswith("@"):
+            path = Path(static[1:])
+            return lambda: [h.split(":")[0] for h in path.read_text().split() if h]
+        hosts = [h for h in static.split(",") if h]
+        return lambda: hosts
+    from .kube import ApiClient, ready_worker_ips, worker_selector
+
+    api = ApiClient.in_cluster(dict(env))
+    ns, run = env["ACCORDION_NAMESPACE"], env["ACCORDION_RUN_NAME"]
+    return lambda: ready_worker_ips(api.list_pods(ns, worker_selector(run)))
+
+
+def status_sender(env: Mapping[str, str]) -> Callable[[dict[str, Any]], None]:
+    if env.get("ACCORDION_HOSTS") is not None and not env.get("ACCORDION_KUBE_API"):
+        return lambda status: None  # outside a cluster: progress only in the log
+    from .kube import ApiClient
+
+    api = ApiClient.in_cluster(dict(env))
+    ns, run = env["ACCORDION_NAMESPACE"], env["ACCORDION_RUN_NAME"]
+    return lambda status: api.patch_run_status(ns, run, {"training": status})
+
+
+def launcher_env(env: Mapping[str, str], bindir: Path) -> dict[str, str]:
+    out = {k: v for k, v in env.items() if k not in SECRET_ENV}
+    out["PATH"] = f"{bindir}{os.pathsep}{env.get('PATH', os.defpath)}"
+    out.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return out
+
+
+def cmd_launcher(_: argparse.Namespace) -> int:
+    from .standalone import horovodrun_argv, write_executable
+
+    env = dict(os.environ)
+    min_np = int(env.get("ACCORDION_MIN_WORKERS", "1"))
+    max_np = int(env.get("ACCORDION_MAX_WORKERS", str(min_np)))
+    work = Path(env.get("ACCORDION_LAUNCHER_DIR") or tempfile.mkdtemp(prefix="accordion-launcher-"))
+    work.mkdir(parents=True, exist_ok=True)
+    hosts_file = work / "hosts"
+    poller = HostPoller(
+        hosts_file, host_source(env), float(env.get("ACCORDION_DISCOVERY_INTERVAL_S", "0.5"))
+    )
+    poller.start()
+    discovery = write_executable(work / "discover.sh", f"#!/bin/sh\ncat {hosts_file}\n")
+    bindir = prepare_ssh_client(
+        Path(env.get("ACCORDION_SSH_DIR", "/etc/accordion/ssh")),
+        work / "ssh",
+        int(env.get("ACCORDION_SSH_PORT", "2222")),
+    )
+    iface = network_interface(pod_ip(env), env)
+    argv = horovodrun_argv(min_np, min_np, max_np, discovery, iface)
+    argv[argv.index("--start-timeout") + 1] = env.get("ACCORDION_START_TIMEOUT_S", "600")
+    reporter = Reporter(status_sender(env))
+    error: TrainerError | None = None
+    print(f"[launcher] {' '.join(argv)}", flush=True)
+    proc = subprocess.Popen(
+        argv,
+        env=launcher_env(env, bindir),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+        cwd=work,
+    )
+
+    def stop(signum: int, _frame: Any) -> None:
+        proc.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        sys.stdout.write(line)
+        sys.stdout.flush()
+        progress = parse_progress(line)
+        if progress is not None:
+            reporter.offer(progress, force="resultsURI" in progress)
+        if error is None:
+            error = parse_error_line(line)
+            if error is not None:
+                # The contract's reasons are not transient (bad data, bad model): every worker
+                # would hit them again, so stop instead of letting horovod retry until timeout.
+                proc.terminate()
+    rc = proc.wait()
+    poller.stop()
+    reporter.flush()
+    if error is not None:
+        return fail(error)
+    if rc != 0:
+        return fail(TrainerError(Reason.TrainingError, f"horovodrun exited with {rc}"))
+    return 0
+
+
+def cmd_discover(_: argparse.Namespace) -> int:
+    for host in host_source(dict(os.environ))():
+        print(f"{host}:1")
+    return 0
+
+
+def add_commands(sub: Any) -> None:
+    w = sub.add_parser("worker", help="in-cluster worker: stage data, serve SSH")
+    w.add_argument("--skip-data-check", action="store_true")
+    w.set_defaults(func=cmd_worker)
+    lp = sub.add_parser("launcher", help="in-cluster launcher: horovodrun over Ready workers")
+    lp.set_defaults(func=cmd_launcher)
+    s = sub.add_parser("stage", help="stage the data bucket/prefix into ACCORDION_DATA_DIR")
+    s.set_defaults(func=cmd_stage)
+    d = sub.add_parser("discover", help="print Ready worker pods as `ip:1`")
+    d.set_defaults(func=cmd_discover)

@@ -1,0 +1,86 @@
+"""Prometheus metrics of a worker (`accordion_trainer_*`, base units, no per-step labels).
+
+In a pod, the long-lived `worker` process serves `/metrics` and the training processes that the
+launcher starts over SSH write into the same prometheus-client multiprocess directory (sshd
+passes `PROMETHEUS_MULTIPROC_DIR` to them), so one endpoint per pod survives elastic restarts of
+the training process. Standalone, each training process serves its own endpoint on its host
+address.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Final
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    start_http_server,
+)
+
+#: Gauges in multiprocess mode report the most recent value of a live process.
+LIVE: Final = "livemostrecent"
+
+SAMPLES = Counter("accordion_trainer_samples", "Training samples processed by this worker.")
+STEPS = Counter("accordion_trainer_steps", "Training steps (batches) run by this worker.")
+STEP_SECONDS = Histogram(
+    "accordion_trainer_step_seconds",
+    "Wall time of one training step on this worker.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+SAMPLES_PER_SECOND = Gauge(
+    "accordion_trainer_samples_per_second",
+    "Global samples/s over the last epoch.",
+    multiprocess_mode=LIVE,
+)
+EPOCH = Gauge("accordion_trainer_epoch", "Epochs completed (committed).", multiprocess_mode=LIVE)
+WORLD_SIZE = Gauge(
+    "accordion_trainer_world_size", "Horovod world size now.", multiprocess_mode=LIVE
+)
+LOSS = Gauge("accordion_trainer_loss", "Training loss of the last epoch.", multiprocess_mode=LIVE)
+ACCURACY = Gauge(
+    "accordion_trainer_accuracy", "Training accuracy of the last epoch.", multiprocess_mode=LIVE
+)
+VAL_LOSS = Gauge(
+    "accordion_trainer_val_loss", "Validation loss of the last epoch.", multiprocess_mode=LIVE
+)
+VAL_ACCURACY = Gauge(
+    "accordion_trainer_val_accuracy",
+    "Validation accuracy of the last epoch.",
+    multiprocess_mode=LIVE,
+)
+RESETS = Counter("accordion_trainer_elastic_resets", "Elastic resets (world changes) seen.")
+RESET_SECONDS = Gauge(
+    "accordion_trainer_elastic_reset_seconds",
+    "Seconds from the last elastic interruption to the first step at the new size.",
+    multiprocess_mode=LIVE,
+)
+CHECKPOINTS = Counter("accordion_trainer_checkpoints", "Checkpoints written.")
+CHECKPOINT_SECONDS = Gauge(
+    "accordion_trainer_checkpoint_seconds",
+    "Seconds the last checkpoint took.",
+    multiprocess_mode=LIVE,
+)
+CHECKPOINT_BYTES = Gauge(
+    "accordion_trainer_checkpoint_bytes",
+    "Size of the last checkpoint in bytes.",
+    multiprocess_mode=LIVE,
+)
+STAGED_BYTES = Counter("accordion_trainer_staging_bytes", "Bytes downloaded by stage-in.")
+STAGING_SECONDS = Gauge(
+    "accordion_trainer_staging_seconds", "Seconds the last stage-in took.", multiprocess_mode=LIVE
+)
+
+
+def serve(port: int, addr: str = "0.0.0.0") -> None:  # noqa: S104 - pods expose it on their IP
+    """Serve `/metrics`; in multiprocess mode aggregate every process writing to the directory."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        start_http_server(port, addr=addr, registry=registry)
+    else:
+        start_http_server(port, addr=addr)
