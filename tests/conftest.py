@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,7 +19,7 @@ import kr8s
 import pytest
 from minio import Minio
 
-from accordion_dev.cluster import Cluster, ClusterConfig
+from accordion_dev.cluster import Cluster, ClusterConfig, free_port_block
 
 CLUSTER_FIXTURES = {
     "cluster",
@@ -39,28 +38,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.cluster)
 
 
-def _free_port_block(size: int = 9) -> int:
-    """A base port whose next `size` ports are free now (tests run one session at a time)."""
-    for base in range(26400, 40000, 17):
-        ok = True
-        for port in range(base, base + size):
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", port))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return base
-    raise RuntimeError("no free block of ports for the test cluster")
-
-
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     state = tmp_path_factory.mktemp("cluster")
     cfg = ClusterConfig(
         state_dir=state,
-        base_port=_free_port_block(),
+        base_port=free_port_block(),
         kwok_nodes=int(os.environ.get("ACCORDION_TEST_KWOK_NODES", "4")),
     )
     c = Cluster(cfg)

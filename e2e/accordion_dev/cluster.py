@@ -43,6 +43,21 @@ KWOK_TOLERATION = {"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": 
 GPU_TOLERATION = {"key": GPU, "operator": "Exists", "effect": "NoSchedule"}
 
 
+def free_port_block(first: int = 26400, size: int = 9) -> int:
+    """A base port whose next `size` ports are free now (for a private test/demo cluster)."""
+    import socket
+
+    for base in range(first, first + 20000, 17):
+        try:
+            for port in range(base, base + size):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError("no free block of ports for a local cluster")
+
+
 class ClusterError(RuntimeError):
     """A failure with a message that says what to do next."""
 

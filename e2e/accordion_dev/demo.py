@@ -98,7 +98,19 @@ class Demo:
                 client.make_bucket(bucket)
         with tempfile.TemporaryDirectory() as tmp:
             subprocess.run(
-                [sys.executable, "-m", "accordion_trainer", "dataset", "--out", tmp], check=True
+                # the seeds' format: pickled numpy train/validation/test arrays
+                [
+                    sys.executable,
+                    "-m",
+                    "accordion_trainer",
+                    "dataset",
+                    "--out",
+                    tmp,
+                    "--format",
+                    "pickle",
+                ],
+                check=True,
+                stdout=subprocess.DEVNULL,
             )
             files = sorted(p for p in Path(tmp).rglob("*") if p.is_file())
             for f in files:
@@ -125,7 +137,9 @@ class Demo:
             if key in spec:
                 spec[key]["endpoint"] = endpoint  # the example names the default local port
         if self.ci:
-            spec["epochs"] = min(spec.get("epochs", 3), 3)
+            # short, but long enough that grow and shrink happen mid-training (epochs of the
+            # 5,000-image sample take ~2-5 s here)
+            spec["epochs"] = min(spec.get("epochs", 10), 10)
         return doc
 
     def apply(self, doc: dict[str, Any]) -> None:
@@ -250,14 +264,30 @@ class Demo:
             exp = self.get("experiments", name)
             st = exp.get("status", {})
             console.print(
-                f"  experiment {name}: phase={st.get('phase')} "
-                f"runs={json.dumps(st.get('counts', {}))}"
+                f"  experiment {name}: phase={st.get('phase')} runs={st.get('runsSummary', '-')}"
             )
             if st.get("phase") in ("Succeeded", "Failed"):
-                console.print(f"[bold]best run[/bold]: {json.dumps(st.get('best'), indent=1)}")
+                console.print(f"[bold]best run[/bold]: {json.dumps(st.get('bestRun'), indent=1)}")
                 return
             time.sleep(5)
         raise ClusterError(f"experiment {name} did not finish in 30 minutes")
+
+    def observability(self) -> None:
+        """What Prometheus saw of the run, and the dashboards rendered from it to PNG."""
+        from accordion_dev.render import render
+
+        with httpx.Client(base_url=self.c.prometheus_url, timeout=10) as prom:
+            for expr in (
+                "accordion_trainer_samples_per_second",
+                "accordion_run_workers_desired",
+                "accordion_trainer_world_size",
+            ):
+                got = prom.get("/api/v1/query", params={"query": f"max_over_time({expr}[30m])"})
+                series = got.json()["data"]["result"]
+                console.print(f"  {expr}: {len(series)} series")
+        out = REPO / "artifacts" / "dashboards"
+        for png in render(self.c.prometheus_url, out, minutes=15):
+            console.print(f"  dashboard rendered: {png}")
 
     def goodbye(self) -> None:
         console.rule("[bold]explore")
@@ -300,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         run = demo.step("4-5. elastic training run", demo.train)
         demo.step("6. results", lambda: demo.report(run))
         demo.step("7. experiment", demo.experiment)
+        demo.step("metrics and dashboards", demo.observability)
         demo.goodbye()
     except (ClusterError, httpx.HTTPError, subprocess.CalledProcessError) as e:
         console.print(f"[red]demo failed:[/red] {e}\nlogs: {demo.c.procs.log_dir}")

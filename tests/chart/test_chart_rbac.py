@@ -147,7 +147,7 @@ def permissions_from_handlers() -> set[Perm]:
                     group, _version, plural = (_value(a, scope) for a in deco.args[:3])
                     perms |= {(group, plural, "list"), (group, plural, "watch")}
                 elif name.startswith("kopf.on."):
-                    assert name in ("kopf.on.startup", "kopf.on.cleanup"), (
+                    assert name in ("kopf.on.startup", "kopf.on.cleanup", "kopf.on.login"), (
                         f"{name}: a change handler makes kopf patch finalizers/annotations: "
                         "add those verbs here and in the chart"
                     )

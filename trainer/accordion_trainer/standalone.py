@@ -121,15 +121,19 @@ def run(
             cwd=work,
         )
         assert proc.stdout is not None
+        error = None
         for line in proc.stdout:
-            if parse_error_line(line) is not None and proc.poll() is None:
+            error = error or parse_error_line(line)
+            if error is not None and proc.poll() is None:
                 proc.terminate()  # a contract reason (bad data/model) is not worth retrying
             sys.stdout.write(line)
             sys.stdout.flush()
             if out:
                 out.write(line)
                 out.flush()
-        return proc.wait()
+        rc = proc.wait()
+        # horovodrun may exit 0 on our SIGTERM: the reported reason decides, not that race
+        return error.exit_code if error is not None and rc == 0 else rc
     finally:
         if out:
             out.close()
