@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import platform
-import socket
 import subprocess
 import tempfile
 import time
@@ -13,28 +12,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from accordion_dev.cluster import Cluster, ClusterConfig
+from accordion_dev.cluster import Cluster, ClusterConfig, free_port_block
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def free_base_port(size: int = 9) -> int:
-    for base in range(36400, 50000, 17):
-        try:
-            for port in range(base, base + size):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return base
-    raise RuntimeError("no free port block")
 
 
 @contextmanager
 def private_cluster(**overrides: Any) -> Iterator[Cluster]:
     """A throwaway cluster on free ports in a temporary directory."""
     with tempfile.TemporaryDirectory(prefix="accordion-bench-") as tmp:
-        cfg = ClusterConfig(state_dir=Path(tmp), base_port=free_base_port(), kwok_nodes=0)
+        cfg = ClusterConfig(
+            state_dir=Path(tmp), base_port=free_port_block(first=23400), kwok_nodes=0
+        )
         for key, value in overrides.items():
             setattr(cfg, key, value)
         c = Cluster(cfg)

@@ -44,10 +44,12 @@ GPU_TOLERATION = {"key": GPU, "operator": "Exists", "effect": "NoSchedule"}
 
 
 def free_port_block(first: int = 26400, size: int = 9) -> int:
-    """A base port whose next `size` ports are free now (for a private test/demo cluster)."""
+    """A base port whose next `size` ports are free now (for a private test/demo cluster).
+    Stays below Linux's ephemeral range (32768+), where any outgoing connection may take a
+    port between this check and the component's bind."""
     import socket
 
-    for base in range(first, first + 20000, 17):
+    for base in range(first, 32768 - size, 17):
         try:
             for port in range(base, base + size):
                 with socket.socket() as s:

@@ -89,6 +89,10 @@ class ClusterCache:
     gpu_pods: dict[tuple[str, str], PodUse] = field(default_factory=dict)
     nodes: dict[str, Node] = field(default_factory=dict)
     _pod_rv: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: resourceVersion at which a pod was seen DELETED: the response to our own DELETE can
+    #: arrive after the watch's DELETED event (a process that is already dead goes at once),
+    #: and must not bring the pod back into the cache.
+    _pod_gone: dict[tuple[str, str], int] = field(default_factory=dict)
     dirty: asyncio.Event = field(default_factory=asyncio.Event)
     #: (kind, namespace or "") whose initial LIST has been loaded
     synced: set[tuple[str, str]] = field(default_factory=set)
@@ -132,12 +136,17 @@ class ClusterCache:
         rv = _rv(body)
         if not deleted and rv and rv < self._pod_rv.get(key, 0):
             return
+        if not deleted and key in self._pod_gone:
+            if rv and rv <= self._pod_gone[key]:
+                return  # a copy from before its deletion
+            del self._pod_gone[key]  # a new pod of the same name
         state = pod_state(body, self.cfg.gpu_resource)
         labels = meta.get("labels") or {}
         run = labels.get(builders.LABEL_RUN)
         ours = run is not None and labels.get(builders.LABEL_MANAGED_BY) == builders.MANAGED_BY
         if deleted:
             self._pod_rv.pop(key, None)
+            self._pod_gone[key] = rv
             self.gpu_pods.pop(key, None)
             if ours:
                 pods = self.run_pods.get((key[0], run or ""))
@@ -177,6 +186,8 @@ class ClusterCache:
                     del self.runs[key]
         elif kind == "pod":
             seen = {((i["metadata"].get("namespace", "")), i["metadata"]["name"]) for i in items}
+            # a LIST is the truth: tombstones older than it are no longer needed
+            self._pod_gone = {k: v for k, v in self._pod_gone.items() if not in_scope(k[0])}
             for key in list(self._pod_rv):
                 if key not in seen and in_scope(key[0]):
                     self.gpu_pods.pop(key, None)

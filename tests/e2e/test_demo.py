@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
-    base = free_port_block(first=46400)
+    base = free_port_block(first=20400)
     state = tmp_path / "cluster"
     try:
         out = subprocess.run(

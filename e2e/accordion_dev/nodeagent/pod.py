@@ -362,6 +362,8 @@ class PodRunner:
                 hosts = self.dir / "etc-hosts"
                 hosts.write_text(etc_hosts(self.pod_ip, self.hostname))
                 mounts = [*mounts, Mount(hosts, "/etc/hosts", read_only=False, is_file=True)]
+            if self.ctx.isolate:
+                mounts = runtime.restore_shadowed(mounts, self.ctx.protected)
             if hidden := runtime.shadowing(mounts, self.ctx.protected):
                 raise VolumeError(
                     f"on a process node (no own root filesystem) these mountPaths would hide "

@@ -71,7 +71,26 @@ def stage_dir(mounts: Sequence[Mount]) -> str:
 
 def shadowing(mounts: Sequence[Mount], protected: Sequence[Path]) -> list[str]:
     """mountPaths that would hide something the process needs (the venv, the python)."""
-    return [f"{m.target} hides {p}" for m in mounts for p in protected if _covers(m.target, str(p))]
+    restored = {m.target for m in mounts if m.source == Path(m.target)}
+    return [
+        f"{m.target} hides {p}"
+        for m in mounts
+        for p in protected
+        if _covers(m.target, str(p)) and str(p) not in restored
+    ]
+
+
+def restore_shadowed(mounts: Sequence[Mount], protected: Sequence[Path]) -> list[Mount]:
+    """`mounts` plus, after them, a bind of every protected path (the checkout, the Python) that
+    a mountPath covers: an emptyDir at /tmp must not hide a checkout that lives under /tmp.
+    The wrapper stages every source before it mounts any target, so the restore still sees
+    the original directory."""
+    restores = [
+        Mount(p, str(p), read_only=False, is_file=False)
+        for p in protected
+        if any(_covers(m.target, str(p)) and m.target.rstrip("/") != str(p) for m in mounts)
+    ]
+    return [*mounts, *restores]
 
 
 def wrapper_script(

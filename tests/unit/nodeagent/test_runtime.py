@@ -188,3 +188,18 @@ def test_a_container_over_its_memory_limit_is_oom_killed(tmp_path: Path) -> None
     assert "survived" not in (tmp_path / "l").read_text()
     runtime.remove_cgroup_tree(memcg)
     assert not memcg.exists()
+
+
+def test_a_mount_over_the_checkout_parent_restores_the_checkout() -> None:
+    """An emptyDir at /tmp with the checkout at /tmp/ci-clone (as in CI's fresh clone)."""
+    mounts = [Mount(Path("/pods/x/tmp"), "/tmp", False, False)]
+    fixed = runtime.restore_shadowed(mounts, [Path("/tmp/ci-clone"), Path("/usr")])
+    assert fixed[-1] == Mount(Path("/tmp/ci-clone"), "/tmp/ci-clone", False, False)
+    assert runtime.shadowing(fixed, [Path("/tmp/ci-clone"), Path("/usr")]) == []
+    script = runtime.wrapper_script(fixed, "", "pod", None, isolate=True)
+    # the checkout is staged before /tmp is covered, then bound back over it
+    lines = script.splitlines()
+    staged = lines.index("mount --bind /tmp/ci-clone /run/accordion-stage/1")
+    covered = lines.index("mount --bind /run/accordion-stage/0 /tmp")
+    restored = lines.index("mount --bind /run/accordion-stage/1 /tmp/ci-clone")
+    assert staged < covered < restored

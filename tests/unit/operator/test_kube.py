@@ -107,3 +107,18 @@ def test_node_from() -> None:
     assert node_from(cordoned, "nvidia.com/gpu").unschedulable
     not_ready = {**body, "status": {"allocatable": {"nvidia.com/gpu": "8"}, "conditions": []}}
     assert node_from(not_ready, "nvidia.com/gpu").unschedulable
+
+
+def test_our_delete_response_after_the_watch_deleted_event_does_not_resurrect_the_pod() -> None:
+    """Seen in the demo: a dead launcher went at once, the watch's DELETED arrived before the
+    response to the operator's DELETE, and the stale copy kept the run waiting forever."""
+    cache = ClusterCache(Config())
+    cache.apply("pod", "ADDED", pod("mnist-worker-0", run="mnist", phase="Failed", rv="8"))
+    cache.apply("pod", "DELETED", pod("mnist-worker-0", run="mnist", phase="Failed", rv="10"))
+    cache.apply(
+        "pod", "MODIFIED", pod("mnist-worker-0", run="mnist", phase="Failed", rv="9"), wake=False
+    )
+    assert cache.pods_of("team-a", "mnist") == []
+    # a new pod of the same name is taken
+    cache.apply("pod", "ADDED", pod("mnist-worker-0", run="mnist", rv="12"))
+    assert [p.phase for p in cache.pods_of("team-a", "mnist")] == ["Running"]
