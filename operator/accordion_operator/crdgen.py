@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -214,12 +215,14 @@ def render() -> str:
     return HEADER + yaml.safe_dump(build_crd(), sort_keys=False, width=100)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m accordion_operator.crdgen")
+def cli(module: str, render_crd: Callable[[], str], default: Path, argv: list[str] | None) -> int:
+    """`python -m <module> [--check] [--output PATH]`: write the CRD, or fail if it is stale.
+    Shared by every CRD generator of the package."""
+    parser = argparse.ArgumentParser(prog=f"python -m {module}")
     parser.add_argument("--check", action="store_true", help="fail if the CRD file is stale")
-    parser.add_argument("--output", type=Path, default=CRD_PATH)
+    parser.add_argument("--output", type=Path, default=default)
     args = parser.parse_args(argv)
-    text = render()
+    text = render_crd()
     if args.check:
         current = args.output.read_text() if args.output.exists() else ""
         if current != text:
@@ -227,14 +230,16 @@ def main(argv: list[str] | None = None) -> int:
                 current.splitlines(), text.splitlines(), str(args.output), "generated", lineterm=""
             )
             print("\n".join(list(diff)[:80]), file=sys.stderr)
-            print(
-                f"{args.output} is stale: run python -m accordion_operator.crdgen", file=sys.stderr
-            )
+            print(f"{args.output} is stale: run python -m {module}", file=sys.stderr)
             return 1
         return 0
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli("accordion_operator.crdgen", render, CRD_PATH, argv)
 
 
 if __name__ == "__main__":

@@ -8,14 +8,11 @@ other; both share `crdgen.model_schema`, the one pydantic -> structural-schema c
 
 from __future__ import annotations
 
-import argparse
-import difflib
-import sys
-from pathlib import Path
 from typing import Any
 
 import yaml
 
+from accordion_operator import crdgen
 from accordion_operator.api.common import GROUP, VERSION, cel
 from accordion_operator.api.experiment import (
     KIND,
@@ -118,27 +115,7 @@ def render() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m accordion_operator.crdgen_experiment")
-    parser.add_argument("--check", action="store_true", help="fail if the CRD file is stale")
-    parser.add_argument("--output", type=Path, default=CRD_PATH)
-    args = parser.parse_args(argv)
-    text = render()
-    if args.check:
-        current = args.output.read_text() if args.output.exists() else ""
-        if current != text:
-            diff = difflib.unified_diff(
-                current.splitlines(), text.splitlines(), str(args.output), "generated", lineterm=""
-            )
-            print("\n".join(list(diff)[:80]), file=sys.stderr)
-            print(
-                f"{args.output} is stale: run python -m accordion_operator.crdgen_experiment",
-                file=sys.stderr,
-            )
-            return 1
-        return 0
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(text)
-    return 0
+    return crdgen.cli("accordion_operator.crdgen_experiment", render, CRD_PATH, argv)
 
 
 if __name__ == "__main__":
