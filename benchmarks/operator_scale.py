@@ -17,7 +17,6 @@ import json
 import os
 import platform
 import re
-import socket
 import ssl
 import subprocess
 import sys
@@ -28,24 +27,12 @@ from typing import Any
 
 import httpx
 
-from accordion_dev.cluster import Cluster, ClusterConfig
+from accordion_dev.cluster import Cluster, ClusterConfig, free_port_block
 
 REPO = Path(__file__).resolve().parents[1]
 OUT_DIR = REPO / "benchmarks" / "results"
 TR = "/apis/accordion.dev/v1alpha1/namespaces/{ns}/trainingruns"
 META_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
-
-
-def free_base_port() -> int:
-    for base in range(36400, 60000, 17):
-        try:
-            for port in range(base, base + 9):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-    raise RuntimeError("no free ports")
 
 
 def run_body(name: str) -> dict[str, Any]:
@@ -122,6 +109,27 @@ def vm_hwm_mb(pid: int) -> float:
     return int(m.group(1)) / 1024 if m else float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process and its waited-for children (clock ticks -> seconds)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def apiserver_writes(http: httpx.Client) -> dict[str, int]:
+    """Mutating requests the apiserver served, by verb and resource: where the time goes."""
+    out: dict[str, int] = {}
+    for line in http.get("/metrics").text.splitlines():
+        if not line.startswith("apiserver_request_total{"):
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
+        if labels.get("verb") in ("POST", "PATCH", "PUT", "DELETE", "APPLY"):
+            key = f"{labels['verb']} {labels.get('resource', '')}"
+            if labels.get("subresource"):
+                key += "/" + labels["subresource"]
+            out[key] = out.get(key, 0) + int(float(line.rsplit(" ", 1)[1]))
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=10_000)
@@ -132,7 +140,9 @@ def main() -> int:
     args = ap.parse_args()
     state = Path(tempfile.mkdtemp(prefix="accordion-bench-"))
     cluster = Cluster(
-        ClusterConfig(state_dir=state, base_port=free_base_port(), kwok_nodes=args.nodes)
+        ClusterConfig(
+            state_dir=state, base_port=free_port_block(first=23400), kwok_nodes=args.nodes
+        )
     )
     t_up = time.monotonic()
     cluster.up(log=lambda line: print(line, flush=True))
@@ -163,11 +173,12 @@ def main() -> int:
                     },
                 ).raise_for_status()
         log_path = state / "operator.log"
+        op_ports = free_port_block(first=cluster.config.base_port + 9, size=2)
         env = {
             **os.environ,
             "KUBECONFIG": str(cluster.kubeconfig),
-            "ACCORDION_HEALTH_PORT": str(free_base_port() + 20),
-            "ACCORDION_OPERATOR_METRICS_PORT": str(free_base_port() + 21),
+            "ACCORDION_HEALTH_PORT": str(op_ports),
+            "ACCORDION_OPERATOR_METRICS_PORT": str(op_ports + 1),
         }
         op = subprocess.Popen(
             [sys.executable, "-m", "accordion_operator"],
@@ -176,6 +187,10 @@ def main() -> int:
             stderr=subprocess.STDOUT,
         )
         time.sleep(3)
+        with cluster.http() as http:
+            writes_before = apiserver_writes(http)
+        cpu_before = {p.name: cpu_seconds(p.pid) for p in cluster.running()}
+        cpu_before["operator"] = cpu_seconds(op.pid)
         t0 = time.monotonic()
         create_s = asyncio.run(create_runs(cluster, namespaces, args.runs, args.concurrency))
         print(f"[bench] {args.runs} runs created in {create_s:.1f} s", flush=True)
@@ -191,7 +206,15 @@ def main() -> int:
                 time.sleep(2)
             done_s = time.monotonic() - t0
             admitted = count_admitted(http)
+            writes = {
+                k: v - writes_before.get(k, 0)
+                for k, v in apiserver_writes(http).items()
+                if v - writes_before.get(k, 0) > 0
+            }
         rss = vm_hwm_mb(op.pid)
+        cpu = {p.name: cpu_seconds(p.pid) for p in cluster.running()}
+        cpu["operator"] = cpu_seconds(op.pid)
+        cpu = {k: round(v - cpu_before.get(k, 0.0), 1) for k, v in cpu.items()}
         passes = [
             line
             for line in log_path.read_text().splitlines()
@@ -210,6 +233,9 @@ def main() -> int:
             "worker_pods": samples[-1][1],
             "operator_peak_rss_mb": round(rss, 1),
             "targets": {"seconds": 60, "rss_mb": 400, "at": "10000 runs x 1000 nodes"},
+            "cpu_seconds_by_process": dict(sorted(cpu.items(), key=lambda kv: -kv[1])),
+            "apiserver_writes": writes,
+            "apiserver_writes_per_run": round(sum(writes.values()) / max(1, args.runs), 2),
             "progress": samples[:: max(1, len(samples) // 40)],
             "operator_passes_tail": passes[-8:],
             "python": platform.python_version(),

@@ -1,9 +1,11 @@
 """Pod discovery for the local Prometheus (what `kubernetes_sd_configs: role: pod` does).
 
-Debian's Prometheus package is built without Kubernetes service discovery, so this process lists
-Running pods that declare a container port named `metrics` every second and writes them as a
-file_sd target group with the labels a real cluster's relabelling gives: `namespace`, `pod`,
-`run` (from `accordion.dev/run`) and `experiment`.
+Debian's Prometheus package is built without Kubernetes service discovery, so this process
+watches pods (LIST, then WATCH, like kubernetes_sd) and writes the Running ones that declare a
+container port named `metrics` as file_sd target groups with the labels a real cluster's
+relabelling gives: `namespace`, `pod`, `run` (from `accordion.dev/run`) and `experiment`.
+A watch rather than a LIST every second: at 10,000 pods that LIST was the apiserver's busiest
+client in the scale benchmarks.
 """
 
 from __future__ import annotations
@@ -11,13 +13,23 @@ from __future__ import annotations
 import argparse
 import json
 import signal
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from accordion_dev.cluster import Cluster, ClusterConfig
+
+
+def has_metrics_port(pod: dict[str, Any]) -> bool:
+    return any(
+        port.get("name") == "metrics"
+        for c in (pod.get("spec") or {}).get("containers") or []
+        for port in c.get("ports") or []
+    )
 
 
 def targets(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -58,27 +70,60 @@ def main() -> None:
     args = ap.parse_args()
     cluster = Cluster(ClusterConfig(state_dir=Path(args.state_dir), base_port=args.base_port))
     out = cluster.prometheus_targets_dir / "pods.json"
-    stop = False
+    # exits from inside a blocking watch read, not at the next event
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    last: list[dict[str, Any]] | None = None
 
-    def _stop(*_: object) -> None:
-        nonlocal stop
-        stop = True
+    def publish(pods: dict[str, dict[str, Any]]) -> None:
+        nonlocal last
+        groups = targets(list(pods.values()))
+        if groups != last:
+            tmp = out.with_suffix(".tmp")
+            tmp.write_text(json.dumps(groups))
+            tmp.replace(out)
+            last = groups
 
-    signal.signal(signal.SIGTERM, _stop)
-    last = None
-    while not stop:
+    while True:
         try:
-            with cluster.http(timeout=10) as http:
-                pods = http.get("/api/v1/pods").json().get("items", [])
-            groups = targets(pods)
-            if groups != last:
-                tmp = out.with_suffix(".tmp")
-                tmp.write_text(json.dumps(groups))
-                tmp.replace(out)
-                last = groups
+            watch_pods(cluster, publish)
         except (httpx.HTTPError, OSError, ValueError) as e:
             print(f"pod discovery: {e}", flush=True)  # the apiserver may be restarting
-        time.sleep(args.interval)
+            time.sleep(args.interval)
+
+
+def watch_pods(cluster: Cluster, publish: Callable[[dict[str, dict[str, Any]]], None]) -> None:
+    """LIST, then WATCH until the watch ends; `publish` the pods with a metrics port (keyed by
+    uid) whenever one of them changes. Pods without one are never kept."""
+    with cluster.http(timeout=10) as http:
+        listing = http.get("/api/v1/pods", params={"resourceVersion": "0"})
+        listing.raise_for_status()
+        body = listing.json()
+        pods = {p["metadata"]["uid"]: p for p in body.get("items") or [] if has_metrics_port(p)}
+        publish(pods)
+        params = {
+            "watch": "true",
+            "resourceVersion": body["metadata"]["resourceVersion"],
+            "allowWatchBookmarks": "true",
+            "timeoutSeconds": "300",
+        }
+        with http.stream(
+            "GET", "/api/v1/pods", params=params, timeout=httpx.Timeout(10, read=None)
+        ) as resp:
+            resp.raise_for_status()
+            for line in resp.iter_lines():
+                if not line:
+                    continue
+                event = json.loads(line)
+                pod = event.get("object") or {}
+                if event.get("type") == "ERROR":
+                    return  # e.g. 410 Gone: LIST again
+                if event.get("type") == "BOOKMARK" or not has_metrics_port(pod):
+                    continue
+                if event["type"] == "DELETED":
+                    pods.pop(pod["metadata"]["uid"], None)
+                else:
+                    pods[pod["metadata"]["uid"]] = pod
+                publish(pods)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """Render the shipped Grafana dashboards' panels to PNG from a Prometheus, without Grafana.
 
-Each panel's PromQL (template variables widened to match everything) is evaluated with
-`query_range` over a time window and drawn with matplotlib, one PNG per dashboard, so a reviewer
-can see the curves a real run produced.
+Each panel's PromQL is interpolated as Grafana would when the dashboard opens (every variable
+at `All`, `$__rate_interval` from the window and the scrape interval: `accordion_dev.promcheck`),
+evaluated with `query_range` over a time window and drawn with matplotlib, one PNG per
+dashboard, so a reviewer can see the curves a real run produced.
 
     python -m accordion_dev.render --prometheus http://127.0.0.1:16408 --minutes 15 --out artifacts
 """
@@ -10,51 +11,12 @@ can see the curves a real run produced.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import re
 import time
 from pathlib import Path
-from typing import Any
 
-import httpx
-
-from accordion_dev.cluster import REPO
-
-DASHBOARDS = REPO / "helm" / "accordion" / "files" / "dashboards"
-_VARS = {
-    "$__rate_interval": "30s",
-    "$__interval": "10s",
-    "$__range": "15m",
-}
-
-
-def concrete(expr: str) -> str:
-    """Replace Grafana's template variables: built-ins by durations, ours by `.*`."""
-    for var, value in _VARS.items():
-        expr = expr.replace(var, value)
-    return re.sub(r"\$\{?[A-Za-z_]\w*\}?", ".*", expr)
-
-
-def panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
-    out = []
-    for p in dashboard.get("panels", []):
-        out.extend(p.get("panels", []))  # collapsed rows hold their panels
-        if p.get("type") != "row" and p.get("targets"):
-            out.append(p)
-    return out
-
-
-def query_range(prom: str, expr: str, start: float, end: float) -> list[dict[str, Any]]:
-    step = max(2.0, (end - start) / 300)
-    r = httpx.get(
-        f"{prom}/api/v1/query_range",
-        timeout=30,
-        params={"query": concrete(expr), "start": start, "end": end, "step": step},
-    )
-    r.raise_for_status()
-    result: list[dict[str, Any]] = r.json()["data"]["result"]
-    return result
+from accordion_dev import promcheck
 
 
 def _label(metric: dict[str, str], legend: str | None) -> str:
@@ -72,18 +34,21 @@ def render(prom: str, out: Path, minutes: float) -> list[Path]:
 
     end = time.time()
     start = end - minutes * 60
+    step = max(promcheck.grafana_interval(start, end), (end - start) / 300)
+    glob = promcheck.builtins(start, end)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for path in sorted(DASHBOARDS.glob("*.json")):
-        dash = json.loads(path.read_text())
-        ps = panels(dash)
+    for stem, dash in promcheck.dashboards().items():
+        values = promcheck.dashboard_values(dash)
+        ps = promcheck.panels(dash)
         cols = 3
         rows = math.ceil(len(ps) / cols)
         fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 3.2 * rows), squeeze=False)
         for ax, panel in zip(axes.flat, ps, strict=False):
             n = 0
             for target in panel["targets"]:
-                for series in query_range(prom, target["expr"], start, end):
+                expr = promcheck.interpolate(target["expr"], values, glob)
+                for series in promcheck.query_range(prom, expr, start, end, step):
                     xs = [float(t) - end for t, _ in series["values"]]
                     ys = [float(v) for _, v in series["values"]]
                     ax.plot(
@@ -101,9 +66,9 @@ def render(prom: str, out: Path, minutes: float) -> list[Path]:
                 ax.legend(fontsize=6)
         for ax in list(axes.flat)[len(ps) :]:
             ax.axis("off")
-        fig.suptitle(dash.get("title", path.stem))
+        fig.suptitle(dash.get("title", stem))
         fig.tight_layout()
-        png = out / f"{path.stem}.png"
+        png = out / f"{stem}.png"
         fig.savefig(png, dpi=80)
         plt.close(fig)
         written.append(png)

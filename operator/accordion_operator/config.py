@@ -25,7 +25,7 @@ class Config:
     #: Comma-separated namespaces to watch; empty = cluster-wide (needs ClusterRole RBAC).
     namespaces: tuple[str, ...] = ()
     #: Built-in models the trainer ships (spec.model.builtin must be one of them).
-    builtin_models: tuple[str, ...] = ("mnist-cnn", "mnist-mlp", "cifar10-cnn")
+    builtin_models: tuple[str, ...] = ("mnist-cnn", "mnist-cnn3", "mlp")
     #: Seconds between full reconcile passes even without any watch event (level-based safety net).
     resync_seconds: float = 10.0
     #: Seconds to wait after a watch event before reconciling, to batch bursts of events.

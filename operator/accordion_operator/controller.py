@@ -25,8 +25,10 @@ from accordion_operator.config import Config
 from accordion_operator.kube import WATCHED, ClusterCache, Kube, ParsedRun
 from accordion_operator.metrics import OperatorMetrics
 from accordion_operator.reconcile import (
+    EXIT_REASONS,
     Children,
     Plan,
+    PodState,
     SecretInfo,
     check_run,
     decide_run,
@@ -63,6 +65,8 @@ class Controller:
     #: Prometheus metrics (docs/metrics.md); None in tests that do not look at them
     metrics: OperatorMetrics | None = None
     _known_runs: set[tuple[str, str]] = field(default_factory=set)
+    #: (namespace, pod) -> (run, experiment, role) exported as accordion_pod_info
+    _pod_info: dict[tuple[str, str], tuple[str, str, str]] = field(default_factory=dict)
     #: per run: the inputs of its last decision that had nothing to do (see reconcile_all)
     _settled: dict[str, tuple[object, ...]] = field(default_factory=dict)
     #: per run: (resourceVersion, allocator request) so unchanged runs are not re-derived
@@ -207,12 +211,36 @@ class Controller:
             seen.add((ns, run.metadata.name))
         m.set_runs_by_phase(phases)
         m.set_queue_lengths(queued)
+        m.declare_namespaces(queued)
         for ns, name in self._known_runs - seen:
             m.forget_run(ns, name)
         self._known_runs = seen
+        m.cluster_gpus_capacity.set(
+            sum(n.gpus for n in self.cache.nodes.values() if not n.unschedulable)
+        )
+        self._export_pods(m)
         m.observe_reconcile("trainingruns", seconds, failed=False)
 
-    def _export_run(self, run: TrainingRun, plan: Plan, status: dict[str, Any]) -> None:
+    def _export_pods(self, m: OperatorMetrics) -> None:
+        """`accordion_pod_info` for every pod of every run (joins DCGM's per-pod GPU series to
+        runs); only the pods that appeared, changed or went are touched."""
+        pods: dict[tuple[str, str], tuple[str, str, str]] = {}
+        for (ns, run), states in self.cache.run_pods.items():
+            parsed = self.cache.runs.get((ns, run))
+            labels = parsed.run.metadata.labels if parsed is not None and parsed.run else {}
+            experiment = labels.get(builders.LABEL_EXPERIMENT, "")
+            for name, st in states.items():
+                pods[(ns, name)] = (run, experiment, st.role)
+        for key in set(self._pod_info) - set(pods):
+            m.forget_pod(*key)
+        for (ns, name), info in pods.items():
+            if self._pod_info.get((ns, name)) != info:
+                m.set_pod_info(ns, name, run=info[0], experiment=info[1], role=info[2])
+        self._pod_info = pods
+
+    def _export_run(
+        self, run: TrainingRun, plan: Plan, status: dict[str, Any], replaced: list[PodState]
+    ) -> None:
         m = self.metrics
         if m is None:
             return
@@ -233,17 +261,23 @@ class Controller:
             "Admitted"
             if old == 0
             else "Preempted"
-            if REASON_PREEMPTED in reasons or new < old
+            if REASON_PREEMPTED in reasons
+            # a user's `kubectl scale` (or edit of workers) below the current grant
+            else "SpecChanged"
+            if new < old and new >= min(run.spec.workers.requested, run.spec.workers.max)
+            else "Preempted"
+            if new < old
             else "CapacityAvailable"
         )
         m.count_rescale(ns, old=old, new=new, reason=why)
         if run.status.admitted_time is None and status.get("admittedTime"):
             created = from_rfc3339(run.metadata.creation_timestamp) or self.clock()
             m.observe_admission(ns, self.clock() - created)
-        for _, reason, _ in plan.events:
-            if reason in ("WorkerReplaced", "LauncherRestart"):
-                role = "worker" if reason == "WorkerReplaced" else "launcher"
-                m.count_pod_failure(ns, name, role=role, reason="Other")
+        if any(r in ("WorkerReplaced", "LauncherRestart") for _, r, _ in plan.events):
+            # each failed pod the plan replaces, by the trainer's exit code (docs/contract.md)
+            for pod in replaced:
+                why = EXIT_REASONS.get(pod.exit_code or 0, "Other")
+                m.count_pod_failure(ns, name, role=pod.role, reason=why)
 
     async def _report_unparsable(self, parsed: ParsedRun) -> None:
         """A run whose spec the models reject (e.g. a hyperparameter that is an object)."""
@@ -277,6 +311,12 @@ class Controller:
 
     async def _execute(self, run: TrainingRun, plan: Plan) -> None:
         ns, name = run.metadata.namespace, run.metadata.name
+        # failed pods this plan replaces, for the metrics: the deletions drop them from the cache
+        replaced = [
+            p
+            for p in self.cache.pods_of(ns, name)
+            if p.phase == "Failed" and p.name in plan.delete_pods
+        ]
         try:
             if plan.delete_run:
                 code, data = await self.kube.delete_run(ns, name)
@@ -304,7 +344,7 @@ class Controller:
                 code, data = await self.kube.patch_run_status(ns, name, plan.status_patch)
                 if code == 200:
                     self.cache.apply("run", "MODIFIED", data, wake=False)
-                    self._export_run(run, plan, data.get("status") or {})
+                    self._export_run(run, plan, data.get("status") or {}, replaced)
                 elif code != 404:
                     log.warning("%s: status patch: %s %s", run.key, code, data.get("message"))
             for etype, reason, message in plan.events:
@@ -318,9 +358,15 @@ class Controller:
             builders.build_ssh_secret(run, cfg, builders.new_ssh_keypair()),
             builders.build_service_account(run, cfg),
             builders.build_role(run, cfg),
-            builders.build_role_binding(run, cfg),
         ]
         codes = await asyncio.gather(*(self.kube.create(o) for o in objs))
+        # The RoleBinding only once its Role exists: without `bind`, the apiserver checks that
+        # the operator holds every permission of the referenced Role, and answers 404 while the
+        # Role is not there yet (a superuser, e.g. a kubeconfig admin, skips that check).
+        binding = builders.build_role_binding(run, cfg)
+        if codes[-1][0] in (200, 201, 409):
+            objs.append(binding)
+            codes.append(await self.kube.create(binding))
         bad = [
             (o["kind"], c, d.get("message"))
             for o, (c, d) in zip(objs, codes, strict=True)

@@ -13,12 +13,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
-import kr8s.asyncio
 
 from accordion_operator import builders
 from accordion_operator.api.common import API_VERSION, GROUP, VERSION
@@ -27,14 +26,17 @@ from accordion_operator.api.trainingrun import PLURAL as RUN_PLURAL
 from accordion_operator.config import Config
 from accordion_operator.experiment_reconcile import (
     LABEL_EXPERIMENT,
+    ChildRun,
     ExperimentPlan,
+    best_child,
     decide_experiment,
     observe_child,
     stop_patch,
 )
-from accordion_operator.kube import Kube
+from accordion_operator.kube import ApiError, Kube
+from accordion_operator.metrics import OperatorMetrics
 from accordion_operator.reconcile import to_rfc3339
-from accordion_operator.search import RungMemo
+from accordion_operator.search import RungMemo, max_trials
 
 log = logging.getLogger("accordion.experiments")
 CR_VERSION = f"{GROUP}/{VERSION}"
@@ -130,6 +132,10 @@ class ExperimentController:
     memos: dict[Key, RungMemo] = field(default_factory=dict)
     passes: int = 0
     last_decide_seconds: float = 0.0
+    #: Prometheus metrics (docs/metrics.md); None in tests that do not look at them
+    metrics: OperatorMetrics | None = None
+    #: experiments whose metrics are exported (to drop those of deleted experiments)
+    exported: set[Key] = field(default_factory=set)
 
     def plans(self, now: float) -> list[tuple[Experiment | Mapping[str, Any], ExperimentPlan]]:
         """Decide every experiment whose observations changed (pure, no I/O)."""
@@ -155,13 +161,44 @@ class ExperimentController:
             memo = self.memos.setdefault(key, {})
             out.append((exp, decide_experiment(exp, children, now, memo)))
             self.seen[key] = fp
+            self.export_metrics(exp, children, trials)
         for key in list(self.seen):
             if key not in self.cache.experiments:
                 del self.seen[key]
         for key in list(self.memos):
             if key not in self.cache.experiments:
                 del self.memos[key]
+        for key in list(self.exported):
+            if key not in self.cache.experiments:
+                self.exported.discard(key)
+                if self.metrics is not None:
+                    self.metrics.forget_experiment(*key)
         return out
+
+    def export_metrics(
+        self, exp: Experiment, children: Sequence[ChildRun], trials: Iterable[Mapping[str, Any]]
+    ) -> None:
+        """An Experiment's trials by state, its budget and best objective (docs/metrics.md),
+        from the same observations its decision used. A trial still `Running` as far as the
+        search is concerned is `Pending` until its run really runs (waiting for GPUs)."""
+        if self.metrics is None:
+            return
+        phases = {_key(t)[1]: (t.get("status") or {}).get("phase") for t in trials}
+        states: dict[str, int] = {}
+        for c in children:
+            state: str = c.outcome
+            if state == "Running" and phases.get(c.name) != "Running":
+                state = "Pending"
+            states[state] = states.get(state, 0) + 1
+        best = best_child(children, exp.spec.objective.direction == "maximize")
+        key = (exp.metadata.namespace, exp.metadata.name)
+        self.metrics.set_experiment(
+            *key,
+            trials=states,
+            max_trials=max_trials(exp.spec),
+            best_objective=best.value if best is not None else None,
+        )
+        self.exported.add(key)
 
     async def reconcile_all(self) -> None:
         t0 = time.perf_counter()
@@ -171,6 +208,8 @@ class ExperimentController:
         self.last_decide_seconds = time.perf_counter() - t0
         await asyncio.gather(*(self._execute(e, p) for e, p in plans))
         self.passes += 1
+        if self.metrics is not None:
+            self.metrics.observe_reconcile("experiments", time.perf_counter() - t0, failed=False)
 
     async def _execute(self, exp: Experiment | Mapping[str, Any], plan: ExperimentPlan) -> None:
         if isinstance(exp, Experiment):
@@ -246,8 +285,13 @@ class ExperimentController:
                     last_list = time.monotonic()
                 self.cache.dirty.clear()
                 await self.reconcile_all()
-            except Exception:
-                log.exception("experiment pass failed; retrying")
+            except Exception as e:
+                if isinstance(e, ApiError) and e.transient:  # e.g. the CRD just installed
+                    log.warning("experiment pass: %s; retrying", e)
+                else:
+                    log.exception("experiment pass failed; retrying")
+                if self.metrics is not None:
+                    self.metrics.observe_reconcile("experiments", 0.0, failed=True)
                 self.seen.clear()
             try:
                 await asyncio.wait_for(self.cache.dirty.wait(), timeout=cfg.resync_seconds)
@@ -321,9 +365,13 @@ def event_body(
 @kopf.on.startup()
 async def start_experiments(memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
     cfg = Config.from_env()
-    api = await kr8s.asyncio.api()
     cache = ExperimentCache()
-    ctl = ExperimentController(cfg, Kube(api, cfg), cache)
+    # One registry for both controllers, whichever startup handler runs first (handlers.py).
+    metrics: OperatorMetrics = memo.setdefault("metrics", OperatorMetrics())
+    metrics.declare_handlers(["experiments"])
+    ctl = ExperimentController(
+        cfg, await Kube.connect(cfg, metrics, watches=False), cache, metrics=metrics
+    )
     stop = asyncio.Event()
     memo.exp_cache, memo.exp_controller, memo.exp_stop = cache, ctl, stop
     memo.exp_task = asyncio.create_task(ctl.run_forever(stop), name="accordion-experiments")
@@ -333,11 +381,13 @@ async def start_experiments(memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> N
 @kopf.on.cleanup()
 async def stop_experiments(memo: kopf.Memo, **_: Any) -> None:
     memo.exp_stop.set()
+    memo.exp_cache.dirty.set()  # wake the idle loop now, not at its next resync
     task: asyncio.Task[None] = memo.exp_task
     try:
         await asyncio.wait_for(task, timeout=10)
     except (TimeoutError, asyncio.CancelledError):
         task.cancel()
+    await memo.exp_controller.kube.close()
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)

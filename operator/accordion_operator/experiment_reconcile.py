@@ -54,6 +54,8 @@ LABEL_TRIAL = "accordion.dev/trial"
 ANNOTATION_PARAMETERS = "accordion.dev/parameters"
 ANNOTATION_TRIAL = "accordion.dev/trial"
 ANNOTATION_GRID_ID = "accordion.dev/grid-id"
+#: Which sampler suggested the trial (`search.SamplerName`): informational, never read back.
+ANNOTATION_SAMPLER = "accordion.dev/sampler"
 #: Set (with spec.suspend) when the experiment stops a run: `Pruned` or `Stopped`.
 ANNOTATION_STOPPED = "accordion.dev/stopped"
 STOP_PRUNED = "Pruned"
@@ -232,6 +234,7 @@ def build_trial_run(exp: Experiment, s: search.Suggestion) -> dict[str, Any]:
     annotations = {
         ANNOTATION_TRIAL: str(s.number),
         ANNOTATION_PARAMETERS: json.dumps(s.params, sort_keys=True),
+        ANNOTATION_SAMPLER: s.sampler,
     }
     if s.grid_id is not None:
         annotations[ANNOTATION_GRID_ID] = str(s.grid_id)
@@ -436,7 +439,8 @@ def decide_experiment(
                         (
                             "Normal",
                             "RunCreated",
-                            f"trial {s.number}: {json.dumps(s.params, sort_keys=True)}",
+                            f"trial {s.number} ({s.sampler}): "
+                            f"{json.dumps(s.params, sort_keys=True)}",
                         )
                     )
         if created >= limit and not active:

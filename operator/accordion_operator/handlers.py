@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import kopf
-import kr8s.asyncio
 
 from accordion_operator.api.common import GROUP
 from accordion_operator.api.trainingrun import PLURAL
@@ -80,14 +79,15 @@ async def startup(
     cfg = Config.from_env()
     configure(settings, cfg)
     logging.getLogger("accordion").setLevel(cfg.log_level)
-    api = await kr8s.asyncio.api()
     cache = ClusterCache(cfg)
-    metrics = OperatorMetrics()
+    # shared with the Experiment controller, whichever startup handler runs first
+    metrics: OperatorMetrics = memo.setdefault("metrics", OperatorMetrics())
     metrics.declare_handlers(["trainingruns"])
     if cfg.operator_metrics_port:
         server, _thread = start_metrics_server(cfg.operator_metrics_port, metrics)
         memo.metrics_server = server
-    controller = Controller(cfg, Kube(api, cfg), cache, metrics=metrics)
+    kube = await Kube.connect(cfg, metrics, watches=True)
+    controller = Controller(cfg, kube, cache, metrics=metrics)
     memo.metrics = metrics  # shared with the Experiment controller
     stop = asyncio.Event()
     memo.cfg, memo.cache, memo.controller, memo.stop = cfg, cache, controller, stop
@@ -98,6 +98,7 @@ async def startup(
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     memo.stop.set()
+    memo.cache.dirty.set()  # wake the idle loop now, not at its next resync
     if getattr(memo, "metrics_server", None) is not None:
         memo.metrics_server.shutdown()
     task: asyncio.Task[None] = memo.task
@@ -105,3 +106,4 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         await asyncio.wait_for(task, timeout=10)
     except (TimeoutError, asyncio.CancelledError):
         task.cancel()
+    await memo.controller.kube.close()

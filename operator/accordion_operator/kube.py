@@ -12,11 +12,11 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+import aiohttp
 import kr8s.asyncio
 
 from accordion_operator import builders
@@ -24,6 +24,7 @@ from accordion_operator.allocator import Node, PodUse, Taint
 from accordion_operator.api.common import API_VERSION, GROUP, VERSION, ObjectMeta
 from accordion_operator.api.trainingrun import KIND, PLURAL, TrainingRun
 from accordion_operator.config import Config
+from accordion_operator.metrics import OperatorMetrics
 from accordion_operator.reconcile import PodState, SecretInfo, parse_run, pod_state, to_rfc3339
 
 log = logging.getLogger("accordion.kube")
@@ -65,6 +66,11 @@ def node_from(body: Mapping[str, Any], gpu_resource: str) -> Node:
         ),
         unschedulable=bool(spec.get("unschedulable")) or not ready,
     )
+
+
+def object_key(body: Mapping[str, Any]) -> tuple[str, str]:
+    meta = body.get("metadata") or {}
+    return meta.get("namespace", ""), meta.get("name", "")
 
 
 @dataclass
@@ -175,17 +181,23 @@ class ClusterCache:
     ) -> None:
         """A full LIST (of one namespace, or of all): forget what is gone, apply what is there."""
         items = list(items)
+        self.forget_missing(kind, {object_key(i) for i in items}, namespace)
+        for item in items:
+            self.apply(kind, None, item)
+
+    def forget_missing(
+        self, kind: str, seen: set[tuple[str, str]], namespace: str | None = None
+    ) -> None:
+        """After a full LIST of `namespace` (None: all) whose objects were `seen`: drop the rest."""
 
         def in_scope(ns: str) -> bool:
             return namespace is None or ns == namespace
 
         if kind == "run":
-            seen = {((i["metadata"].get("namespace", "")), i["metadata"]["name"]) for i in items}
             for key in list(self.runs):
                 if key not in seen and in_scope(key[0]):
                     del self.runs[key]
         elif kind == "pod":
-            seen = {((i["metadata"].get("namespace", "")), i["metadata"]["name"]) for i in items}
             # a LIST is the truth: tombstones older than it are no longer needed
             self._pod_gone = {k: v for k, v in self._pod_gone.items() if not in_scope(k[0])}
             for key in list(self._pod_rv):
@@ -201,12 +213,11 @@ class ClusterCache:
                 if not pods:
                     del self.run_pods[rk]
         elif kind == "node":
-            names = {i["metadata"]["name"] for i in items}
+            names = {name for _, name in seen}
             for name in list(self.nodes):
                 if name not in names:
                     del self.nodes[name]
-        for item in items:
-            self.apply(kind, None, item)
+        self.dirty.set()
 
     # --- reading ---------------------------------------------------------------------------------
 
@@ -217,13 +228,113 @@ class ClusterCache:
 # --- writing -------------------------------------------------------------------------------------
 
 
+class ApiError(RuntimeError):
+    """An apiserver answer the caller cannot act on."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+    @property
+    def transient(self) -> bool:
+        # 429: throttled, or a CRD's storage still initialising right after install;
+        # 404: the CRD not installed yet; 5xx: apiserver trouble
+        return self.code in (404, 429) or self.code >= 500
+
+
+class ApiClient:
+    """The operator's HTTP connection pool to the apiserver; kr8s supplies the credentials.
+
+    Why aiohttp (which kopf already brings) rather than kr8s' httpx client: at 2,000 new runs,
+    py-spy showed httpx's default pool (20 kept-alive connections, fewer than our concurrent
+    writes plus the watches) re-doing TLS handshakes for 12 % of the operator's CPU, and
+    httpcore's per-request scan of its pool for another 23 %. Request handling is most of what
+    the operator does at scale (benchmarks/operator_scale.py), so it gets the leaner client.
+    """
+
+    def __init__(self, api: kr8s.asyncio.Api, max_connections: int) -> None:
+        self.api = api
+        self.max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+        self.server = ""
+        # the controller's first pass makes many calls at once: one of them creates the session
+        self._lock = asyncio.Lock()
+
+    async def session(self, renew: bool = False) -> aiohttp.ClientSession:
+        if self._session is not None and not renew:
+            return self._session
+        async with self._lock:
+            return await self._new_session(renew)
+
+    async def _new_session(self, renew: bool) -> aiohttp.ClientSession:
+        if renew and self._session is not None:
+            # a 401: the service-account token was rotated on disk; read it again
+            await self.api.auth.reauthenticate()
+            await self._session.close()
+            self._session = None
+        if self._session is None:
+            auth = self.api.auth
+            headers = {"Authorization": f"Bearer {auth.token}"} if auth.token else {}
+            ssl_ctx = await auth.ssl_context()  # type: ignore[no-untyped-call]  # kr8s is untyped
+            self.server = str(auth.server).rstrip("/")
+            self._session = aiohttp.ClientSession(
+                headers=headers,
+                connector=aiohttp.TCPConnector(limit=self.max_connections, ssl=ssl_ctx),
+                timeout=aiohttp.ClientTimeout(total=60, connect=10),
+            )
+        return self._session
+
+    def url(self, path: str) -> str:
+        return self.server + path
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+async def _lines(stream: aiohttp.StreamReader) -> AsyncIterator[bytes]:
+    """Newline-delimited JSON of a watch. Not `StreamReader.readline`: it refuses lines over
+    64 KiB, and one object (a run with a long status table) can be longer."""
+    buf = b""
+    async for chunk in stream.iter_any():
+        buf += chunk
+        *lines, buf = buf.split(b"\n")
+        for line in lines:
+            if line.strip():
+                yield line
+    if buf.strip():
+        yield buf
+
+
+def api_path(version: str, url: str, namespace: str | None = None) -> str:
+    base = "/api/v1" if version == "v1" else f"/apis/{version}"
+    return f"{base}/namespaces/{namespace}/{url}" if namespace else f"{base}/{url}"
+
+
 class Kube:
     """Thin async wrappers around the REST calls the controller makes."""
 
-    def __init__(self, api: kr8s.asyncio.Api, cfg: Config) -> None:
-        self.api = api
+    def __init__(
+        self, http: ApiClient, cfg: Config, metrics: OperatorMetrics | None = None
+    ) -> None:
+        self.http = http
         self.cfg = cfg
+        self.metrics = metrics
         self.sem = asyncio.Semaphore(cfg.max_concurrent_requests)
+
+    @classmethod
+    async def connect(
+        cls, cfg: Config, metrics: OperatorMetrics | None = None, *, watches: bool
+    ) -> Kube:
+        """Credentials from kr8s (kubeconfig or in-cluster); a pool with room for every
+        concurrent write and, with `watches`, one long-lived stream per watched kind and scope."""
+        api = await kr8s.asyncio.api()
+        streams = len(WATCHED) * max(1, len(cfg.namespaces)) if watches else 0
+        return cls(ApiClient(api, cfg.max_concurrent_requests + streams), cfg, metrics)
+
+    async def close(self) -> None:
+        await self.http.close()
 
     async def _call(
         self,
@@ -237,26 +348,64 @@ class Kube:
     ) -> tuple[int, dict[str, Any]]:
         kwargs: dict[str, Any] = {}
         if body is not None:
-            kwargs["content"] = json.dumps(body)
+            kwargs["data"] = json.dumps(body)
             kwargs["headers"] = {"content-type": content_type}
         if params:
             kwargs["params"] = dict(params)
-        async with (
-            self.sem,
-            self.api.call_api(
-                method,
-                version=version,
-                url=url,
-                namespace=namespace,
-                raise_for_status=False,
-                **kwargs,
-            ) as resp,
-        ):
-            try:
-                data = resp.json()
-            except ValueError:
-                data = {"message": resp.text}
-            return resp.status_code, data if isinstance(data, dict) else {}
+        path = api_path(version, url, namespace)
+        try:
+            async with self.sem:
+                for renew in (False, True):
+                    session = await self.http.session(renew=renew)
+                    async with session.request(method, self.http.url(path), **kwargs) as resp:
+                        code, raw = resp.status, await resp.read()
+                    if code != 401:
+                        break
+        except (aiohttp.ClientError, TimeoutError):
+            self._count_error(method, url, None)
+            raise
+        # 404 and 409 are answers the callers act on (gone; exists under its deterministic name)
+        if code >= 400 and code not in (404, 409):
+            self._count_error(method, url, code)
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            data = {"message": raw.decode(errors="replace")[:1024]}
+        return code, data if isinstance(data, dict) else {}
+
+    def _count_error(self, method: str, url: str, code: int | None) -> None:
+        if self.metrics is not None:
+            # the resource without the object name: bounded label values
+            parts = url.split("/")
+            resource = parts[0] + (f"/{parts[2]}" if len(parts) > 2 else "")
+            self.metrics.count_apiserver_error(method, resource, code)
+
+    async def list_pages(
+        self,
+        version: str,
+        plural: str,
+        namespace: str | None,
+        selector: str = "",
+        limit: int = 500,
+    ) -> AsyncIterator[tuple[list[dict[str, Any]], str]]:
+        """A paginated LIST, page by page, with the resourceVersion of its snapshot (the first
+        page's). Page by page so a re-LIST of 20,000 pods never holds them all at once."""
+        cont, rv = "", ""
+        while True:
+            params = {"limit": str(limit)}
+            if cont:
+                params["continue"] = cont
+            if selector:
+                params["labelSelector"] = selector
+            code, data = await self._call("GET", version, plural, namespace, params=params)
+            if code != 200:
+                raise ApiError(code, f"LIST {plural}: {code} {data.get('message')}")
+            meta = data.get("metadata") or {}
+            rv = rv or meta.get("resourceVersion", "")
+            cont = meta.get("continue") or ""
+            yield data.get("items") or [], rv
+            if not cont:
+                return
 
     async def list_all(
         self, version: str, plural: str, namespaces: tuple[str, ...] = (), selector: str = ""
@@ -264,41 +413,9 @@ class Kube:
         """Paginated LIST (cluster-wide, or one call per namespace)."""
         out: list[dict[str, Any]] = []
         for ns in namespaces or (None,):
-            cont = ""
-            while True:
-                params = {"limit": "2000"}
-                if cont:
-                    params["continue"] = cont
-                if selector:
-                    params["labelSelector"] = selector
-                code, data = await self._call("GET", version, plural, ns, params=params)
-                if code != 200:
-                    raise RuntimeError(f"LIST {plural}: {code} {data.get('message')}")
-                out.extend(data.get("items") or [])
-                cont = (data.get("metadata") or {}).get("continue") or ""
-                if not cont:
-                    break
+            async for items, _ in self.list_pages(version, plural, ns, selector):
+                out.extend(items)
         return out
-
-    async def list_page(
-        self, version: str, plural: str, namespace: str | None
-    ) -> tuple[list[dict[str, Any]], str]:
-        """A full paginated LIST and the resourceVersion to watch from."""
-        out: list[dict[str, Any]] = []
-        cont, rv = "", ""
-        while True:
-            params = {"limit": "2000"}
-            if cont:
-                params["continue"] = cont
-            code, data = await self._call("GET", version, plural, namespace, params=params)
-            if code != 200:
-                raise RuntimeError(f"LIST {plural}: {code} {data.get('message')}")
-            out.extend(data.get("items") or [])
-            meta = data.get("metadata") or {}
-            rv = rv or meta.get("resourceVersion", "")
-            cont = meta.get("continue") or ""
-            if not cont:
-                return out, rv
 
     async def watch(self, cache: ClusterCache, kind: str, stop: asyncio.Event) -> None:
         """Keep `cache` current for one kind: LIST, then WATCH from that resourceVersion;
@@ -329,8 +446,13 @@ class Kube:
         while not stop.is_set():
             try:
                 if not rv or time.monotonic() - listed > self.cfg.relist_seconds:
-                    items, rv = await self.list_page(version, plural, namespace)
-                    cache.replace_all(kind, items, namespace)
+                    seen: set[tuple[str, str]] = set()
+                    async for items, list_rv in self.list_pages(version, plural, namespace):
+                        rv = list_rv  # the snapshot's: the watch continues from it
+                        for item in items:
+                            cache.apply(kind, None, item, wake=False)
+                            seen.add(object_key(item))
+                    cache.forget_missing(kind, seen, namespace)
                     cache.synced.add((kind, namespace or ""))
                     cache.dirty.set()
                     listed = time.monotonic()
@@ -340,18 +462,18 @@ class Kube:
                     "allowWatchBookmarks": "true",
                     "timeoutSeconds": str(int(min(290, self.cfg.relist_seconds))),
                 }
-                async with self.api.call_api(
-                    "GET",
-                    version=version,
-                    url=plural,
-                    namespace=namespace,
-                    stream=True,
+                session = await self.http.session()
+                async with session.get(
+                    self.http.url(api_path(version, plural, namespace)),
                     params=params,
-                    timeout=httpx.Timeout(None, connect=10),
+                    timeout=aiohttp.ClientTimeout(total=None, connect=10),
                 ) as resp:
-                    async for line in resp.aiter_lines():
-                        if not line:
-                            continue
+                    if resp.status != 200:
+                        text = (await resp.read()).decode(errors="replace")
+                        if resp.status == 401:
+                            await self.http.session(renew=True)
+                        raise RuntimeError(f"WATCH {plural}: {resp.status} {text[:200]}")
+                    async for line in _lines(resp.content):
                         event = json.loads(line)
                         etype, obj = event.get("type"), event.get("object") or {}
                         if etype == "ERROR":
@@ -376,18 +498,12 @@ class Kube:
                 out.add((kind, ns))
         return out
 
-    async def seed(self, cache: ClusterCache) -> None:
-        ns = self.cfg.namespaces
-        cache.replace_all("node", await self.list_all("v1", "nodes"))
-        cache.replace_all("pod", await self.list_all("v1", "pods", ns))
-        cache.replace_all("run", await self.list_all(CR_VERSION, PLURAL, ns))
-
     async def secret_keys(self, namespace: str, name: str) -> SecretInfo | None:
         code, data = await self._call("GET", "v1", f"secrets/{name}", namespace)
         if code == 404:
             return None
         if code != 200:
-            raise RuntimeError(f"GET secret {namespace}/{name}: {code} {data.get('message')}")
+            raise ApiError(code, f"GET secret {namespace}/{name}: {code} {data.get('message')}")
         keys = set((data.get("data") or {}).keys()) | set((data.get("stringData") or {}).keys())
         return SecretInfo(frozenset(keys))
 

@@ -44,7 +44,10 @@ POD_FAILURE_REASONS: Final = frozenset(
     }
 )
 ROLES: Final = frozenset({"launcher", "worker"})
-TRIAL_STATES: Final = frozenset({"Pending", "Running", "Succeeded", "Failed", "Pruned"})
+#: States of an Experiment's trials: a created run waits for admission (Pending) or trains
+#: (Running); a finished one Succeeded, Failed, was Pruned by early stopping, or was Stopped because
+#: the search ended (docs/experiments.md).
+TRIAL_STATES: Final = frozenset({"Pending", "Running", "Succeeded", "Failed", "Pruned", "Stopped"})
 PREEMPTION_REASONS: Final = frozenset({"HigherPriority", "Quota", "Other"})
 
 #: Seconds a run waits between creation and admission: from "a GPU was free" to "the cluster
@@ -185,6 +188,7 @@ class OperatorMetrics:
         self._run_failures: dict[tuple[str, str], set[tuple[str, str]]] = {}
         self._pods: dict[tuple[str, str], tuple[str, str, str]] = {}
         self._trial_states: dict[tuple[str, str], set[str]] = {}
+        self._namespaces: set[str] = set()
         self._lock = threading.Lock()
 
     # -- runs -------------------------------------------------------------------------------
@@ -266,6 +270,17 @@ class OperatorMetrics:
     def count_preemption(self, namespace: str, reason: str = "HigherPriority") -> None:
         reason = _fold(reason, PREEMPTION_REASONS, "Other")
         self.preemptions.labels(namespace=namespace, reason=reason).inc()
+
+    def declare_namespaces(self, namespaces: Iterable[str]) -> None:
+        """Export 0 preemptions for each namespace that has runs, so that the preemption panel
+        reads 0 rather than "no data" and `increase()` sees the first preemption."""
+        for ns in namespaces:
+            with self._lock:
+                if ns in self._namespaces:
+                    continue
+                self._namespaces.add(ns)
+            for reason in PREEMPTION_REASONS:
+                self.preemptions.labels(namespace=ns, reason=reason)
 
     # -- pods -------------------------------------------------------------------------------
 

@@ -384,10 +384,13 @@ def _finish_patch(run: TrainingRun, new: dict[str, Any]) -> dict[str, Any] | Non
     return patch
 
 
-def _pick_victims(live: Sequence[PodState], count: int) -> list[PodState]:
+def _pick_victims(live: Sequence[PodState], count: int, rank0: str | None) -> list[PodState]:
     """Workers to remove when scaling down: never-scheduled first, then not ready, then the
-    highest index, so the workers that are training keep training."""
-    order = sorted(live, key=lambda p: (p.node is not None, p.ready, -(p.index or 0)))
+    highest index, so the workers that are training keep training; rank 0's pod (it writes the
+    checkpoints and the final model) last of all."""
+    order = sorted(
+        live, key=lambda p: (p.name == rank0, p.node is not None, p.ready, -(p.index or 0))
+    )
     return order[:count]
 
 
@@ -542,7 +545,8 @@ def decide_run(
                         )
                     )
             if len(live) > desired:
-                for p in _pick_victims(live, len(live) - desired):
+                rank0 = st.training.rank0_pod if st.training else None
+                for p in _pick_victims(live, len(live) - desired, rank0):
                     plan.delete_pods.append(p.name)
             elif len(live) < desired:
                 plan.ensure_auth = not children.auth_ready

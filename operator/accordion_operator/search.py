@@ -53,11 +53,18 @@ class TrialRecord:
     grid_id: int | None = None
 
 
+#: Which sampler suggested a trial (the child's annotation `accordion.dev/sampler`):
+#: `tpe-startup` is one of TPE's first `tpeStartupRuns` trials, drawn at random because fewer
+#: runs than that had finished (Optuna's rule: complete + pruned trials).
+SamplerName = Literal["random", "grid", "tpe", "tpe-startup"]
+
+
 @dataclass(frozen=True)
 class Suggestion:
     number: int
     params: dict[str, ParamValue]
     grid_id: int | None = None
+    sampler: SamplerName = "random"
 
 
 # --- search space --------------------------------------------------------------------------------
@@ -307,16 +314,29 @@ def suggest(built: Study, count: int) -> list[Suggestion]:
     """Ask for `count` new trials, numbered after the existing ones."""
     out: list[Suggestion] = []
     study = built.study
+    spec = built.spec
     for _ in range(count):
         number = len(study.get_trials(deepcopy=False))
-        study.sampler = sampler_for(built.spec, number)
+        study.sampler = sampler_for(spec, number)
+        name = sampler_name(spec, study)
         trial = study.ask(built.dists)
         assert trial.number == number
         attrs = study.get_trials(deepcopy=False)[number].system_attrs
-        grid_id = attrs.get("grid_id") if built.spec.algorithm == "grid" else None
+        grid_id = attrs.get("grid_id") if spec.algorithm == "grid" else None
         params: dict[str, ParamValue] = {k: _plain(v) for k, v in trial.params.items()}
-        out.append(Suggestion(number, params, int(grid_id) if grid_id is not None else None))
+        out.append(Suggestion(number, params, int(grid_id) if grid_id is not None else None, name))
     return out
+
+
+def sampler_name(spec: ExperimentSpec, study: optuna.Study) -> SamplerName:
+    """Which sampler the next ask uses; for TPE, whether it is still in its random startup
+    (`TPESampler` counts complete and pruned trials against `n_startup_trials`)."""
+    if spec.algorithm == "grid":
+        return "grid"
+    if spec.algorithm != "tpe":
+        return "random"
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    return "tpe" if len(done) >= spec.tpe_startup_runs else "tpe-startup"
 
 
 def _plain(value: object) -> ParamValue:

@@ -69,28 +69,24 @@ def one(objs: list[Obj], kind: str, name: str | None = None) -> Obj:
 def dashboard_expressions() -> list[tuple[str, str, str]]:
     """(dashboard uid, panel title, PromQL) of every panel target of every shipped dashboard,
     with Grafana's variables as Grafana fills them for 'All' and a 1m rate interval, ready to
-    evaluate against a Prometheus (the observability e2e does)."""
-    import json
+    evaluate as instant queries. The extraction is `accordion_dev.promcheck`'s, which the
+    demo's e2e test uses to evaluate the same expressions over a real run."""
+    from accordion_dev import promcheck
 
-    out = []
-    for path in sorted((CHART / "files" / "dashboards").glob("*.json")):
-        dash = json.loads(path.read_text())
-        for panel in dash["panels"]:
-            for target in panel.get("targets", []):
-                out.append((dash["uid"], panel["title"], concrete(target["expr"])))
-    return out
+    return [(t.dashboard, t.panel, concrete(t.expr)) for t in promcheck.dashboard_targets()]
 
 
 def alert_expressions() -> list[tuple[str, str]]:
     """(alert name, PromQL) of every shipped alert."""
-    rules = yaml.safe_load((CHART / "files" / "alerts.yaml").read_text())
-    return [(r["alert"], r["expr"]) for g in rules["groups"] for r in g["rules"] if "alert" in r]
+    from accordion_dev import promcheck
+
+    return [(r.alert, r.expr) for r in promcheck.alert_rules()]
 
 
 def concrete(expr: str) -> str:
     """A dashboard expression with Grafana's variables replaced as Grafana would for 'All'."""
-    return (
-        expr.replace("$__rate_interval", "1m")
-        .replace('"$namespace"', '".*"')
-        .replace('"$run"', '".*"')
+    from accordion_dev import promcheck
+
+    return promcheck.interpolate(
+        expr, promcheck.all_defaults(), {"__rate_interval": "1m", "__interval": "15s"}
     )

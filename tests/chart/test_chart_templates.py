@@ -104,7 +104,7 @@ def test_settings_configmap_feeds_the_operator_env(defaults: list[Obj]) -> None:
     settings = _settings(defaults)
     assert settings["ACCORDION_TRAINER_IMAGE"] == "ghcr.io/accordion-dev/accordion-trainer:0.1.0"
     assert settings["ACCORDION_NAMESPACES"] == ""
-    assert settings["ACCORDION_BUILTIN_MODELS"] == "mnist-cnn,mnist-mlp,cifar10-cnn"
+    assert settings["ACCORDION_BUILTIN_MODELS"] == "mnist-cnn,mnist-cnn3,mlp"
     assert all(isinstance(v, str) for v in settings.values())
 
 
@@ -251,7 +251,8 @@ def test_helm_test_hook_applies_a_tiny_run() -> None:
     pod = one(objs, "Pod")
     assert pod["spec"]["restartPolicy"] == "Never"
     env = {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"]}
-    assert env["SMOKE_MODEL"] == "mnist-mlp"
+    assert env["SMOKE_MODEL"] == "mlp"
+    assert env["SMOKE_DATA_PREFIX"] == "mnist/"
     assert env["SMOKE_SECRET"] == "accordion-minio"
     role = one(objs, "Role")
     assert role["rules"] == [

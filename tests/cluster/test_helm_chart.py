@@ -1,14 +1,16 @@
 """The Helm chart against the real local apiserver: every rendered object passes server-side
 validation (`kubectl apply --dry-run=server`), and install + uninstall leaves nothing of the
-operator behind except the CRDs, which the chart keeps on purpose."""
+operator behind except the CRDs, which the chart keeps on purpose -- also when they were already
+there and the release adopted them (the documented step).
+
+The operator running from the chart (its Deployment on a process node, its RBAC, watches, real
+training, `helm test`, uninstall) is tests/e2e/test_helm_install.py."""
 
 from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -134,8 +136,8 @@ def _leftovers(cluster: Cluster, release: str, namespace: str) -> list[str]:
 def test_install_then_uninstall_leaves_only_the_kept_crds(cluster: Cluster, namespace: str) -> None:
     release = namespace  # unique per test: its cluster-scoped roles cannot clash with another's
     _adopt_existing_crd(cluster, release, namespace)
-    # The operator itself is not started here (tests/e2e runs a TrainingRun through the chart):
-    # the Deployment is created and removed like every other object.
+    # The operator itself is not started here (tests/e2e/test_helm_install.py runs it from the
+    # chart): the Deployment is created and removed like every other object.
     _helm(cluster, "install", release, str(CHART), "-n", namespace, "--timeout", "2m")
     installed = _leftovers(cluster, release, namespace)
     assert any(x.startswith("deployment.apps/") for x in installed)
@@ -150,118 +152,6 @@ def test_install_then_uninstall_leaves_only_the_kept_crds(cluster: Cluster, name
     crd = json.loads(_kubectl(cluster, "get", "crd", CRD, "-o", "json").stdout)
     assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     assert _helm(cluster, "status", release, "-n", namespace, check=False).returncode != 0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def test_operator_deployment_from_the_chart_runs_with_its_rbac(
-    cluster: Cluster, namespace: str, process_nodes: list[str]
-) -> None:
-    """The chart's Deployment, on a process node (the image is ignored there: `command` runs
-    from this checkout), runs the real operator under the chart's ServiceAccount and RBAC: it
-    lists nodes, pods, runs and experiments, reads a run's credentials Secret and patches the
-    run's status.
-
-    The run exists before the operator starts (install with replicas 0, then upgrade to 1), so
-    the operator sees it through its startup LIST: on process nodes kopf's own in-cluster login
-    cannot resolve kubernetes.default.svc (no cluster DNS), so its watches do not work there."""
-    release = namespace
-    _adopt_existing_crd(cluster, release, namespace)
-    _helm(
-        cluster,
-        "install",
-        release,
-        str(CHART),
-        "-n",
-        namespace,
-        "--timeout",
-        "2m",
-        "--set",
-        "operator.replicas=0",
-        "--set-json",
-        'operator.nodeSelector={"accordion.dev/process-node":"true"}',
-        # all process nodes share this machine's ports: pick free ones
-        "--set",
-        f"operator.healthPort={_free_port()}",
-        "--set",
-        f"operator.metricsPort={_free_port()}",
-    )
-    try:
-        run = {
-            "apiVersion": "accordion.dev/v1alpha1",
-            "kind": "TrainingRun",
-            "metadata": {"name": "rbac-probe", "namespace": namespace},
-            "spec": {
-                "model": {"builtin": "mnist-mlp"},
-                "results": {
-                    "endpoint": "minio:9000",
-                    "bucket": "results",
-                    "credentialsSecret": {"name": "no-such-secret"},
-                },
-            },
-        }
-        _kubectl(cluster, "apply", "-f", "-", stdin=json.dumps(run))
-        _helm(
-            cluster,
-            "upgrade",
-            release,
-            str(CHART),
-            "-n",
-            namespace,
-            "--reuse-values",
-            "--set",
-            "operator.replicas=1",
-            "--wait",
-            "--timeout",
-            "3m",
-        )
-        pods = json.loads(
-            _kubectl(
-                cluster,
-                "get",
-                "pods",
-                "-n",
-                namespace,
-                "-l",
-                "app.kubernetes.io/component=operator",
-                "-o",
-                "json",
-            ).stdout
-        )["items"]
-        assert len(pods) == 1
-        pod = pods[0]
-        assert pod["spec"]["nodeName"] in process_nodes
-        assert [c["status"] for c in pod["status"]["conditions"] if c["type"] == "Ready"] == [
-            "True"
-        ]
-        uid = pod["metadata"]["uid"]
-        pattern = f"nodes/*/pods/{namespace}_{pod['metadata']['name']}_{uid}/operator.log"
-        (log_file,) = cluster.state_dir.glob(pattern)
-        # The controller looks up the run's credentials Secret (missing here) and patches the
-        # run's status to say so.
-        deadline = time.monotonic() + 60
-        reasons: set[str] = set()
-        while "CredentialsSecretNotFound" not in reasons:
-            assert time.monotonic() < deadline, (reasons, log_file.read_text()[-3000:])
-            time.sleep(1)
-            got = json.loads(
-                _kubectl(
-                    cluster, "get", "trainingrun", "rbac-probe", "-n", namespace, "-o", "json"
-                ).stdout
-            )
-            reasons = {c["reason"] for c in got.get("status", {}).get("conditions", [])}
-        time.sleep(2)  # the experiment controller's first pass lists experiments too
-        denied = [x for x in log_file.read_text().splitlines() if "403" in x or "Forbidden" in x]
-        assert denied == []
-        _kubectl(cluster, "delete", "trainingrun", "rbac-probe", "-n", namespace, "--wait")
-    finally:
-        _helm(cluster, "uninstall", release, "-n", namespace, "--wait", "--timeout", "2m")
-    assert _leftovers(cluster, release, namespace) == []
 
 
 def test_notes_example_run_is_accepted_by_the_apiserver(cluster: Cluster, namespace: str) -> None:

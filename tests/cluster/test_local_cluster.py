@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import secrets
 import subprocess
 import time
@@ -275,6 +276,51 @@ def test_prometheus_scrapes_a_target_it_is_told_about(
         cluster.remove_scrape_target(target)
         server.shutdown()
         thread.join(5)
+
+
+def test_pod_discovery_follows_pods_with_a_metrics_port(cluster: Cluster, namespace: str) -> None:
+    """`accordion_dev.podsd` (kubernetes_sd's stand-in) lists Running pods that declare a
+    `metrics` port as Prometheus targets, with the run/experiment labels, and drops them when
+    they go; pods without such a port are never targets."""
+    targets = cluster.prometheus_targets_dir / "pods.json"
+
+    def pod(name: str, ports: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "metadata": {
+                "name": name,
+                "labels": {"accordion.dev/run": "r1", "accordion.dev/experiment": "e1"},
+            },
+            "spec": {
+                "tolerations": [{"operator": "Exists"}],
+                "nodeSelector": {"type": "kwok"},
+                "containers": [{"name": "c", "image": "x", "ports": ports}],
+            },
+        }
+
+    def mine() -> list[dict[str, Any]]:
+        groups = json.loads(targets.read_text()) if targets.exists() else []
+        return [g for g in groups if g["labels"]["namespace"] == namespace]
+
+    with cluster.http() as http:
+        for body in (
+            pod("scraped", [{"name": "metrics", "containerPort": 9400}]),
+            pod("plain", [{"name": "http", "containerPort": 80}]),
+        ):
+            r = http.post(f"/api/v1/namespaces/{namespace}/pods", json=body)
+            assert r.status_code == 201, r.text
+        (group,) = _poll(mine, timeout=30)
+        assert group["labels"] == {
+            "namespace": namespace,
+            "pod": "scraped",
+            "container": "c",
+            "run": "r1",
+            "experiment": "e1",
+        }
+        assert group["targets"][0].endswith(":9400")
+        http.delete(
+            f"/api/v1/namespaces/{namespace}/pods/scraped", params={"gracePeriodSeconds": 0}
+        )
+        _poll(lambda: mine() == [] or None, timeout=30)
 
 
 def test_status_reports_a_crashed_component(tmp_path: Any) -> None:

@@ -259,7 +259,7 @@ def build_training_status(progress: dict[str, Any], now: float) -> dict[str, Any
         "history": [_epoch_record(h) for h in list(progress.get("history") or [])[-50:]],
         "updatedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
     }
-    for key in ("checkpoint", "resultsURI"):
+    for key in ("checkpoint", "resultsURI", "rank0Pod"):
         if progress.get(key):
             out[key] = str(progress[key])
     return out

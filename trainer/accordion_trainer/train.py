@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -294,6 +295,8 @@ def train(cfg: TrainConfig, t_boot: float | None = None) -> None:
                 "metrics": {k: float(v) for k, v in epoch_metrics.items()},
                 "history": state.history[-HISTORY_LIMIT:],
                 "checkpoint": state.checkpoint,
+                # this process is rank 0; in a pod the hostname is the pod's name
+                "rank0Pod": socket.gethostname(),
             },
         )
 

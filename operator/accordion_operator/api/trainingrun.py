@@ -344,6 +344,9 @@ class TrainingProgress(ApiModel):
         default=None, alias="resultsURI"
     )
     updated_at: Timestamp | None = None
+    #: The worker pod of Horovod rank 0, which writes checkpoints and the model: a scale-down
+    #: removes it last, so that a shrink never interrupts a save.
+    rank0_pod: Annotated[str, Field(max_length=253)] | None = None
 
 
 class TrainingRunStatus(ApiModel):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import fields
+from pathlib import Path
 
 from accordion_operator.__main__ import main
 from accordion_operator.config import Config, describe
@@ -36,3 +37,17 @@ def test_every_setting_is_documented(capsys: object) -> None:
     main(["--help-config"])
     out = capsys.readouterr().out  # type: ignore[attr-defined]
     assert "| `ACCORDION_SCALE_COOLDOWN_SECONDS` | `30.0` |" in out
+    # docs/trainingrun.md carries the same table
+    docs = (Path(__file__).resolve().parents[3] / "docs" / "trainingrun.md").read_text()
+    assert [row for row in out.splitlines() if row.startswith("| `")] == [
+        row for row in docs.splitlines() if row.startswith("| `ACCORDION_")
+    ]
+
+
+def test_builtin_models_are_the_ones_the_trainer_ships() -> None:
+    """A name the trainer lacks would be admitted and then fail in the launcher (ModelInvalid);
+    one it ships would be refused (UnknownBuiltinModel). The chart's default is the same list
+    (tests/chart: the chart's settings parse to these defaults)."""
+    from accordion_trainer.models import BUILTIN_MODELS
+
+    assert sorted(Config().builtin_models) == sorted(BUILTIN_MODELS)

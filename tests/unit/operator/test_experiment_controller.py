@@ -6,6 +6,7 @@ import copy
 from typing import Any
 
 from experiment_factory import BASE
+from prometheus_client import generate_latest
 
 from accordion_operator.config import Config
 from accordion_operator.experiment_controller import (
@@ -13,7 +14,8 @@ from accordion_operator.experiment_controller import (
     ExperimentController,
     fingerprint,
 )
-from accordion_operator.experiment_reconcile import LABEL_EXPERIMENT
+from accordion_operator.experiment_reconcile import ANNOTATION_STOPPED, LABEL_EXPERIMENT
+from accordion_operator.metrics import OperatorMetrics
 
 NOW = 1_700_000_000.0
 
@@ -83,3 +85,65 @@ def test_pass_decides_only_on_changed_observations_and_only_owned_runs() -> None
     assert len(ctl.plans(NOW)) == 1
     fp = fingerprint(exp_body(), cache.trials_of("team-a", "mnist-lr"))
     assert fp != fingerprint(exp_body(2), cache.trials_of("team-a", "mnist-lr"))
+
+
+def _samples(m: OperatorMetrics, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    return {
+        tuple(sorted(s.labels.items())): s.value
+        for family in m.registry.collect()
+        for s in family.samples
+        if s.name == name
+    }
+
+
+def test_pass_exports_trials_by_state_budget_and_best_objective() -> None:
+    """accordion_experiment_* come from the observations the decision used: a created trial is
+    Pending until its run really runs; the best objective is the best Succeeded trial's."""
+    cache = ExperimentCache()
+    cache.apply("experiment", "ADDED", exp_body())
+    metrics = OperatorMetrics()
+    ctl = ExperimentController(Config(), None, cache, metrics=metrics)  # type: ignore[arg-type]
+    trials = {
+        "mnist-lr-000": run_body(
+            "mnist-lr-000", 2, phase="Succeeded", training={"metrics": {"val_accuracy": 0.91}}
+        ),
+        "mnist-lr-001": run_body(
+            "mnist-lr-001", 3, phase="Succeeded", training={"metrics": {"val_accuracy": 0.97}}
+        ),
+        "mnist-lr-002": run_body("mnist-lr-002", 4, phase="Failed"),
+        "mnist-lr-003": run_body("mnist-lr-003", 5, phase="Running"),
+        "mnist-lr-004": run_body("mnist-lr-004", 6, phase="Queued"),
+    }
+    for body in trials.values():
+        cache.apply("run", "ADDED", body)
+    ctl.plans(NOW)
+    ns_exp = (("experiment", "mnist-lr"), ("namespace", "team-a"))
+    states = {
+        dict(k)["state"]: v for k, v in _samples(metrics, "accordion_experiment_trials").items()
+    }
+    assert states == {"Succeeded": 2, "Failed": 1, "Running": 1, "Pending": 1}
+    assert _samples(metrics, "accordion_experiment_trials_max") == {ns_exp: 8}
+    assert _samples(metrics, "accordion_experiment_best_objective") == {ns_exp: 0.97}
+    # the queued trial starts; the search stops the running one (outcome Stopped)
+    stopped = run_body("mnist-lr-003", 7, phase="Suspended")
+    stopped["metadata"]["annotations"][ANNOTATION_STOPPED] = "Stopped"
+    cache.apply("run", "MODIFIED", stopped)
+    cache.apply("run", "MODIFIED", run_body("mnist-lr-004", 8, phase="Running"))
+    ctl.plans(NOW)
+    states = {
+        dict(k)["state"]: v for k, v in _samples(metrics, "accordion_experiment_trials").items()
+    }
+    assert states == {"Succeeded": 2, "Failed": 1, "Running": 1, "Stopped": 1}
+    # deleted: every series of the experiment goes
+    cache.apply("experiment", "DELETED", exp_body(9))
+    ctl.plans(NOW)
+    text = generate_latest(metrics.registry).decode()
+    assert 'experiment="mnist-lr"' not in text
+
+
+def test_no_metrics_no_export() -> None:
+    cache = ExperimentCache()
+    cache.apply("experiment", "ADDED", exp_body())
+    ctl = ExperimentController(Config(), None, cache)  # type: ignore[arg-type]
+    ctl.plans(NOW)
+    assert ctl.exported == set()

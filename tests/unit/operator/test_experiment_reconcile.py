@@ -19,6 +19,7 @@ from experiment_factory import (
 from accordion_operator.api.experiment import MAX_STATUS_RUNS
 from accordion_operator.experiment_reconcile import (
     ANNOTATION_PARAMETERS,
+    ANNOTATION_SAMPLER,
     ANNOTATION_STOPPED,
     LABEL_EXPERIMENT,
     STOP_ENDED,
@@ -54,6 +55,7 @@ def test_first_pass_creates_parallelism_runs_owned_and_labelled() -> None:
         }
     ]
     params = json.loads(meta["annotations"][ANNOTATION_PARAMETERS])
+    assert meta["annotations"][ANNOTATION_SAMPLER] == "random"
     # the parameter reaches the training code through the hyperparameters, next to the
     # template's own ones
     assert run["spec"]["hyperparameters"] == {"dropout": 0.25, **params}

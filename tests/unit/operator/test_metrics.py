@@ -10,7 +10,12 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from accordion_operator.metrics import OperatorMetrics, start_metrics_server
+from accordion_operator.metrics import (
+    PREEMPTION_REASONS,
+    TRIAL_STATES,
+    OperatorMetrics,
+    start_metrics_server,
+)
 
 DOC = Path(__file__).resolve().parents[3] / "docs" / "metrics.md"
 NAME = re.compile(r"^accordion_[a-z][a-z0-9_]*$")
@@ -234,3 +239,30 @@ def test_run_phases_are_the_api_phases() -> None:
     assert set(get_args(Phase)) == RUN_PHASES
     doc_line = next(x for x in DOC.read_text().splitlines() if x.startswith("- `phase`:"))
     assert {p.strip() for p in doc_line.split(":", 1)[1].split("(")[0].split(",")} == RUN_PHASES
+
+
+def test_declared_namespaces_export_zero_preemptions_once() -> None:
+    m = OperatorMetrics()
+    m.declare_namespaces(["team-a"])
+    m.count_preemption("team-a")
+    m.declare_namespaces(["team-a", "team-b"])  # again: must not reset team-a's count
+    text = _scrape(m)
+    assert 'accordion_preemptions_total{namespace="team-a",reason="HigherPriority"} 1.0' in text
+    assert 'accordion_preemptions_total{namespace="team-b",reason="HigherPriority"} 0.0' in text
+    series = _series(m, "accordion_preemptions_total")
+    assert {s["reason"] for s in series} == PREEMPTION_REASONS
+
+
+def test_trial_states_include_stopped_and_fold_the_rest() -> None:
+    m = OperatorMetrics()
+    m.set_experiment(
+        "ns", "e", trials={"Stopped": 2, "Weird": 1, "Pending": 1}, max_trials=4, best_objective=1
+    )
+    got = {s["state"]: s for s in _series(m, "accordion_experiment_trials")}
+    assert set(got) == {"Stopped", "Pending"}
+    assert 'accordion_experiment_trials{experiment="e",namespace="ns",state="Pending"} 2.0' in (
+        _scrape(m)
+    )
+    assert {"Pending", "Running", "Succeeded", "Failed", "Pruned", "Stopped"} == TRIAL_STATES
+    doc_line = next(x for x in DOC.read_text().splitlines() if x.startswith("- `state` of trials"))
+    assert {s.strip() for s in doc_line.split(":", 1)[1].split("(")[0].split(",")} == TRIAL_STATES

@@ -157,6 +157,21 @@ def test_scale_down_keeps_the_workers_that_train() -> None:
     assert plan.create == []
 
 
+def test_scale_down_removes_the_rank0_pod_last() -> None:
+    """Rank 0 writes the checkpoints and the model: a shrink that took its pod during a save
+    would fail the launcher. Here rank 0 runs on the highest index (it was Ready first)."""
+    pods = [launcher(), worker(0), worker(1), worker(2)]
+    run = make_run(
+        spec={"workers": {"max": 8}},
+        status={"phase": "Running", "training": {"epoch": 1, "rank0Pod": "mnist-worker-2"}},
+    )
+    assert decide(run, pods, grant=1).delete_pods == ["mnist-worker-1", "mnist-worker-0"]
+    # without the report, the highest index goes first, as before
+    assert decide(make_run(spec={"workers": {"max": 8}}), pods, grant=2).delete_pods == [
+        "mnist-worker-2"
+    ]
+
+
 def test_failed_worker_is_replaced_at_a_free_index() -> None:
     pods = [launcher(), worker(0), worker(1, phase="Failed", exit_code=137)]
     plan = decide(make_run(), pods, grant=2)

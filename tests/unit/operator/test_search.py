@@ -83,6 +83,30 @@ def test_tpe_after_results_is_deterministic_and_uses_them() -> None:
     assert ask(sp, flipped, 2) != pair
 
 
+def test_suggestions_name_the_sampler_that_made_them() -> None:
+    """`tpe-startup` exactly while TPE still draws at random: fewer than tpeStartupRuns trials
+    complete or pruned (Optuna's rule; running and failed ones do not count). The startup
+    draws are the random sampler's for the same seed, the modelled ones are not."""
+    sp = spec(algorithm="tpe", tpeStartupRuns=2, maxRuns=10, parallelism=4)
+    first = ask(sp, [], 3)
+    assert [s.sampler for s in first] == ["tpe-startup"] * 3
+    random_sp = spec(algorithm="random", maxRuns=10, parallelism=4)
+    assert [s.params for s in first] == [s.params for s in ask(random_sp, [], 3)]
+    failed = TrialRecord(1, first[1].params, "failed")
+    one_done = [complete(first[0], 0.5), failed, running(first[2])]
+    (s,) = ask(sp, one_done, 1)
+    assert s.sampler == "tpe-startup"
+    assert s.params == ask(random_sp, one_done, 1)[0].params
+    pruned = TrialRecord(1, first[1].params, "pruned", None, ((1, 0.1),))
+    two_done = [complete(first[0], 0.5), pruned, running(first[2])]
+    modelled = ask(sp, two_done, 2)
+    assert [s.sampler for s in modelled] == ["tpe", "tpe"]
+    assert [s.params for s in modelled] != [s.params for s in ask(random_sp, two_done, 2)]
+    assert {s.sampler for s in ask(random_sp, [], 2)} == {"random"}
+    grid_sp = spec(algorithm="grid", parameters=[UNITS], maxRuns=4)
+    assert {s.sampler for s in ask(grid_sp, [], 2)} == {"grid"}
+
+
 def test_grid_enumerates_every_point_once_across_restarts() -> None:
     sp = spec(algorithm="grid", parameters=[UNITS, OPT], maxRuns=100, parallelism=3)
     assert grid_size(sp) == 8 * 3

@@ -86,9 +86,11 @@ def test_training_status_shape() -> None:
             "history": [{"epoch": i} for i in range(80)],
             "checkpoint": "s3://b/c",
             "resultsURI": "",
+            "rank0Pod": "mnist-worker-1",
         },
         now=0.0,
     )
+    assert status["rank0Pod"] == "mnist-worker-1"
     assert status["metrics"] == {"loss": 0.5}
     assert len(status["history"]) == 50
     assert status["history"][0] == {"epoch": 30, "metrics": {}}

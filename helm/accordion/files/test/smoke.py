@@ -36,6 +36,12 @@ def call(method, url, body=None):
 
 
 def main():
+    store = {
+        "endpoint": os.environ["SMOKE_ENDPOINT"],
+        "secure": os.environ["SMOKE_SECURE"] == "true",
+        "bucket": os.environ["SMOKE_BUCKET"],
+        "credentialsSecret": {"name": os.environ["SMOKE_SECRET"]},
+    }
     run = {
         "apiVersion": "accordion.dev/v1alpha1",
         "kind": "TrainingRun",
@@ -44,12 +50,8 @@ def main():
             "model": {"builtin": os.environ["SMOKE_MODEL"]},
             "epochs": 1,
             "workers": {"min": 1, "max": 1, "gpusPerWorker": int(os.environ["SMOKE_GPUS"])},
-            "results": {
-                "endpoint": os.environ["SMOKE_ENDPOINT"],
-                "secure": os.environ["SMOKE_SECURE"] == "true",
-                "bucket": os.environ["SMOKE_BUCKET"],
-                "credentialsSecret": {"name": os.environ["SMOKE_SECRET"]},
-            },
+            "data": {**store, "prefix": os.environ["SMOKE_DATA_PREFIX"]},
+            "results": {**store, "prefix": "helm-test/"},
         },
     }
     try:

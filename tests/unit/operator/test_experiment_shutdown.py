@@ -1,0 +1,52 @@
+"""The Experiment controller stops at once on the operator's SIGTERM (kopf's cleanup), instead of
+when its idle wait for a watch event times out (`ACCORDION_RESYNC_SECONDS`): measured 8.5 s of an
+operator's shutdown before the fix, against Kubernetes' 30 s termination grace period."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import kopf
+
+from accordion_operator.config import Config
+from accordion_operator.experiment_controller import (
+    ExperimentCache,
+    ExperimentController,
+    stop_experiments,
+)
+
+
+class EmptyCluster:
+    """The only I/O of an idle pass: the seeding LISTs (experiments, then their runs)."""
+
+    def __init__(self) -> None:
+        self.lists = 0
+        self.seeded = asyncio.Event()
+
+    async def list_all(self, *_: Any, **__: Any) -> list[dict[str, Any]]:
+        self.lists += 1
+        if self.lists == 2:
+            self.seeded.set()
+        return []
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_cleanup_wakes_the_idle_loop_at_once() -> None:
+    cache = ExperimentCache()
+    cluster = EmptyCluster()
+    ctl = ExperimentController(Config(resync_seconds=60.0), cluster, cache)  # type: ignore[arg-type]
+    stop = asyncio.Event()
+    task = asyncio.create_task(ctl.run_forever(stop))
+    memo = kopf.Memo(exp_cache=cache, exp_stop=stop, exp_task=task, exp_controller=ctl)
+    await asyncio.wait_for(cluster.seeded.wait(), 5)
+    await asyncio.sleep(0.1)  # the pass ends; idle now, waiting for a watch event or the resync
+    assert ctl.passes == 1
+    t0 = time.monotonic()
+    await stop_experiments(memo=memo)
+    assert time.monotonic() - t0 < 2
+    assert task.done()
+    assert not task.cancelled()  # it returned by itself
