@@ -90,17 +90,17 @@ def count_workers(http: httpx.Client) -> int:
     return len(r.json().get("items") or [])
 
 
-def count_admitted(http: httpx.Client) -> int:
+def count_decided(http: httpx.Client) -> tuple[int, int]:
+    """(admitted, queued): runs whose Admitted condition is True, and those waiting for GPUs."""
     r = http.get("/apis/accordion.dev/v1alpha1/trainingruns", params={"resourceVersion": "0"})
     r.raise_for_status()
-    return sum(
-        1
-        for it in r.json()["items"]
-        if any(
-            c["type"] == "Admitted" and c["status"] == "True"
-            for c in (it.get("status") or {}).get("conditions") or []
-        )
-    )
+    admitted = queued = 0
+    for it in r.json()["items"]:
+        for c in (it.get("status") or {}).get("conditions") or []:
+            if c["type"] == "Admitted":
+                admitted += c["status"] == "True"
+                queued += c["status"] == "False" and c.get("reason") == "WaitingForGPUs"
+    return admitted, queued
 
 
 def vm_hwm_mb(pid: int) -> float:
@@ -194,18 +194,25 @@ def main() -> int:
         t0 = time.monotonic()
         create_s = asyncio.run(create_runs(cluster, namespaces, args.runs, args.concurrency))
         print(f"[bench] {args.runs} runs created in {create_s:.1f} s", flush=True)
+        # One GPU per run: runs beyond the cluster's GPUs are queued, not admitted (10,000 runs
+        # on 1,000 nodes of 8 GPUs: 8,000 admitted with pods, 2,000 Queued). Done when every
+        # run that fits has its worker pod and every run has been admitted or queued.
+        fits = min(args.runs, args.nodes * 8)
         samples: list[tuple[float, int]] = []
+        admitted = queued = 0
         with cluster.http(timeout=120) as http:
             while True:
                 n = count_workers(http)
                 elapsed = time.monotonic() - t0
                 samples.append((round(elapsed, 1), n))
-                print(f"[bench] t={elapsed:6.1f} s worker pods {n}", flush=True)
-                if n >= args.runs or elapsed > args.timeout:
+                print(f"[bench] t={elapsed:6.1f} s worker pods {n}/{fits}", flush=True)
+                if n >= fits:
+                    admitted, queued = count_decided(http)
+                    print(f"[bench] admitted {admitted}, queued {queued}", flush=True)
+                if admitted + queued >= args.runs or elapsed > args.timeout:
                     break
                 time.sleep(2)
             done_s = time.monotonic() - t0
-            admitted = count_admitted(http)
             writes = {
                 k: v - writes_before.get(k, 0)
                 for k, v in apiserver_writes(http).items()
@@ -228,8 +235,11 @@ def main() -> int:
             "namespaces": args.namespaces,
             "cluster_up_seconds": round(up_s, 1),
             "create_runs_seconds": round(create_s, 1),
+            # every run admitted with its worker pod, or queued when the GPUs are all taken
             "all_admitted_with_pods_seconds": round(done_s, 1),
+            "gpus": args.nodes * 8,
             "runs_admitted": admitted,
+            "runs_queued": queued,
             "worker_pods": samples[-1][1],
             "operator_peak_rss_mb": round(rss, 1),
             "targets": {"seconds": 60, "rss_mb": 400, "at": "10000 runs x 1000 nodes"},

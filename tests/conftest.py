@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import pytest
 from minio import Minio
 
 from accordion_dev.cluster import Cluster, ClusterConfig, free_port_block
+from accordion_dev.polling import poll
 
 CLUSTER_FIXTURES = {
     "cluster",
@@ -52,7 +52,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         yield c
         # Every test namespace must be gone: nothing left behind by any test.
         with c.http() as http:
-            _wait(
+            poll(
                 lambda: (
                     not [
                         n
@@ -82,15 +82,6 @@ def kube(cluster: Cluster) -> kr8s.Api:
     return kr8s.api(kubeconfig=str(cluster.kubeconfig))
 
 
-def _wait(pred: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
 @pytest.fixture
 def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh namespace; deleted afterwards, and the test fails if anything is left in it."""
@@ -99,7 +90,7 @@ def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]
     with cluster.http() as http:
         r = http.post("/api/v1/namespaces", json={"metadata": {"name": name}})
         assert r.status_code == 201, r.text
-        _wait(
+        poll(
             lambda: (
                 http.get(f"/api/v1/namespaces/{name}/serviceaccounts/default").status_code == 200
             ),
@@ -111,7 +102,7 @@ def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]
     # waits for its pods to be gone, the session end checks that every namespace went.
     with cluster.http() as http:
         http.delete(f"/api/v1/namespaces/{name}")
-        _wait(
+        poll(
             lambda: not http.get(f"/api/v1/namespaces/{name}/pods").json().get("items"),
             120,
             f"pods of namespace {name} to be deleted",

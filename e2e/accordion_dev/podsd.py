@@ -14,8 +14,8 @@ import argparse
 import json
 import signal
 import sys
+import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -70,60 +70,77 @@ def main() -> None:
     args = ap.parse_args()
     cluster = Cluster(ClusterConfig(state_dir=Path(args.state_dir), base_port=args.base_port))
     out = cluster.prometheus_targets_dir / "pods.json"
-    # exits from inside a blocking watch read, not at the next event
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    view = PodView()
+    threading.Thread(target=view.follow, args=(cluster, args.interval), daemon=True).start()
+    # At most one file per interval: Prometheus re-reads file_sd on every change, and a burst
+    # of pods would otherwise rewrite it per event.
     last: list[dict[str, Any]] | None = None
-
-    def publish(pods: dict[str, dict[str, Any]]) -> None:
-        nonlocal last
-        groups = targets(list(pods.values()))
+    while True:
+        time.sleep(args.interval)
+        groups = targets(view.snapshot())
         if groups != last:
             tmp = out.with_suffix(".tmp")
             tmp.write_text(json.dumps(groups))
             tmp.replace(out)
             last = groups
 
-    while True:
-        try:
-            watch_pods(cluster, publish)
-        except (httpx.HTTPError, OSError, ValueError) as e:
-            print(f"pod discovery: {e}", flush=True)  # the apiserver may be restarting
-            time.sleep(args.interval)
 
+class PodView:
+    """The pods with a metrics port, kept current by LIST+WATCH in a thread."""
 
-def watch_pods(cluster: Cluster, publish: Callable[[dict[str, dict[str, Any]]], None]) -> None:
-    """LIST, then WATCH until the watch ends; `publish` the pods with a metrics port (keyed by
-    uid) whenever one of them changes. Pods without one are never kept."""
-    with cluster.http(timeout=10) as http:
-        listing = http.get("/api/v1/pods", params={"resourceVersion": "0"})
-        listing.raise_for_status()
-        body = listing.json()
-        pods = {p["metadata"]["uid"]: p for p in body.get("items") or [] if has_metrics_port(p)}
-        publish(pods)
-        params = {
-            "watch": "true",
-            "resourceVersion": body["metadata"]["resourceVersion"],
-            "allowWatchBookmarks": "true",
-            "timeoutSeconds": "300",
-        }
-        with http.stream(
-            "GET", "/api/v1/pods", params=params, timeout=httpx.Timeout(10, read=None)
-        ) as resp:
-            resp.raise_for_status()
-            for line in resp.iter_lines():
-                if not line:
-                    continue
-                event = json.loads(line)
-                pod = event.get("object") or {}
-                if event.get("type") == "ERROR":
-                    return  # e.g. 410 Gone: LIST again
-                if event.get("type") == "BOOKMARK" or not has_metrics_port(pod):
-                    continue
-                if event["type"] == "DELETED":
-                    pods.pop(pod["metadata"]["uid"], None)
-                else:
-                    pods[pod["metadata"]["uid"]] = pod
-                publish(pods)
+    def __init__(self) -> None:
+        self._pods: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self._pods.values())
+
+    def follow(self, cluster: Cluster, retry: float) -> None:
+        while True:
+            try:
+                self.list_watch(cluster)
+            except (httpx.HTTPError, OSError, ValueError) as e:
+                print(f"pod discovery: {e}", flush=True)  # the apiserver may be restarting
+                time.sleep(retry)
+
+    def list_watch(self, cluster: Cluster) -> None:
+        """LIST, then WATCH until the watch ends. Pods without a metrics port are never kept."""
+        with cluster.http(timeout=10) as http:
+            listing = http.get("/api/v1/pods", params={"resourceVersion": "0"})
+            listing.raise_for_status()
+            body = listing.json()
+            with self._lock:
+                self._pods = {
+                    p["metadata"]["uid"]: p for p in body.get("items") or [] if has_metrics_port(p)
+                }
+            params = {
+                "watch": "true",
+                "resourceVersion": body["metadata"]["resourceVersion"],
+                "allowWatchBookmarks": "true",
+                "timeoutSeconds": "300",
+            }
+            with http.stream(
+                "GET", "/api/v1/pods", params=params, timeout=httpx.Timeout(10, read=None)
+            ) as resp:
+                resp.raise_for_status()
+                for line in resp.iter_lines():
+                    if line:
+                        event = json.loads(line)
+                        if event.get("type") == "ERROR":
+                            return  # e.g. 410 Gone: LIST again
+                        self.apply(event)
+
+    def apply(self, event: dict[str, Any]) -> None:
+        pod = event.get("object") or {}
+        if event.get("type") == "BOOKMARK" or not has_metrics_port(pod):
+            return
+        with self._lock:
+            if event["type"] == "DELETED":
+                self._pods.pop(pod["metadata"]["uid"], None)
+            else:
+                self._pods[pod["metadata"]["uid"]] = pod
 
 
 if __name__ == "__main__":

@@ -63,6 +63,8 @@ class ExperimentCache:
     #: (namespace, experiment) -> run name -> body
     trials: dict[Key, dict[str, dict[str, Any]]] = field(default_factory=dict)
     dirty: asyncio.Event = field(default_factory=asyncio.Event)
+    #: namespaces ("" = all) whose trial runs have been listed once
+    trials_listed: set[str] = field(default_factory=set)
 
     def apply(
         self, kind: str, event_type: str | None, body: Mapping[str, Any], wake: bool = True
@@ -90,9 +92,12 @@ class ExperimentCache:
         if wake:
             self.dirty.set()
 
-    def replace_all(self, kind: str, items: Iterable[Mapping[str, Any]]) -> None:
-        """A full LIST. Entries newer than the listing (a watch event that overtook it) are
-        kept; entries missing from it are dropped unless they are newer than all it holds."""
+    def replace_all(
+        self, kind: str, items: Iterable[Mapping[str, Any]], namespace: str | None = None
+    ) -> None:
+        """A full LIST (of one namespace, or of all). Entries newer than the listing (a watch
+        event that overtook it) are kept; entries missing from it are dropped unless they are
+        newer than all it holds."""
         items = list(items)
         newest = max((_rv(i) for i in items), default=0)
         listed = {_key(i) for i in items}
@@ -102,6 +107,8 @@ class ExperimentCache:
                     del self.experiments[key]
         else:
             for exp_key, runs in list(self.trials.items()):
+                if namespace is not None and exp_key[0] != namespace:
+                    continue
                 for name, body in list(runs.items()):
                     if (exp_key[0], name) not in listed and _rv(body) <= newest:
                         del runs[name]
@@ -113,6 +120,26 @@ class ExperimentCache:
 
     def trials_of(self, namespace: str, experiment: str) -> list[dict[str, Any]]:
         return list(self.trials.get((namespace, experiment), {}).values())
+
+
+@dataclass
+class TrialSink:
+    """Trial runs of one namespace (None: all) from `Kube.list_watch` into the cache."""
+
+    cache: ExperimentCache
+    namespace: str | None
+    items: list[dict[str, Any]] = field(default_factory=list)
+
+    def page(self, items: list[dict[str, Any]]) -> None:
+        self.items.extend(items)  # trials are few: the whole LIST is applied at its end
+
+    def listed(self) -> None:
+        self.cache.replace_all("run", self.items, self.namespace)
+        self.items = []
+        self.cache.trials_listed.add(self.namespace or "")
+
+    def event(self, event_type: str, body: dict[str, Any]) -> None:
+        self.cache.apply("run", event_type, body)
 
 
 def fingerprint(exp: Mapping[str, Any], trials: Iterable[Mapping[str, Any]]) -> tuple[Any, ...]:
@@ -271,11 +298,29 @@ class ExperimentController:
     async def seed(self) -> None:
         ns = self.cfg.namespaces
         self.cache.replace_all("experiment", await self.kube.list_all(CR_VERSION, PLURAL, ns))
-        self.cache.replace_all(
-            "run", await self.kube.list_all(CR_VERSION, RUN_PLURAL, ns, selector=LABEL_EXPERIMENT)
-        )
 
     async def run_forever(self, stop: asyncio.Event) -> None:
+        # Trial runs by our own LIST+WATCH with a server-side label selector, not kopf's: kopf
+        # watches every TrainingRun and filters labels itself, a per-object worker for each of
+        # 10,000 runs that are no experiment's.
+        scopes: tuple[str | None, ...] = self.cfg.namespaces or (None,)
+        watches = [
+            asyncio.create_task(
+                self.kube.list_watch(
+                    TrialSink(self.cache, ns), CR_VERSION, RUN_PLURAL, ns, stop, LABEL_EXPERIMENT
+                ),
+                name=f"watch-trials-{ns or 'all'}",
+            )
+            for ns in scopes
+        ]
+        try:
+            await self._loop(stop, {ns or "" for ns in scopes})
+        finally:
+            for task in watches:
+                task.cancel()
+            await asyncio.gather(*watches, return_exceptions=True)
+
+    async def _loop(self, stop: asyncio.Event, scopes: set[str]) -> None:
         cfg = self.cfg
         last_list: float | None = None
         while not stop.is_set():
@@ -284,7 +329,10 @@ class ExperimentController:
                     await self.seed()  # also retried until the CRD exists
                     last_list = time.monotonic()
                 self.cache.dirty.clear()
-                await self.reconcile_all()
+                # Decide only once the trials are known: with none seen, every experiment
+                # would look as if it had no runs yet.
+                if scopes <= self.cache.trials_listed:
+                    await self.reconcile_all()
             except Exception as e:
                 if isinstance(e, ApiError) and e.transient:  # e.g. the CRD just installed
                     log.warning("experiment pass: %s; retrying", e)
@@ -393,8 +441,3 @@ async def stop_experiments(memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.event(GROUP, VERSION, PLURAL)
 def on_experiment(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     memo.exp_cache.apply("experiment", event["type"], event["object"])
-
-
-@kopf.on.event(GROUP, VERSION, RUN_PLURAL, labels={LABEL_EXPERIMENT: kopf.PRESENT})
-def on_trial_run(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    memo.exp_cache.apply("run", event["type"], event["object"])

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from accordion_operator import builders, search
-from accordion_operator.api.common import API_VERSION, Condition
+from accordion_operator.api.common import API_VERSION
 from accordion_operator.api.experiment import (
     COND_FAILED,
     COND_GOAL_REACHED,
@@ -46,7 +46,7 @@ from accordion_operator.api.experiment import (
     Outcome,
 )
 from accordion_operator.api.trainingrun import KIND as RUN_KIND
-from accordion_operator.reconcile import to_rfc3339
+from accordion_operator.reconcile import Conditions, to_rfc3339
 
 LABEL_EXPERIMENT = builders.LABEL_EXPERIMENT
 LABEL_TRIAL = "accordion.dev/trial"
@@ -277,44 +277,6 @@ class ExperimentPlan:
     events: list[tuple[str, str, str]] = field(default_factory=list)
 
 
-def _rfc3339(t: float) -> str:
-    return to_rfc3339(t)
-
-
-class _Conditions:
-    """Condition list that keeps lastTransitionTime while a condition's status holds."""
-
-    def __init__(self, exp: Experiment, now: float) -> None:
-        self.old = {c.type: c for c in exp.status.conditions}
-        self.new: dict[str, Condition] = {}
-        self.now = now
-        self.generation = exp.metadata.generation
-
-    def set(self, ctype: str, status: bool, reason: str, message: str = "") -> None:
-        value = "True" if status else "False"
-        old = self.old.get(ctype)
-        since = (
-            old.last_transition_time
-            if old is not None and old.status == value
-            else _rfc3339(self.now)
-        )
-        self.new[ctype] = Condition(
-            type=ctype,
-            status=value,
-            reason=reason,
-            message=message[:1024],
-            last_transition_time=since,
-            observed_generation=self.generation,
-        )
-
-    def dump(self) -> list[dict[str, Any]]:
-        return [
-            self.new[t].model_dump(by_alias=True, exclude_none=True)
-            for t in CONDITION_TYPES
-            if t in self.new
-        ]
-
-
 def _better(a: float, b: float, maximize: bool) -> bool:
     return a > b if maximize else a < b
 
@@ -348,7 +310,7 @@ def decide_experiment(
         return plan  # the garbage collector deletes the children
     spec, st = exp.spec, exp.status
     maximize = spec.objective.direction == "maximize"
-    conds = _Conditions(exp, now)
+    conds = Conditions(exp.status.conditions, exp.metadata.generation, now, CONDITION_TYPES)
     by_trial = {c.trial: c for c in children}
     kids = sorted(by_trial.values(), key=lambda c: c.trial)
     active = [c for c in kids if c.active and not c.stop_requested]
@@ -360,14 +322,14 @@ def decide_experiment(
     phase = st.phase or "Running"
     message = st.message or ""
     finished = phase in FINISHED_PHASES
-    new: dict[str, Any] = {"startTime": st.start_time or _rfc3339(now)}
+    new: dict[str, Any] = {"startTime": st.start_time or to_rfc3339(now)}
     if st.completion_time:
         new["completionTime"] = st.completion_time
 
     def end(ok: bool, reason: str, msg: str) -> None:
         nonlocal phase, message, finished
         phase, message, finished = ("Succeeded" if ok else "Failed"), msg, True
-        new["completionTime"] = _rfc3339(now)
+        new["completionTime"] = to_rfc3339(now)
         conds.set(COND_RUNNING, False, REASON_SEARCH_ENDED, msg)
         conds.set(COND_SUCCEEDED, ok, reason if ok else REASON_IN_PROGRESS, msg if ok else "")
         conds.set(COND_FAILED, not ok, reason if not ok else REASON_IN_PROGRESS, "" if ok else msg)

@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import kr8s.asyncio
@@ -225,6 +225,40 @@ class ClusterCache:
         return list(self.run_pods.get((namespace, run), {}).values())
 
 
+class ListWatchSink(Protocol):
+    """Where `Kube.list_watch` delivers a LIST (pages, then the end) and the WATCH events."""
+
+    def page(self, items: list[dict[str, Any]]) -> None: ...
+
+    def listed(self) -> None: ...
+
+    def event(self, event_type: str, body: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class CacheSink:
+    """One kind in one namespace (None: all) of the ClusterCache, fed by LIST+WATCH."""
+
+    cache: ClusterCache
+    kind: str
+    namespace: str | None
+    seen: set[tuple[str, str]] = field(default_factory=set)
+
+    def page(self, items: list[dict[str, Any]]) -> None:
+        for item in items:
+            self.cache.apply(self.kind, None, item, wake=False)
+            self.seen.add(object_key(item))
+
+    def listed(self) -> None:
+        self.cache.forget_missing(self.kind, self.seen, self.namespace)
+        self.seen = set()
+        self.cache.synced.add((self.kind, self.namespace or ""))
+        self.cache.dirty.set()
+
+    def event(self, event_type: str, body: dict[str, Any]) -> None:
+        self.cache.apply(self.kind, event_type, body)
+
+
 # --- writing -------------------------------------------------------------------------------------
 
 
@@ -418,43 +452,44 @@ class Kube:
         return out
 
     async def watch(self, cache: ClusterCache, kind: str, stop: asyncio.Event) -> None:
-        """Keep `cache` current for one kind: LIST, then WATCH from that resourceVersion;
-        re-LIST when the watch expires (410) or fails, and every relist_seconds.
-
-        A plain streaming watch rather than kopf's per-object machinery: at 10,000 runs the
-        pods alone make tens of thousands of events, and copying each into the cache is all
-        the operator needs (kopf spends milliseconds per event on per-object workers)."""
+        """Keep `cache` current for one kind (in every watched namespace): see `list_watch`."""
         version, plural, namespaced = WATCHED[kind]
         scopes: tuple[str | None, ...] = (
             self.cfg.namespaces if namespaced and self.cfg.namespaces else (None,)
         )
         await asyncio.gather(
-            *(self._watch(cache, kind, version, plural, ns, stop) for ns in scopes)
+            *(
+                self.list_watch(CacheSink(cache, kind, ns), version, plural, ns, stop)
+                for ns in scopes
+            )
         )
 
-    async def _watch(
+    async def list_watch(
         self,
-        cache: ClusterCache,
-        kind: str,
+        sink: ListWatchSink,
         version: str,
         plural: str,
         namespace: str | None,
         stop: asyncio.Event,
+        selector: str = "",
     ) -> None:
+        """LIST (page by page into `sink`), then WATCH from that resourceVersion; re-LIST when
+        the watch expires (410) or fails, and every relist_seconds.
+
+        A plain streaming watch rather than kopf's per-object machinery: at 10,000 runs the
+        pods alone make tens of thousands of events, and copying each into a cache is all the
+        operator needs (kopf spends milliseconds and a worker task per object on them)."""
         rv = ""
         listed = 0.0
         while not stop.is_set():
             try:
                 if not rv or time.monotonic() - listed > self.cfg.relist_seconds:
-                    seen: set[tuple[str, str]] = set()
-                    async for items, list_rv in self.list_pages(version, plural, namespace):
+                    async for items, list_rv in self.list_pages(
+                        version, plural, namespace, selector
+                    ):
                         rv = list_rv  # the snapshot's: the watch continues from it
-                        for item in items:
-                            cache.apply(kind, None, item, wake=False)
-                            seen.add(object_key(item))
-                    cache.forget_missing(kind, seen, namespace)
-                    cache.synced.add((kind, namespace or ""))
-                    cache.dirty.set()
+                        sink.page(items)
+                    sink.listed()
                     listed = time.monotonic()
                 params = {
                     "watch": "true",
@@ -462,6 +497,8 @@ class Kube:
                     "allowWatchBookmarks": "true",
                     "timeoutSeconds": str(int(min(290, self.cfg.relist_seconds))),
                 }
+                if selector:
+                    params["labelSelector"] = selector
                 session = await self.http.session()
                 async with session.get(
                     self.http.url(api_path(version, plural, namespace)),
@@ -481,7 +518,7 @@ class Kube:
                             break
                         rv = (obj.get("metadata") or {}).get("resourceVersion", rv)
                         if etype != "BOOKMARK":
-                            cache.apply(kind, etype, obj)
+                            sink.event(str(etype), obj)
                         if stop.is_set():
                             return
             except asyncio.CancelledError:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -330,12 +330,18 @@ def _condition(run: TrainingRun, ctype: str) -> Condition | None:
     return next((c for c in run.status.conditions if c.type == ctype), None)
 
 
-class _Conditions:
-    def __init__(self, run: TrainingRun, now: float) -> None:
-        self.old = {c.type: c for c in run.status.conditions}
+class Conditions:
+    """A status' conditions being rebuilt: keeps a condition's lastTransitionTime while its
+    status holds, and dumps them in a fixed order (TrainingRun's and Experiment's)."""
+
+    def __init__(
+        self, old: Iterable[Condition], generation: int | None, now: float, order: Sequence[str]
+    ) -> None:
+        self.old = {c.type: c for c in old}
         self.new: dict[str, Condition] = {}
         self.now = now
-        self.generation = run.metadata.generation
+        self.generation = generation
+        self.order = order
 
     def set(self, ctype: str, status: bool, reason: str, message: str = "") -> None:
         value = "True" if status else "False"
@@ -363,7 +369,7 @@ class _Conditions:
     def dump(self) -> list[dict[str, Any]]:
         return [
             self.new[t].model_dump(by_alias=True, exclude_none=True)
-            for t in CONDITION_TYPES
+            for t in self.order
             if t in self.new
         ]
 
@@ -420,7 +426,7 @@ def decide_run(
     if run.metadata.deletion_timestamp:
         return plan  # garbage collection removes the children
     spec, st = run.spec, run.status
-    conds = _Conditions(run, now)
+    conds = Conditions(run.status.conditions, run.metadata.generation, now, CONDITION_TYPES)
     workers = [p for p in children.pods if p.role == builders.ROLE_WORKER]
     launchers = [p for p in children.pods if p.role == builders.ROLE_LAUNCHER]
     live = [p for p in workers if p.live]

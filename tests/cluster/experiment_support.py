@@ -3,16 +3,15 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-from trainingrun_support import Operator, poll, trainingrun_crd
+from trainingrun_support import Operator, ResourceApi, trainingrun_crd
 
 from accordion_dev.cluster import Cluster
+from accordion_dev.polling import poll
 
 __all__ = ["trainingrun_crd"]
 
@@ -52,46 +51,10 @@ def exp_operator(
         assert alive, f"the operator died during the test:\n{op.tail()}"
 
 
-def merge(base: Any, patch: Any) -> Any:
-    """JSON merge patch semantics (None deletes); lists are replaced."""
-    if not isinstance(patch, dict) or not isinstance(base, dict):
-        return copy.deepcopy(patch)
-    out = copy.deepcopy(base)
-    for k, v in patch.items():
-        if v is None:
-            out.pop(k, None)
-        else:
-            out[k] = merge(out.get(k), v)
-    return out
+class ExpApi(ResourceApi):
+    """Experiments and their trial runs."""
 
-
-class ExpApi:
-    """Synchronous helpers over the admin client for one namespace."""
-
-    def __init__(self, cluster: Cluster, ns: str) -> None:
-        self.ns = ns
-        self.http = cluster.http()
-
-    def close(self) -> None:
-        self.http.close()
-
-    def create(self, body: dict[str, Any]) -> httpx.Response:
-        return self.http.post(EXP.format(ns=self.ns), json=body)
-
-    def get(self, name: str) -> dict[str, Any]:
-        r = self.http.get(EXP.format(ns=self.ns) + f"/{name}")
-        r.raise_for_status()
-        body: dict[str, Any] = r.json()
-        return body
-
-    def status(self, name: str) -> dict[str, Any]:
-        return self.get(name).get("status") or {}
-
-    def condition(self, name: str, ctype: str) -> dict[str, Any]:
-        for c in self.status(name).get("conditions") or []:
-            if c["type"] == ctype:
-                return dict(c)
-        return {}
+    collection = EXP
 
     def runs(self, experiment: str) -> dict[str, dict[str, Any]]:
         r = self.http.get(

@@ -10,9 +10,10 @@ from typing import Any
 
 import yaml
 from experiment_support import ExpApi, exp_api, exp_operator, experiment_crd
-from trainingrun_support import TOLERATE_ALL, Operator, poll, trainingrun_crd
+from trainingrun_support import TOLERATE_ALL, Operator, trainingrun_crd
 
 from accordion_dev.cluster import Cluster
+from accordion_dev.polling import poll
 from accordion_operator.api.experiment import Experiment
 from accordion_operator.search import build_study, suggest
 

@@ -9,8 +9,11 @@ from typing import Any
 
 import pytest
 import yaml
-from experiment_support import ExpApi, exp_api, exp_operator, experiment_crd, merge
-from trainingrun_support import Operator, poll, trainingrun_crd
+from experiment_support import ExpApi, exp_api, exp_operator, experiment_crd
+from merge_patch import merge
+from trainingrun_support import Operator, trainingrun_crd
+
+from accordion_dev.polling import poll
 
 __all__ = ["exp_api", "exp_operator", "experiment_crd", "trainingrun_crd"]  # fixtures by name
 

@@ -6,7 +6,6 @@ import io
 import json
 import secrets
 import subprocess
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -23,16 +22,7 @@ from accordion_dev.cluster import (
     add_kwok_nodes,
     wait_nodes_ready,
 )
-
-
-def _poll(fn: Callable[[], Any], timeout: float = 30, every: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"condition not met within {timeout} s")
+from accordion_dev.polling import poll
 
 
 def test_kubectl_reports_the_pinned_release_and_gpu_nodes(cluster: Cluster) -> None:
@@ -98,7 +88,7 @@ def test_crd_with_cel_validation_serves_custom_objects(cluster: Cluster, namespa
         r = http.post("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", json=CRD)
         assert r.status_code in (201, 409), r.text
         base = f"/apis/test.accordion.dev/v1/namespaces/{namespace}/widgets"
-        _poll(lambda: http.get(base).status_code == 200)
+        poll(lambda: http.get(base).status_code == 200)
         ok = {
             "apiVersion": "test.accordion.dev/v1",
             "kind": "Widget",
@@ -173,7 +163,7 @@ def test_scheduler_respects_gpu_capacity_and_taints(cluster: Cluster, namespace:
                     else None
                 )
 
-            bound = _poll(placed)
+            bound = poll(placed)
             per_node = {n: list(bound.values()).count(n) for n in names}
             assert per_node == {names[0]: 4, names[1]: 4}
             assert bound["no-toleration"] == ""
@@ -188,7 +178,7 @@ def test_scheduler_respects_gpu_capacity_and_taints(cluster: Cluster, namespace:
             assert len(unplaced_gpu) == 1
             assert "Insufficient nvidia.com/gpu" in unplaced_gpu[0]
             # kwok plays the kubelet: bound pods become Running
-            _poll(
+            poll(
                 lambda: (
                     sum(
                         p["status"].get("phase") == "Running"
@@ -201,7 +191,7 @@ def test_scheduler_respects_gpu_capacity_and_taints(cluster: Cluster, namespace:
         with cluster.http() as http:
             # Pods first: pods bound to a vanished node wait ~40 s for the pod GC.
             http.delete(f"/api/v1/namespaces/{namespace}/pods")
-            _poll(lambda: not http.get(f"/api/v1/namespaces/{namespace}/pods").json()["items"])
+            poll(lambda: not http.get(f"/api/v1/namespaces/{namespace}/pods").json()["items"])
             for name in names:
                 http.delete(f"/api/v1/nodes/{name}")
 
@@ -224,7 +214,7 @@ def test_garbage_collector_deletes_owned_children(cluster: Cluster, namespace: s
             http.delete(f"{base}/owner", params={"propagationPolicy": "Background"}).status_code
             == 200
         )
-        _poll(
+        poll(
             lambda: (
                 not [
                     c
@@ -267,7 +257,7 @@ def test_prometheus_scrapes_a_target_it_is_told_about(
     target = f"test-{marker}"
     try:
         cluster.add_scrape_target(target, f"127.0.0.1:{port}", {"test": target})
-        result = _poll(lambda: prom_query(f'accordion_test_marker{{test="{target}"}}'), timeout=30)
+        result = poll(lambda: prom_query(f'accordion_test_marker{{test="{target}"}}'), timeout=30)
         assert float(result[0]["value"][1]) == marker
         up = prom_query(f'up{{test="{target}"}}')
         assert up
@@ -308,7 +298,7 @@ def test_pod_discovery_follows_pods_with_a_metrics_port(cluster: Cluster, namesp
         ):
             r = http.post(f"/api/v1/namespaces/{namespace}/pods", json=body)
             assert r.status_code == 201, r.text
-        (group,) = _poll(mine, timeout=30)
+        (group,) = poll(mine, timeout=30)
         assert group["labels"] == {
             "namespace": namespace,
             "pod": "scraped",
@@ -320,7 +310,7 @@ def test_pod_discovery_follows_pods_with_a_metrics_port(cluster: Cluster, namesp
         http.delete(
             f"/api/v1/namespaces/{namespace}/pods/scraped", params={"gracePeriodSeconds": 0}
         )
-        _poll(lambda: mine() == [] or None, timeout=30)
+        poll(lambda: mine() == [] or None, timeout=30)
 
 
 def test_status_reports_a_crashed_component(tmp_path: Any) -> None:
@@ -331,7 +321,7 @@ def test_status_reports_a_crashed_component(tmp_path: Any) -> None:
     rows = {name: state for name, state, _ in c.status()}
     assert rows["kwok"] in ("ok", "UNHEALTHY")  # alive; nothing listens on port 6
     subprocess.run(["kill", "-9", str(sleeper.pid)], check=True)
-    _poll(lambda: dict((n, s) for n, s, _ in c.status())["kwok"] == "DOWN", timeout=5)
+    poll(lambda: dict((n, s) for n, s, _ in c.status())["kwok"] == "DOWN", timeout=5)
     assert c.down() == ["kwok"]
 
 

@@ -7,13 +7,14 @@ session's default process nodes.
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -22,20 +23,12 @@ import pytest
 
 from accordion_dev.cluster import Cluster
 from accordion_dev.nodeagent import start_agent
+from accordion_dev.polling import poll
 from accordion_dev.procs import Proc
 
 TAINT_KEY = "accordion.dev/nodeagent-test"
 Obj = dict[str, Any]
-
-
-def _poll(fn: Callable[[], Any], timeout: float, what: str, every: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+_poll = functools.partial(poll, every=0.1)
 
 
 class Agents:

@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 import yaml
-from trainingrun_support import Api, Operator, api, operator, poll, trainingrun_crd
+from trainingrun_support import Api, Operator, api, operator, trainingrun_crd
 
 from accordion_dev.cluster import Cluster
+from accordion_dev.polling import poll
 
 __all__ = ["api", "operator", "trainingrun_crd"]  # fixtures used by name
 

@@ -8,8 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,22 +16,12 @@ import httpx
 import pytest
 
 from accordion_dev.cluster import Cluster
+from accordion_dev.polling import poll
 
 REPO = Path(__file__).resolve().parents[2]
 CRD = REPO / "crds" / "trainingruns.accordion.dev.yaml"
 TR = "/apis/accordion.dev/v1alpha1/namespaces/{ns}/trainingruns"
 TOLERATE_ALL = [{"operator": "Exists"}]  # kwok nodes carry the kwok and the GPU taint
-
-
-def poll(fn: Callable[[], Any], timeout: float = 30, every: float = 0.25, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what or fn}; last: {last!r}")
 
 
 @pytest.fixture(scope="session")
@@ -160,8 +149,11 @@ def run_body(
     }
 
 
-class Api:
-    """Small synchronous helpers over the admin client."""
+class ResourceApi:
+    """Synchronous helpers over the admin client for one kind of object in one namespace."""
+
+    #: the collection's path, with `{ns}`
+    collection = TR
 
     def __init__(self, cluster: Cluster, ns: str) -> None:
         self.cluster = cluster
@@ -171,19 +163,11 @@ class Api:
     def close(self) -> None:
         self.http.close()
 
-    def secret(self, name: str = "s3", **data: str) -> None:
-        data = data or {"accessKey": "minio", "secretKey": "minio123"}
-        r = self.http.post(
-            f"/api/v1/namespaces/{self.ns}/secrets",
-            json={"metadata": {"name": name}, "stringData": data},
-        )
-        assert r.status_code == 201, r.text
-
     def create(self, body: dict[str, Any]) -> httpx.Response:
-        return self.http.post(TR.format(ns=self.ns), json=body)
+        return self.http.post(self.collection.format(ns=self.ns), json=body)
 
     def get(self, name: str) -> dict[str, Any]:
-        r = self.http.get(TR.format(ns=self.ns) + f"/{name}")
+        r = self.http.get(self.collection.format(ns=self.ns) + f"/{name}")
         r.raise_for_status()
         body: dict[str, Any] = r.json()
         return body
@@ -196,6 +180,18 @@ class Api:
             if c["type"] == ctype:
                 return dict(c)
         return {}
+
+
+class Api(ResourceApi):
+    """TrainingRuns, their pods and Secrets."""
+
+    def secret(self, name: str = "s3", **data: str) -> None:
+        data = data or {"accessKey": "minio", "secretKey": "minio123"}
+        r = self.http.post(
+            f"/api/v1/namespaces/{self.ns}/secrets",
+            json={"metadata": {"name": name}, "stringData": data},
+        )
+        assert r.status_code == 201, r.text
 
     def delete(self, name: str) -> None:
         r = self.http.delete(

@@ -36,6 +36,7 @@ from minio.error import S3Error
 
 from accordion_dev.cluster import Cluster, ClusterConfig, bin_dir, free_port_block
 from accordion_dev.demo import create_credentials_secret, minio_client, upload_mnist
+from accordion_dev.polling import poll
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "accordion"
@@ -102,14 +103,6 @@ class Env:
         kinds = [k for k in kinds if k.split(".")[0] != "events"]
         where = ["-n", namespace] if namespace else []
         return set(self.kubectl("get", ",".join(kinds), *where, "-o", "name").split())
-
-
-def poll(fn: Callable[[], Any], timeout: float, what: str, every: float = 1.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := fn()):
-        assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
-        time.sleep(every)
-    return value
 
 
 def diagnose(env: Env) -> str:

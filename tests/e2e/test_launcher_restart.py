@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,18 +16,9 @@ import pytest
 
 from accordion_dev.cluster import Cluster, free_port_block
 from accordion_dev.demo import NS, Demo, demo_config
+from accordion_dev.polling import poll
 
 RUN = "resilient"
-
-
-def poll(fn: Callable[[], Any], timeout: float, what: str, every: float = 1.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def pods(demo: Demo, role: str) -> list[dict[str, Any]]:

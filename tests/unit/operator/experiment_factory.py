@@ -9,6 +9,8 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from merge_patch import merge
+
 from accordion_operator.api.experiment import Experiment
 from accordion_operator.experiment_reconcile import (
     ANNOTATION_STOPPED,
@@ -43,19 +45,6 @@ BASE: dict[str, Any] = {
         "parallelism": 2,
     },
 }
-
-
-def merge(base: dict[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
-    """JSON merge patch semantics (None deletes)."""
-    out = copy.deepcopy(base)
-    for key, value in patch.items():
-        if value is None:
-            out.pop(key, None)
-        elif isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
 
 
 def make_exp(**spec: Any) -> Experiment:

@@ -14,22 +14,26 @@ from accordion_operator.config import Config
 from accordion_operator.experiment_controller import (
     ExperimentCache,
     ExperimentController,
+    TrialSink,
     stop_experiments,
 )
 
 
 class EmptyCluster:
-    """The only I/O of an idle pass: the seeding LISTs (experiments, then their runs)."""
+    """The only I/O of an idle pass: the LIST of experiments and the (empty) LIST+WATCH of
+    trial runs, which then waits for events until stopped."""
 
     def __init__(self) -> None:
-        self.lists = 0
         self.seeded = asyncio.Event()
 
     async def list_all(self, *_: Any, **__: Any) -> list[dict[str, Any]]:
-        self.lists += 1
-        if self.lists == 2:
-            self.seeded.set()
         return []
+
+    async def list_watch(self, sink: TrialSink, *_: Any) -> None:
+        sink.page([])
+        sink.listed()
+        self.seeded.set()
+        await asyncio.Event().wait()  # a watch with no events; cancelled at shutdown
 
     async def close(self) -> None:
         pass
@@ -43,6 +47,9 @@ async def test_cleanup_wakes_the_idle_loop_at_once() -> None:
     task = asyncio.create_task(ctl.run_forever(stop))
     memo = kopf.Memo(exp_cache=cache, exp_stop=stop, exp_task=task, exp_controller=ctl)
     await asyncio.wait_for(cluster.seeded.wait(), 5)
+    async with asyncio.timeout(5):  # the first pass, once the trials are listed
+        while ctl.passes < 1:  # noqa: ASYNC110 (a counter; the controller has no event for it)
+            await asyncio.sleep(0.05)
     await asyncio.sleep(0.1)  # the pass ends; idle now, waiting for a watch event or the resync
     assert ctl.passes == 1
     t0 = time.monotonic()

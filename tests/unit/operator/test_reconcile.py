@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from trainingrun_factory import make_body, make_run, merge
+from merge_patch import merge
+from trainingrun_factory import make_body, make_run
 
 from accordion_operator.api.trainingrun import TrainingRun
 from accordion_operator.config import Config

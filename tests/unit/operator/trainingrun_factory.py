@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any
+
+from merge_patch import merge
 
 from accordion_operator.api.trainingrun import TrainingRun
 
@@ -28,19 +29,6 @@ BASE: dict[str, Any] = {
         "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}],
     },
 }
-
-
-def merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
-    """JSON merge patch semantics (None deletes)."""
-    out = copy.deepcopy(base)
-    for key, value in patch.items():
-        if value is None:
-            out.pop(key, None)
-        elif isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
 
 
 def make_body(**patch: Any) -> dict[str, Any]:
