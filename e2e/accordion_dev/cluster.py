@@ -110,6 +110,9 @@ class ClusterConfig:
     process_node_gpus: int = 1
     #: how quickly the node controller notices a lost node (real default: 50 s)
     node_monitor_grace_seconds: int = 20
+    #: Prometheus and its pod discovery. Off for control-plane benchmarks: it would try to
+    #: scrape every simulated pod that declares a metrics port (kwok pod IPs lead nowhere).
+    monitoring: bool = True
 
 
 @dataclass(frozen=True)
@@ -219,7 +222,8 @@ class Cluster:
         self._step(log, "kube-apiserver", lambda: self._start_apiserver(bins))
         self._step(log, "kube-controller-manager + kube-scheduler", lambda: self._start_ctrl(bins))
         self._step(log, "MinIO", lambda: self._start_minio(bins))
-        self._step(log, "Prometheus", self._start_prometheus)
+        if self.config.monitoring:
+            self._step(log, "Prometheus", self._start_prometheus)
         # kwok always runs (cheap), so simulated nodes can be added later (benchmarks, tests).
         self._step(
             log,
