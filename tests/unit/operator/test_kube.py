@@ -122,3 +122,23 @@ def test_our_delete_response_after_the_watch_deleted_event_does_not_resurrect_th
     # a new pod of the same name is taken
     cache.apply("pod", "ADDED", pod("mnist-worker-0", run="mnist", rv="12"))
     assert [p.phase for p in cache.pods_of("team-a", "mnist")] == ["Running"]
+
+
+def test_cached_runs_leave_out_the_epoch_history() -> None:
+    """The run controller never reads `status.training.history`; it is most of a run's memory."""
+    history = [{"epoch": e, "metrics": {"val_accuracy": 0.9}} for e in range(1, 51)]
+    body = make_body(
+        status={
+            "phase": "Running",
+            "training": {"epoch": 50, "rank0Pod": "mnist-worker-0", "history": history},
+        }
+    )
+    cache = ClusterCache(Config())
+    cache.apply("run", "ADDED", body)
+    (parsed,) = cache.runs.values()
+    assert parsed.run is not None
+    training = parsed.run.status.training
+    assert training is not None
+    assert training.history == []
+    assert (training.epoch, training.rank0_pod) == (50, "mnist-worker-0")
+    assert len(body["status"]["training"]["history"]) == 50  # the event's body is not changed
