@@ -19,6 +19,8 @@ from typing import Final, get_args
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from accordion_operator.api.trainingrun import Phase
 
@@ -80,30 +82,6 @@ class OperatorMetrics:
             ["namespace", "phase"],
             registry=r,
         )
-        self.run_phase = Gauge(
-            "accordion_run_phase",
-            "1 for the current phase of each TrainingRun (only the current phase is exported).",
-            ["namespace", "run", "phase"],
-            registry=r,
-        )
-        self.run_workers_desired = Gauge(
-            "accordion_run_workers_desired",
-            "Workers the operator wants for the run now (between minWorkers and maxWorkers).",
-            ["namespace", "run"],
-            registry=r,
-        )
-        self.run_workers_current = Gauge(
-            "accordion_run_workers_current",
-            "Worker pods of the run that are Ready.",
-            ["namespace", "run"],
-            registry=r,
-        )
-        self.run_gpus_allocated = Gauge(
-            "accordion_run_gpus_allocated",
-            "GPUs requested by the run's pods that are bound to nodes.",
-            ["namespace", "run"],
-            registry=r,
-        )
         self.cluster_gpus_capacity = Gauge(
             "accordion_cluster_gpus_capacity",
             "Allocatable GPUs on schedulable nodes, as the allocator sees them.",
@@ -159,12 +137,6 @@ class OperatorMetrics:
             ["verb", "resource", "code"],
             registry=r,
         )
-        self.pod_info = Gauge(
-            "accordion_pod_info",
-            "Always 1; links a pod to its run and experiment, to join per-pod metrics (DCGM).",
-            ["namespace", "pod", "run", "experiment", "role"],
-            registry=r,
-        )
         self.experiment_trials = Gauge(
             "accordion_experiment_trials",
             "Trials of an Experiment by state.",
@@ -183,13 +155,16 @@ class OperatorMetrics:
             ["namespace", "experiment"],
             registry=r,
         )
-        # per-run label sets we exported, so forget_run can remove exactly those
-        self._run_phase: dict[tuple[str, str], str] = {}
+        # Per-run and per-pod state, exported by _StateCollector at scrape time: at 10,000 runs
+        # and 16,000 pods one Gauge child per series held ~50 MB (a replay of the scale
+        # benchmark); plain tuples hold a tenth of that.
+        self._run_state: dict[tuple[str, str], tuple[str, int, int, int]] = {}
         self._run_failures: dict[tuple[str, str], set[tuple[str, str]]] = {}
         self._pods: dict[tuple[str, str], tuple[str, str, str]] = {}
         self._trial_states: dict[tuple[str, str], set[str]] = {}
         self._namespaces: set[str] = set()
         self._lock = threading.Lock()
+        r.register(_StateCollector(self))
 
     # -- runs -------------------------------------------------------------------------------
 
@@ -216,16 +191,13 @@ class OperatorMetrics:
     ) -> None:
         """Export one run's current phase, worker counts and GPUs."""
         phase = _fold(phase, RUN_PHASES, "Unknown")
-        key = (namespace, run)
         with self._lock:
-            old = self._run_phase.get(key)
-            if old is not None and old != phase:
-                self.run_phase.remove(namespace, run, old)
-            self._run_phase[key] = phase
-            self.run_phase.labels(namespace=namespace, run=run, phase=phase).set(1)
-        self.run_workers_desired.labels(namespace=namespace, run=run).set(workers_desired)
-        self.run_workers_current.labels(namespace=namespace, run=run).set(workers_current)
-        self.run_gpus_allocated.labels(namespace=namespace, run=run).set(gpus_allocated)
+            self._run_state[(namespace, run)] = (
+                phase,
+                workers_desired,
+                workers_current,
+                gpus_allocated,
+            )
 
     def count_pod_failure(self, namespace: str, run: str, *, role: str, reason: str) -> None:
         role = _fold(role, ROLES, "worker")
@@ -238,12 +210,8 @@ class OperatorMetrics:
         """Drop every per-run series of a deleted run."""
         key = (namespace, run)
         with self._lock:
-            phase = self._run_phase.pop(key, None)
+            self._run_state.pop(key, None)
             failures = self._run_failures.pop(key, set())
-        if phase is not None:
-            self.run_phase.remove(namespace, run, phase)
-        for gauge in (self.run_workers_desired, self.run_workers_current, self.run_gpus_allocated):
-            gauge.remove(namespace, run)  # a no-op when never set
         for role, reason in failures:
             self.run_pod_failures.remove(namespace, run, role, reason)
 
@@ -288,21 +256,12 @@ class OperatorMetrics:
         self, namespace: str, pod: str, *, run: str, role: str, experiment: str = ""
     ) -> None:
         role = _fold(role, ROLES, "worker")
-        key = (namespace, pod)
         with self._lock:
-            old = self._pods.get(key)
-            if old is not None and old != (run, experiment, role):
-                self.pod_info.remove(namespace, pod, *old)
-            self._pods[key] = (run, experiment, role)
-        self.pod_info.labels(
-            namespace=namespace, pod=pod, run=run, experiment=experiment, role=role
-        ).set(1)
+            self._pods[(namespace, pod)] = (run, experiment, role)
 
     def forget_pod(self, namespace: str, pod: str) -> None:
         with self._lock:
-            old = self._pods.pop((namespace, pod), None)
-        if old is not None:
-            self.pod_info.remove(namespace, pod, *old)
+            self._pods.pop((namespace, pod), None)
 
     def known_pods(self) -> Iterable[tuple[str, str]]:
         """(namespace, pod) of every pod with an info series (to forget those that vanished)."""
@@ -369,6 +328,59 @@ class OperatorMetrics:
         self.apiserver_request_errors.labels(
             verb=verb.lower(), resource=resource, code=str(code) if code else "none"
         ).inc()
+
+
+class _StateCollector(Collector):
+    """The per-run and per-pod gauges, generated from OperatorMetrics' state at each scrape."""
+
+    def __init__(self, metrics: OperatorMetrics) -> None:
+        self.metrics = metrics
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # names are not reserved in the registry: nothing else exports them
+
+    def collect(self) -> Iterable[Metric]:
+        m = self.metrics
+        with m._lock:
+            runs = list(m._run_state.items())
+            pods = list(m._pods.items())
+        fam = {
+            name: GaugeMetricFamily(name, doc, labels=list(labels))
+            for name, (doc, labels) in STATE_FAMILIES.items()
+        }
+        for (ns, run), (phase, desired, current, gpus) in runs:
+            fam["accordion_run_phase"].add_metric([ns, run, phase], 1)
+            fam["accordion_run_workers_desired"].add_metric([ns, run], desired)
+            fam["accordion_run_workers_current"].add_metric([ns, run], current)
+            fam["accordion_run_gpus_allocated"].add_metric([ns, run], gpus)
+        for (ns, pod), (run, experiment, role) in pods:
+            fam["accordion_pod_info"].add_metric([ns, pod, run, experiment, role], 1)
+        return list(fam.values())
+
+
+#: the gauges _StateCollector generates: name -> (help, label names)
+STATE_FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "accordion_run_phase": (
+        "1 for the current phase of each TrainingRun (only the current phase is exported).",
+        ("namespace", "run", "phase"),
+    ),
+    "accordion_run_workers_desired": (
+        "Workers the operator wants for the run now (between minWorkers and maxWorkers).",
+        ("namespace", "run"),
+    ),
+    "accordion_run_workers_current": (
+        "Worker pods of the run that are Ready.",
+        ("namespace", "run"),
+    ),
+    "accordion_run_gpus_allocated": (
+        "GPUs requested by the run's pods that are bound to nodes.",
+        ("namespace", "run"),
+    ),
+    "accordion_pod_info": (
+        "Always 1; links a pod to its run and experiment, to join per-pod metrics (DCGM).",
+        ("namespace", "pod", "run", "experiment", "role"),
+    ),
+}
 
 
 def start_metrics_server(
