@@ -280,8 +280,11 @@ def cluster_dashboard() -> dict[str, Any]:
             "API request errors /s",
             [
                 (
+                    # `or vector(0)`: a counter with labels has no series until its first
+                    # error, and a healthy operator should read 0, not "No data"
                     "sum by (verb, resource, code) "
-                    "(rate(accordion_apiserver_request_errors_total[$__rate_interval]))",
+                    "(rate(accordion_apiserver_request_errors_total[$__rate_interval])) "
+                    "or on() vector(0)",
                     "{{verb}} {{resource}} {{code}}",
                 )
             ],
