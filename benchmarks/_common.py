@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -69,3 +71,21 @@ def write_result(name: str, data: dict[str, Any]) -> Path:
     path.write_text(json.dumps({"benchmark": name, "machine": machine(), **data}, indent=2) + "\n")
     print(f"[bench] wrote {path}")
     return path
+
+
+def start_operator(cluster: Cluster, log: Path) -> subprocess.Popen[bytes]:
+    """`python -m accordion_operator` against `cluster` with default settings, its health and
+    metrics ports right after the cluster's own."""
+    ports = free_port_block(first=cluster.config.base_port + 9, size=2)
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(cluster.kubeconfig),
+        "ACCORDION_HEALTH_PORT": str(ports),
+        "ACCORDION_OPERATOR_METRICS_PORT": str(ports + 1),
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "accordion_operator"],
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )

@@ -17,10 +17,8 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,6 +26,7 @@ from typing import Any
 
 from accordion_dev.cluster import Cluster, ClusterConfig, free_port_block
 from accordion_dev.polling import poll
+from benchmarks._common import start_operator
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "benchmarks" / "results" / "experiment_latency.json"
@@ -140,19 +139,7 @@ def main() -> int:
                     "stringData": {"accessKey": "a", "secretKey": "b"},
                 },
             ).raise_for_status()
-        ports = free_port_block(first=base + 9, size=2)
-        env = {
-            **os.environ,
-            "KUBECONFIG": str(cluster.kubeconfig),
-            "ACCORDION_HEALTH_PORT": str(ports),
-            "ACCORDION_OPERATOR_METRICS_PORT": str(ports + 1),
-        }
-        op = subprocess.Popen(
-            [sys.executable, "-m", "accordion_operator"],
-            env=env,
-            stdout=(state / "operator.log").open("wb"),
-            stderr=subprocess.STDOUT,
-        )
+        op = start_operator(cluster, state / "operator.log")
         with cluster.http() as http:
             http.post(f"{GROUP}/experiments", json=experiment(args.runs)).raise_for_status()
 

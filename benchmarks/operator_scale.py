@@ -19,7 +19,6 @@ import platform
 import re
 import ssl
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 import httpx
 
 from accordion_dev.cluster import Cluster, ClusterConfig, free_port_block
+from benchmarks._common import start_operator
 
 REPO = Path(__file__).resolve().parents[1]
 OUT_DIR = REPO / "benchmarks" / "results"
@@ -178,19 +178,7 @@ def main() -> int:
                     },
                 ).raise_for_status()
         log_path = state / "operator.log"
-        op_ports = free_port_block(first=cluster.config.base_port + 9, size=2)
-        env = {
-            **os.environ,
-            "KUBECONFIG": str(cluster.kubeconfig),
-            "ACCORDION_HEALTH_PORT": str(op_ports),
-            "ACCORDION_OPERATOR_METRICS_PORT": str(op_ports + 1),
-        }
-        op = subprocess.Popen(
-            [sys.executable, "-m", "accordion_operator"],
-            env=env,
-            stdout=log_path.open("wb"),
-            stderr=subprocess.STDOUT,
-        )
+        op = start_operator(cluster, log_path)
         time.sleep(3)
         with cluster.http() as http:
             writes_before = apiserver_writes(http)
