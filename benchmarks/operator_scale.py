@@ -7,6 +7,11 @@ CRD, starts `python -m accordion_operator` (cluster-wide, default settings), cre
 fast as the apiserver takes them and measures the time until every run is admitted with its
 worker pod created, plus the operator's peak RSS (VmHWM). Issue 4 targets: <= 60 s, <= 400 MB at
 10,000 runs x 1,000 nodes. Writes benchmarks/results/operator_scale[-<runs>x<nodes>].json.
+
+`--floor` starts no operator: the benchmark itself makes the writes of the operator's first
+decision for each run right after creating it (`floor_writes`), which measures what this control
+plane on this machine needs for Accordion's write pattern alone; the difference to the real run
+is the operator's own cost (-floor.json).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import re
 import ssl
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +33,11 @@ from typing import Any
 import httpx
 
 from accordion_dev.cluster import Cluster, ClusterConfig, free_port_block
+from accordion_operator.api.trainingrun import REASON_GANG_ADMITTED, REASON_QUEUED, TrainingRun
+from accordion_operator.config import Config
+from accordion_operator.controller import Controller
+from accordion_operator.kube import ClusterCache, Kube
+from accordion_operator.reconcile import Children, decide_run
 from benchmarks._common import start_operator
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,6 +88,39 @@ async def create_runs(cluster: Cluster, namespaces: list[str], runs: int, conc: 
 
     await asyncio.gather(*(one(i) for i in range(runs)))
     await client.aclose()
+    return time.monotonic() - t0
+
+
+async def floor_writes(cluster: Cluster, namespaces: list[str], runs: int, conc: int) -> float:
+    """`--floor`: no operator. Right after creating each run, the benchmark makes the writes the
+    operator's first decision for it makes: decide_run's plan (ssh Secret, ServiceAccount, Role,
+    RoleBinding, launcher and worker pod, status patch, event) executed by the operator's own
+    code and client, one GPU granted in creation order until the GPUs are taken. What is left
+    out is everything that makes the operator an operator (watches, cache, allocator, passes),
+    so the time is this control plane's floor for Accordion's write pattern."""
+    os.environ["KUBECONFIG"] = str(cluster.kubeconfig)
+    cfg = Config()
+    kube = await Kube.connect(cfg, watches=False)
+    ctl = Controller(cfg, kube, ClusterCache(cfg))
+    gpus = cluster.config.kwok_nodes * 8
+    sem = asyncio.Semaphore(conc)
+    t0 = time.monotonic()
+
+    async def one(i: int) -> None:
+        body = run_body(f"r{i:05d}")
+        body["metadata"]["namespace"] = namespaces[i % len(namespaces)]
+        async with sem:
+            code, created = await kube.create(body)
+            if code != 201:
+                raise RuntimeError(f"create r{i}: {code} {created.get('message')}")
+            run = TrainingRun.model_validate(created)
+            fits = i < gpus
+            reason = REASON_GANG_ADMITTED if fits else REASON_QUEUED
+            plan = decide_run(run, Children(), int(fits), reason, "floor", None, cfg, time.time())
+            await ctl._execute(run, plan)
+
+    await asyncio.gather(*(one(i) for i in range(runs)))
+    await kube.close()
     return time.monotonic() - t0
 
 
@@ -137,6 +181,11 @@ def main() -> int:
     ap.add_argument("--namespaces", type=int, default=10)
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--timeout", type=float, default=900)
+    ap.add_argument(
+        "--floor",
+        action="store_true",
+        help="no operator: the benchmark makes the operator's writes itself (see floor_writes)",
+    )
     args = ap.parse_args()
     state = Path(tempfile.mkdtemp(prefix="accordion-bench-"))
     # No Prometheus: it would scrape every simulated worker pod (kwok IPs lead nowhere), and
@@ -178,15 +227,29 @@ def main() -> int:
                     },
                 ).raise_for_status()
         log_path = state / "operator.log"
-        op = start_operator(cluster, log_path)
-        time.sleep(3)
+        if not args.floor:
+            op = start_operator(cluster, log_path)
+            time.sleep(3)
         with cluster.http() as http:
             writes_before = apiserver_writes(http)
         cpu_before = {p.name: cpu_seconds(p.pid) for p in cluster.running()}
-        cpu_before["operator"] = cpu_seconds(op.pid)
+        # the operator, or with --floor the benchmark process making its writes
+        actor = op.pid if op is not None else os.getpid()
+        cpu_before["operator"] = cpu_seconds(actor)
         t0 = time.monotonic()
-        create_s = asyncio.run(create_runs(cluster, namespaces, args.runs, args.concurrency))
-        print(f"[bench] {args.runs} runs created in {create_s:.1f} s", flush=True)
+        make = floor_writes if args.floor else create_runs
+        created: dict[str, Any] = {}
+
+        def create() -> None:
+            try:
+                created["s"] = asyncio.run(make(cluster, namespaces, args.runs, args.concurrency))
+                print(f"[bench] {args.runs} runs created in {created['s']:.1f} s", flush=True)
+            except BaseException as exc:  # reported by the main thread
+                created["error"] = exc
+
+        # created in a thread, so that progress is sampled from the first run on
+        creator = threading.Thread(target=create, name="create-runs", daemon=True)
+        creator.start()
         # One GPU per run: runs beyond the cluster's GPUs are queued, not admitted (10,000 runs
         # on 1,000 nodes of 8 GPUs: 8,000 admitted with pods, 2,000 Queued). Done when every
         # run that fits has its worker pod and every run has been admitted or queued.
@@ -202,7 +265,10 @@ def main() -> int:
                 if n >= fits:
                     admitted, queued = count_decided(http)
                     print(f"[bench] admitted {admitted}, queued {queued}", flush=True)
-                if admitted + queued >= args.runs or elapsed > args.timeout:
+                if "error" in created:
+                    raise created["error"]
+                done = admitted + queued >= args.runs and not creator.is_alive()
+                if done or elapsed > args.timeout:
                     break
                 time.sleep(2)
             done_s = time.monotonic() - t0
@@ -211,30 +277,33 @@ def main() -> int:
                 for k, v in apiserver_writes(http).items()
                 if v - writes_before.get(k, 0) > 0
             }
-        rss = vm_hwm_mb(op.pid)
+        rss = vm_hwm_mb(op.pid) if op is not None else None
         cpu = {p.name: cpu_seconds(p.pid) for p in cluster.running()}
-        cpu["operator"] = cpu_seconds(op.pid)
+        cpu["operator"] = cpu_seconds(actor)
         cpu = {k: round(v - cpu_before.get(k, 0.0), 1) for k, v in cpu.items()}
         passes = [
             line
-            for line in log_path.read_text().splitlines()
+            for line in (log_path.read_text().splitlines() if op is not None else [])
             if "accordion.controller: pass" in line
         ]
         result = {
             "benchmark": "operator_scale",
+            "mode": "floor: no operator, its writes made by the benchmark"
+            if args.floor
+            else "operator",
             "runs": args.runs,
             "nodes": args.nodes,
             "gpus_per_node": 8,
             "namespaces": args.namespaces,
             "cluster_up_seconds": round(up_s, 1),
-            "create_runs_seconds": round(create_s, 1),
+            "create_runs_seconds": round(created.get("s", float("nan")), 1),
             # every run admitted with its worker pod, or queued when the GPUs are all taken
             "all_admitted_with_pods_seconds": round(done_s, 1),
             "gpus": args.nodes * 8,
             "runs_admitted": admitted,
             "runs_queued": queued,
             "worker_pods": samples[-1][1],
-            "operator_peak_rss_mb": round(rss, 1),
+            "operator_peak_rss_mb": round(rss, 1) if rss is not None else None,
             "targets": {"seconds": 60, "rss_mb": 400, "at": "10000 runs x 1000 nodes"},
             "cpu_seconds_by_process": dict(sorted(cpu.items(), key=lambda kv: -kv[1])),
             "apiserver_writes": writes,
@@ -256,10 +325,10 @@ def main() -> int:
                 op.kill()
         cluster.down(purge=True)
     name = (
-        "operator_scale.json"
+        "operator_scale"
         if (args.runs, args.nodes) == (10_000, 1_000)
-        else (f"operator_scale-{args.runs}x{args.nodes}.json")
-    )
+        else (f"operator_scale-{args.runs}x{args.nodes}")
+    ) + ("-floor.json" if args.floor else ".json")
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     (OUT_DIR / name).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k not in ("progress",)}, indent=2))

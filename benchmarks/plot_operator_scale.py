@@ -27,9 +27,12 @@ def main() -> int:
         label = (
             f"{r['runs']:,} runs x {r['nodes']:,} nodes"
             f"{'' if r.get('monitoring') is False else ' (+ Prometheus)'}: "
-            f"{r['all_admitted_with_pods_seconds']:.0f} s, RSS {r['operator_peak_rss_mb']:.0f} MB"
+            f"{r['all_admitted_with_pods_seconds']:.0f} s"
         )
-        ax.plot(t, pods, marker=".", label=label)
+        if r["operator_peak_rss_mb"] is None:  # --floor: no operator
+            ax.plot(t, pods, linestyle="--", label=f"{label}, floor: the writes without operator")
+        else:
+            ax.plot(t, pods, marker=".", label=f"{label}, RSS {r['operator_peak_rss_mb']:.0f} MB")
     ax.axvline(60, color="grey", linestyle=":", label="target: 10,000 runs in 60 s")
     ax.set_xlabel("seconds since the first run was created")
     ax.set_ylabel("worker pods created")

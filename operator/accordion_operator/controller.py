@@ -22,7 +22,7 @@ from accordion_operator.allocator import RunRequest, decide_allocation
 from accordion_operator.api.common import ObjectMeta
 from accordion_operator.api.trainingrun import FINISHED_PHASES, REASON_PREEMPTED, TrainingRun
 from accordion_operator.config import Config
-from accordion_operator.kube import WATCHED, ClusterCache, Kube, ParsedRun
+from accordion_operator.kube import WATCHED, CachedRun, ClusterCache, Kube
 from accordion_operator.metrics import OperatorMetrics
 from accordion_operator.reconcile import (
     EXIT_REASONS,
@@ -33,9 +33,7 @@ from accordion_operator.reconcile import (
     check_run,
     decide_run,
     from_rfc3339,
-    run_request,
     to_rfc3339,
-    wants_gpus,
 )
 
 log = logging.getLogger("accordion.controller")
@@ -69,17 +67,14 @@ class Controller:
     _pod_info: dict[tuple[str, str], tuple[str, str, str]] = field(default_factory=dict)
     #: per run: the inputs of its last decision that had nothing to do (see reconcile_all)
     _settled: dict[str, tuple[object, ...]] = field(default_factory=dict)
-    #: per run: (resourceVersion, allocator request) so unchanged runs are not re-derived
-    _requests: dict[str, tuple[str, RunRequest]] = field(default_factory=dict)
+    #: per run not yet started: (resourceVersion and Secrets seen, check_run's verdict)
+    _checks: dict[str, tuple[object, tuple[str, str] | None]] = field(default_factory=dict)
     passes: int = 0
 
-    async def _secrets_for(self, run: TrainingRun, now: float) -> dict[str, SecretInfo | None]:
-        names = {run.spec.results.credentials_secret.name}
-        if run.spec.data is not None:
-            names.add(run.spec.data.credentials_secret.name)
+    async def _secrets_for(self, view: CachedRun, now: float) -> dict[str, SecretInfo | None]:
         out: dict[str, SecretInfo | None] = {}
-        for name in names:
-            key = (run.metadata.namespace, name)
+        for name in view.secret_names:
+            key = (view.namespace, name)
             hit = self.secrets.get(key)
             if hit is None or now - hit[0] > self.secret_ttl:
                 hit = (now, await self.kube.secret_keys(*key))
@@ -93,25 +88,22 @@ class Controller:
         now = self.clock()
         cache, cfg = self.cache, self.cfg
         invalid: dict[str, tuple[str, str] | None] = {}
-        runs: list[TrainingRun] = []
-        for parsed in list(cache.runs.values()):
-            run = parsed.run
-            if run is None:
-                continue
-            runs.append(run)
+        views = [v for v in list(cache.runs.values()) if v.invalid is None]
+        requests: list[RunRequest] = []
+        checks: dict[str, tuple[object, tuple[str, str] | None]] = {}
+        for v in views:
             # Checked only before the run starts: afterwards the pods already hold what they need.
-            if run.status.start_time is None and run.status.phase not in FINISHED_PHASES:
-                invalid[run.key] = check_run(run, await self._secrets_for(run, now), cfg)
-        requests = []
-        memo: dict[str, tuple[str, RunRequest]] = {}
-        for r in runs:
-            if wants_gpus(r) and invalid.get(r.key) is None:
-                hit = self._requests.get(r.key)
-                if hit is None or hit[0] != r.metadata.resource_version:
-                    hit = (r.metadata.resource_version, run_request(r))
-                memo[r.key] = hit
-                requests.append(hit[1])
-        self._requests = memo
+            if not v.started and v.phase not in FINISHED_PHASES:
+                secrets = await self._secrets_for(v, now)
+                seen = (v.resource_version, tuple(sorted(secrets.items())))
+                check = self._checks.get(v.key)
+                if check is None or check[0] != seen:
+                    check = (seen, check_run(v.model(), secrets, cfg))
+                checks[v.key] = check
+                invalid[v.key] = check[1]
+            if v.wants_gpus and v.request is not None and invalid.get(v.key) is None:
+                requests.append(v.request)
+        self._checks = checks
         alloc = decide_allocation(
             list(cache.nodes.values()),
             list(cache.gpu_pods.values()),
@@ -135,32 +127,34 @@ class Controller:
             batch.clear()
             act_s += time.perf_counter() - t
 
-        # highest priority first, so that under load its pods are created first
-        for run in sorted(
-            runs, key=lambda r: (-r.spec.priority, r.metadata.creation_timestamp or "")
-        ):
+        # Highest priority first, so that under load its pods are created first; within a
+        # priority, runs whose current spec was never acted on (new runs, `kubectl scale`) before
+        # the status refreshes of runs already decided: a burst of 10,000 arrivals otherwise
+        # waits behind thousands of "worker became ready" updates.
+        for v in sorted(views, key=lambda v: (-v.priority, v.decided, v.created)):
             t = time.perf_counter()
-            grant = alloc.grants.get(run.key)
-            pods = cache.pods_of(run.metadata.namespace, run.metadata.name)
+            grant = alloc.grants.get(v.key)
+            pods = cache.pods_of(v.namespace, v.name)
             inputs = (
-                run.metadata.resource_version,
+                v.resource_version,
                 tuple(sorted(pods, key=lambda p: p.name)),
                 grant,
-                invalid.get(run.key),
+                invalid.get(v.key),
             )
             # decide_run is a pure function of these inputs (and of time only when it asked to
             # be requeued): a run whose inputs did not change since its last no-op decision
             # needs no new one. This keeps a pass at 10,000 quiet runs cheap.
-            if self._settled.get(run.key) == inputs:
-                settled[run.key] = inputs
+            if self._settled.get(v.key) == inputs:
+                settled[v.key] = inputs
                 continue
+            run = v.model()
             plan = decide_run(
                 run,
-                Children(pods, auth_ready=run.metadata.uid in self.auth_done),
+                Children(pods, auth_ready=v.uid in self.auth_done),
                 grant.workers if grant else 0,
                 grant.reason if grant else "",
                 grant.message if grant else "",
-                invalid.get(run.key),
+                invalid.get(v.key),
                 cfg,
                 now,
             )
@@ -170,22 +164,22 @@ class Controller:
                 batch.append((run, plan))
                 acted += 1
             elif plan.requeue_after is None:
-                settled[run.key] = inputs
+                settled[v.key] = inputs
             decide_s += time.perf_counter() - t
             if len(batch) >= cfg.batch_runs:
                 await flush()
         await flush()
         self._settled = settled
         t = time.perf_counter()
-        for parsed in list(cache.runs.values()):
-            if parsed.run is None and parsed.invalid is not None:
-                await self._report_unparsable(parsed)
+        for view in list(cache.runs.values()):
+            if view.invalid is not None:
+                await self._report_unparsable(view)
         act_s += time.perf_counter() - t
         self.passes += 1
         if self.metrics is not None:
-            self._export_pass(runs, time.perf_counter() - t0)
+            self._export_pass(time.perf_counter() - t0)
         self.last = PassStats(
-            runs=len(runs),
+            runs=len(views),
             admitted=sum(1 for g in alloc.grants.values() if g.admitted),
             actions=acted,
             decide_seconds=decide_s,
@@ -193,22 +187,21 @@ class Controller:
         )
         return min(delays) if delays else None
 
-    def _export_pass(self, runs: list[TrainingRun], seconds: float) -> None:
+    def _export_pass(self, seconds: float) -> None:
         m = self.metrics
         assert m is not None
         phases: dict[tuple[str, str], int] = {}
         queued: dict[str, int] = {}
         seen: set[tuple[str, str]] = set()
-        for parsed in self.cache.runs.values():
-            run = parsed.run
-            if run is None:
+        for v in self.cache.runs.values():
+            if v.invalid is not None:
                 continue
-            ns, phase = run.metadata.namespace, run.status.phase or "Pending"
+            ns, phase = v.namespace, v.phase
             phases[(ns, phase)] = phases.get((ns, phase), 0) + 1
             queued.setdefault(ns, 0)
             if phase == "Queued":
                 queued[ns] += 1
-            seen.add((ns, run.metadata.name))
+            seen.add((ns, v.name))
         m.set_runs_by_phase(phases)
         m.set_queue_lengths(queued)
         m.declare_namespaces(queued)
@@ -226,9 +219,8 @@ class Controller:
         runs); only the pods that appeared, changed or went are touched."""
         pods: dict[tuple[str, str], tuple[str, str, str]] = {}
         for (ns, run), states in self.cache.run_pods.items():
-            parsed = self.cache.runs.get((ns, run))
-            labels = parsed.run.metadata.labels if parsed is not None and parsed.run else {}
-            experiment = labels.get(builders.LABEL_EXPERIMENT, "")
+            view = self.cache.runs.get((ns, run))
+            experiment = view.labels.get(builders.LABEL_EXPERIMENT, "") if view else ""
             for name, st in states.items():
                 pods[(ns, name)] = (run, experiment, st.role)
         for key in set(self._pod_info) - set(pods):
@@ -279,12 +271,13 @@ class Controller:
                 why = EXIT_REASONS.get(pod.exit_code or 0, "Other")
                 m.count_pod_failure(ns, name, role=pod.role, reason=why)
 
-    async def _report_unparsable(self, parsed: ParsedRun) -> None:
+    async def _report_unparsable(self, view: CachedRun) -> None:
         """A run whose spec the models reject (e.g. a hyperparameter that is an object)."""
-        meta = parsed.body.get("metadata") or {}
-        status = parsed.body.get("status") or {}
-        assert parsed.invalid is not None
-        reason, message = parsed.invalid
+        body = view.body()
+        meta = body.get("metadata") or {}
+        status = body.get("status") or {}
+        assert view.invalid is not None
+        reason, message = view.invalid
         conds = status.get("conditions") or []
         if any(c.get("type") == "Admitted" and c.get("reason") == reason for c in conds):
             return

@@ -246,9 +246,7 @@ class ExperimentController:
             ns, name, uid = meta.get("namespace", ""), meta.get("name", ""), meta.get("uid", "")
         key = (ns, name)
         try:
-            results = await asyncio.gather(
-                *(self.kube._call("POST", CR_VERSION, RUN_PLURAL, ns, obj) for obj in plan.create)
-            )
+            results = await asyncio.gather(*(self.kube.create(obj) for obj in plan.create))
             for obj, (code, data) in zip(plan.create, results, strict=True):
                 if code in (200, 201):
                     self.cache.apply("run", "ADDED", data, wake=False)

@@ -18,14 +18,23 @@ from typing import Any, Protocol
 
 import aiohttp
 import kr8s.asyncio
+import orjson
 
 from accordion_operator import builders
-from accordion_operator.allocator import Node, PodUse, Taint
+from accordion_operator.allocator import Node, PodUse, RunRequest, Taint
 from accordion_operator.api.common import API_VERSION, GROUP, VERSION, ObjectMeta
 from accordion_operator.api.trainingrun import KIND, PLURAL, TrainingRun
 from accordion_operator.config import Config
 from accordion_operator.metrics import OperatorMetrics
-from accordion_operator.reconcile import PodState, SecretInfo, parse_run, pod_state, to_rfc3339
+from accordion_operator.reconcile import (
+    PodState,
+    SecretInfo,
+    parse_run,
+    pod_state,
+    run_request,
+    to_rfc3339,
+    wants_gpus,
+)
 
 log = logging.getLogger("accordion.kube")
 CR_VERSION = f"{GROUP}/{VERSION}"
@@ -73,25 +82,119 @@ def object_key(body: Mapping[str, Any]) -> tuple[str, str]:
     return meta.get("namespace", ""), meta.get("name", "")
 
 
-def _without_history(body: Mapping[str, Any]) -> Mapping[str, Any]:
-    """The run without `status.training.history`: the run controller never reads it (the
-    Experiment controller keeps its own copies of trial runs), and 50 epochs of metrics are most
-    of a cached run's memory (34 KB of ~45 KB per run in an in-process replay of 10,000 runs)."""
-    training = (body.get("status") or {}).get("training")
-    if not isinstance(training, Mapping) or "history" not in training:
-        return body
-    slim = {k: v for k, v in training.items() if k != "history"}
-    return {**body, "status": {**body["status"], "training": slim}}
+#: the metadata keys the run model reads (no managedFields, annotations: a kubectl-applied run
+#: carries its whole spec again in last-applied-configuration)
+_META_KEYS = frozenset(f.alias or n for n, f in ObjectMeta.model_fields.items())
 
 
-@dataclass
-class ParsedRun:
-    #: the raw object, kept only when it does not parse (to report it)
-    body: dict[str, Any]
-    run: TrainingRun | None
+def _slim(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The run as the cache keeps it: without what the run controller never reads, i.e.
+    `status.training.history` (the Experiment controller keeps its own copies of trial runs; 50
+    epochs of metrics were 34 KB of ~45 KB per cached run) and metadata the model ignores."""
+    meta = body.get("metadata") or {}
+    slim = {**body, "metadata": {k: v for k, v in meta.items() if k in _META_KEYS}}
+    status = body.get("status")
+    training = status.get("training") if isinstance(status, Mapping) else None
+    if isinstance(training, Mapping) and "history" in training:
+        rest = {k: v for k, v in training.items() if k != "history"}
+        slim["status"] = {**status, "training": rest}  # type: ignore[dict-item]
+    return slim
+
+
+@dataclass(frozen=True, slots=True)
+class CachedRun:
+    """One TrainingRun as the cache holds it: the fields every controller pass reads, and the
+    object as compact JSON, parsed into the model only when a pass has to decide the run.
+
+    Why not the parsed model: a TrainingRun with its six conditions is ~17 KB of pydantic
+    objects and ~2 KB of JSON; at 10,000 runs that was 170 MB of the operator's memory
+    (`benchmarks/operator_memory`). A pass over settled runs needs only the summary fields;
+    parsing the JSON again costs ~45 us for the few runs whose inputs changed."""
+
+    namespace: str
+    name: str
+    rv: int
+    resource_version: str
+    uid: str
+    priority: int
+    created: str
+    phase: str
+    #: reconcile.wants_gpus of the model: takes part in allocation
+    wants_gpus: bool
+    #: status.startTime is set (input checks apply only before the run starts)
+    started: bool
+    #: status.observedGeneration is the current generation: the operator has acted on this spec
+    decided: bool
+    #: the allocator's input, derived once per version of the run
+    request: RunRequest | None
+    labels: Mapping[str, str]
+    #: names of the credentials Secrets the spec refers to
+    secret_names: tuple[str, ...]
+    #: the slimmed object, compact JSON
+    raw: bytes
     #: (reason, message) when the object does not parse (a value the schema lets through)
     invalid: tuple[str, str] | None
-    rv: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    def model(self) -> TrainingRun:
+        """The parsed run (only valid runs are ever parsed: `invalid` is None)."""
+        return TrainingRun.model_validate_json(self.raw)
+
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = orjson.loads(self.raw)
+        return body
+
+    @classmethod
+    def of(cls, body: Mapping[str, Any]) -> CachedRun:
+        slim = _slim(body)
+        # stdlib json, not orjson: orjson's bytes keep their 64 KB write buffer allocated
+        raw = json.dumps(slim, separators=(",", ":")).encode()
+        parsed = parse_run(slim)
+        if isinstance(parsed, TrainingRun):
+            meta, spec, st = parsed.metadata, parsed.spec, parsed.status
+            secrets = {spec.results.credentials_secret.name}
+            if spec.data is not None:
+                secrets.add(spec.data.credentials_secret.name)
+            return cls(
+                namespace=meta.namespace,
+                name=meta.name,
+                rv=_rv(body),
+                resource_version=meta.resource_version,
+                uid=meta.uid,
+                priority=spec.priority,
+                created=meta.creation_timestamp or "",
+                phase=st.phase or "Pending",
+                wants_gpus=wants_gpus(parsed),
+                started=st.start_time is not None,
+                decided=st.observed_generation == meta.generation,
+                request=run_request(parsed),
+                labels=meta.labels,
+                secret_names=tuple(sorted(secrets)),
+                raw=raw,
+                invalid=None,
+            )
+        meta = slim["metadata"]
+        return cls(
+            namespace=meta.get("namespace", ""),
+            name=meta.get("name", ""),
+            rv=_rv(body),
+            resource_version=str(meta.get("resourceVersion", "")),
+            uid=str(meta.get("uid", "")),
+            priority=0,
+            created=str(meta.get("creationTimestamp", "")),
+            phase=str((slim.get("status") or {}).get("phase") or "Pending"),
+            wants_gpus=False,
+            started=False,
+            decided=False,
+            request=None,
+            labels={},
+            secret_names=(),
+            raw=raw,
+            invalid=parsed,
+        )
 
 
 @dataclass
@@ -99,7 +202,7 @@ class ClusterCache:
     """What the controller knows about runs, their pods, all GPU pods and the nodes."""
 
     cfg: Config
-    runs: dict[tuple[str, str], ParsedRun] = field(default_factory=dict)
+    runs: dict[tuple[str, str], CachedRun] = field(default_factory=dict)
     #: Accordion pods by (namespace, run) -> name -> state
     run_pods: dict[tuple[str, str], dict[str, PodState]] = field(default_factory=dict)
     #: every bound, non-terminal GPU pod: (namespace, name) -> use
@@ -141,11 +244,7 @@ class ClusterCache:
             return
         if old is not None and rv and rv < old.rv:
             return  # an older copy than the one we hold (e.g. a LIST racing our own patch)
-        parsed = parse_run(_without_history(body))
-        if isinstance(parsed, TrainingRun):
-            self.runs[key] = ParsedRun({}, parsed, None, rv)  # the model is all we need
-        else:
-            self.runs[key] = ParsedRun(dict(body), None, parsed, rv)
+        self.runs[key] = CachedRun.of(body)
 
     def _apply_pod(self, body: Mapping[str, Any], deleted: bool) -> None:
         meta = body.get("metadata") or {}
@@ -393,7 +492,7 @@ class Kube:
     ) -> tuple[int, dict[str, Any]]:
         kwargs: dict[str, Any] = {}
         if body is not None:
-            kwargs["data"] = json.dumps(body)
+            kwargs["data"] = orjson.dumps(body)
             kwargs["headers"] = {"content-type": content_type}
         if params:
             kwargs["params"] = dict(params)
@@ -413,8 +512,8 @@ class Kube:
         if code >= 400 and code not in (404, 409):
             self._count_error(method, url, code)
         try:
-            data = json.loads(raw)
-        except ValueError:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError:
             data = {"message": raw.decode(errors="replace")[:1024]}
         return code, data if isinstance(data, dict) else {}
 
@@ -522,7 +621,7 @@ class Kube:
                             await self.http.session(renew=True)
                         raise RuntimeError(f"WATCH {plural}: {resp.status} {text[:200]}")
                     async for line in _lines(resp.content):
-                        event = json.loads(line)
+                        event = orjson.loads(line)
                         etype, obj = event.get("type"), event.get("object") or {}
                         if etype == "ERROR":
                             rv = ""  # e.g. 410 Gone: too old, re-LIST
@@ -565,6 +664,7 @@ class Kube:
             "Role": "roles",
             "RoleBinding": "rolebindings",
             "Event": "events",
+            KIND: PLURAL,
         }[obj["kind"]]
         return await self._call("POST", version, plural, obj["metadata"]["namespace"], obj)
 

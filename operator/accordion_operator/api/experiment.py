@@ -289,7 +289,7 @@ class ExperimentStatus(ApiModel):
 class Experiment(ApiModel):
     metadata: ObjectMeta
     spec: ExperimentSpec
-    status: ExperimentStatus = ExperimentStatus()
+    status: ExperimentStatus = Field(default_factory=ExperimentStatus)  # see TrainingRun.status
 
     @property
     def key(self) -> str:

@@ -391,7 +391,9 @@ class TrainingRun(ApiModel):
 
     metadata: ObjectMeta
     spec: TrainingRunSpec
-    status: TrainingRunStatus = TrainingRunStatus()
+    # a factory, not a shared default instance: pydantic deep-copies an unhashable default
+    # (a status holds lists) on every parse of a run that has no status yet
+    status: TrainingRunStatus = Field(default_factory=TrainingRunStatus)
 
     @property
     def key(self) -> str:

@@ -71,8 +71,7 @@ def test_pass_exports_capacity_pod_info_and_namespace_counters() -> None:
     cache.apply("pod", "ADDED", pod("mnist-worker-0", "mnist", "worker"))
     cache.apply("pod", "ADDED", pod("mnist-launcher", "mnist", "launcher"))
     cache.apply("pod", "ADDED", pod("sweep-000-worker-0", "sweep-000", "worker"))
-    runs = [p.run for p in cache.runs.values() if p.run is not None]
-    ctl._export_pass(runs, 0.01)
+    ctl._export_pass(0.01)
     text = generate_latest(m.registry).decode()
     assert "accordion_cluster_gpus_capacity 8.0" in text
     assert 'accordion_preemptions_total{namespace="team-a",reason="HigherPriority"} 0.0' in text
@@ -87,7 +86,7 @@ def test_pass_exports_capacity_pod_info_and_namespace_counters() -> None:
     # a pod goes, a node is uncordoned: the next pass follows
     cache.apply("pod", "DELETED", pod("mnist-worker-0", "mnist", "worker", rv="6"))
     cache.apply("node", "MODIFIED", node("n2", 4))
-    ctl._export_pass(runs, 0.01)
+    ctl._export_pass(0.01)
     assert [i["pod"] for i in _info(m)] == ["mnist-launcher", "sweep-000-worker-0"]
     assert "accordion_cluster_gpus_capacity 12.0" in generate_latest(m.registry).decode()
 

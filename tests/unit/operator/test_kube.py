@@ -66,9 +66,7 @@ def test_older_copies_do_not_overwrite_newer_ones() -> None:
     cache.apply(
         "run", "MODIFIED", make_body(metadata={"resourceVersion": "3"}, spec={"priority": 9})
     )
-    parsed = cache.runs[("team-a", "mnist")]
-    assert parsed.run is not None
-    assert parsed.run.spec.priority == 0
+    assert cache.runs[("team-a", "mnist")].model().spec.priority == 0
 
 
 def test_a_list_forgets_what_is_gone_in_its_namespace_only() -> None:
@@ -85,10 +83,12 @@ def test_a_list_forgets_what_is_gone_in_its_namespace_only() -> None:
 def test_unparsable_runs_are_kept_with_the_reason() -> None:
     cache = ClusterCache(Config())
     cache.apply("run", "ADDED", make_body(spec={"hyperparameters": {"x": [1, 2]}}))
-    parsed = cache.runs[("team-a", "mnist")]
-    assert parsed.run is None
-    assert parsed.invalid is not None
-    assert parsed.invalid[0] == "InvalidHyperparameters"
+    cached = cache.runs[("team-a", "mnist")]
+    assert cached.invalid is not None
+    assert cached.invalid[0] == "InvalidHyperparameters"
+    assert not cached.wants_gpus
+    # the object is kept to report on it
+    assert cached.body()["spec"]["hyperparameters"] == {"x": [1, 2]}
 
 
 def test_node_from() -> None:
@@ -124,21 +124,63 @@ def test_our_delete_response_after_the_watch_deleted_event_does_not_resurrect_th
     assert [p.phase for p in cache.pods_of("team-a", "mnist")] == ["Running"]
 
 
-def test_cached_runs_leave_out_the_epoch_history() -> None:
-    """The run controller never reads `status.training.history`; it is most of a run's memory."""
+def test_cached_runs_leave_out_the_epoch_history_and_unread_metadata() -> None:
+    """The run controller never reads `status.training.history`; it is most of a run's memory.
+    kubectl's last-applied-configuration and managedFields repeat the spec."""
     history = [{"epoch": e, "metrics": {"val_accuracy": 0.9}} for e in range(1, 51)]
     body = make_body(
+        metadata={
+            "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{...}" * 100},
+            "managedFields": [{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}],
+        },
         status={
             "phase": "Running",
             "training": {"epoch": 50, "rank0Pod": "mnist-worker-0", "history": history},
-        }
+        },
     )
     cache = ClusterCache(Config())
     cache.apply("run", "ADDED", body)
-    (parsed,) = cache.runs.values()
-    assert parsed.run is not None
-    training = parsed.run.status.training
+    (cached,) = cache.runs.values()
+    assert len(cached.raw) < 1000
+    assert b"last-applied" not in cached.raw
+    assert b"managedFields" not in cached.raw
+    training = cached.model().status.training
     assert training is not None
     assert training.history == []
     assert (training.epoch, training.rank0_pod) == (50, "mnist-worker-0")
     assert len(body["status"]["training"]["history"]) == 50  # the event's body is not changed
+
+
+def test_cached_run_summary_agrees_with_the_model() -> None:
+    """A pass over settled runs reads only the summary: it must say what the model says."""
+    from accordion_operator.kube import CachedRun
+    from accordion_operator.reconcile import run_request, wants_gpus
+
+    data = {"endpoint": "minio:9000", "bucket": "data", "credentialsSecret": {"name": "data-s3"}}
+    cases = [
+        make_body(),
+        make_body(spec={"suspend": True, "priority": 7, "data": data}),
+        make_body(status={"phase": "Succeeded", "startTime": "2026-01-01T00:01:00Z"}),
+        make_body(metadata={"deletionTimestamp": "2026-01-01T00:02:00Z", "labels": {"a": "b"}}),
+    ]
+    for body in cases:
+        cached = CachedRun.of(body)
+        run = cached.model()
+        assert cached.invalid is None
+        assert cached.key == run.key
+        assert cached.wants_gpus == wants_gpus(run)
+        assert cached.started == (run.status.start_time is not None)
+        assert (cached.priority, cached.created, cached.uid) == (
+            run.spec.priority,
+            run.metadata.creation_timestamp,
+            run.metadata.uid,
+        )
+        assert cached.labels == run.metadata.labels
+        assert cached.request == run_request(run)
+        assert not cached.decided
+    assert CachedRun.of(cases[1]).secret_names == ("data-s3", "s3")
+    assert [CachedRun.of(b).wants_gpus for b in cases] == [True, False, False, False]
+    acted_on = make_body(metadata={"generation": 3}, status={"observedGeneration": 3})
+    assert CachedRun.of(acted_on).decided
+    rescaled = make_body(metadata={"generation": 4}, status={"observedGeneration": 3})
+    assert not CachedRun.of(rescaled).decided

@@ -1,0 +1,129 @@
+"""Whole controller passes over the cache against an in-memory apiserver: what a pass acts on,
+in which order, and that settled runs cost no parsing (no cluster; the real apiserver is in
+tests/cluster)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from merge_patch import merge
+from trainingrun_factory import make_body
+
+from accordion_operator.config import Config
+from accordion_operator.controller import Controller
+from accordion_operator.kube import CachedRun, ClusterCache
+from accordion_operator.reconcile import SecretInfo
+
+
+def node(name: str, gpus: int) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name},
+        "spec": {},
+        "status": {
+            "allocatable": {"nvidia.com/gpu": str(gpus)},
+            "conditions": [{"type": "Ready", "status": "True"}],
+        },
+    }
+
+
+class Apiserver:
+    """Keeps the runs, answers writes like the apiserver (new resourceVersion each time) and
+    records them in order; pods it creates are bound, Running and Ready at once."""
+
+    def __init__(self, cache: ClusterCache) -> None:
+        self.cache = cache
+        self.runs: dict[str, dict[str, Any]] = {}
+        self.writes: list[tuple[str, str]] = []
+        self.rv = 100
+
+    def _next_rv(self) -> str:
+        self.rv += 1
+        return str(self.rv)
+
+    def add_run(self, name: str, created: str) -> None:
+        body = make_body(
+            metadata={"name": name, "uid": f"uid-{name}", "creationTimestamp": created},
+            spec={"workers": {"min": 1, "max": 1}},
+        )
+        body["metadata"]["resourceVersion"] = self._next_rv()
+        self.runs[name] = body
+        self.cache.apply("run", "ADDED", body)
+
+    async def secret_keys(self, namespace: str, name: str) -> SecretInfo:
+        return SecretInfo(frozenset({"accessKey", "secretKey"}))
+
+    async def create(self, obj: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        meta = {**obj["metadata"], "resourceVersion": self._next_rv()}
+        self.writes.append(
+            (f"create {obj['kind']}", meta.get("labels", {}).get("accordion.dev/run", ""))
+        )
+        if obj["kind"] == "Pod":
+            ready = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
+            obj = {**obj, "spec": {**obj["spec"], "nodeName": "n1"}, "status": ready}
+        return 201, {**obj, "metadata": meta}
+
+    async def patch_run_status(
+        self, namespace: str, name: str, patch: dict[str, Any]
+    ) -> tuple[int, dict[str, Any]]:
+        self.writes.append(("status", name))
+        body = merge(self.runs[name], {"status": patch})
+        body["metadata"]["resourceVersion"] = self._next_rv()
+        self.runs[name] = body
+        return 200, body
+
+    async def event(self, *_: Any) -> None:
+        return None
+
+
+@pytest.fixture
+def cluster() -> tuple[Controller, Apiserver]:
+    cfg = Config(batch_runs=1)  # one run at a time: the order of the writes is the pass's order
+    cache = ClusterCache(cfg)
+    cache.apply("node", "ADDED", node("n1", 8))
+    api = Apiserver(cache)
+    return Controller(cfg, api, cache), api  # type: ignore[arg-type]
+
+
+async def test_new_runs_are_acted_on_before_status_refreshes_of_older_ones(
+    cluster: tuple[Controller, Apiserver],
+) -> None:
+    ctl, api = cluster
+    api.add_run("old", "2026-01-01T00:00:00Z")
+    await ctl.reconcile_all()  # admits "old" and creates its pods, which are Ready at once
+    api.writes.clear()
+    # a status refresh of "old" is due (its workers are ready), and a newer run arrived
+    api.add_run("new", "2026-01-01T00:05:00Z")
+    await ctl.reconcile_all()
+    acted = [run for _, run in api.writes]
+    assert acted[0] == "new"
+    assert acted[-1] == "old"
+    assert ("status", "old") in api.writes
+
+
+async def test_a_pass_over_settled_runs_parses_none_of_them(
+    cluster: tuple[Controller, Apiserver], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ctl, api = cluster
+    for i in range(5):
+        api.add_run(f"r{i}", f"2026-01-01T00:0{i}:00Z")
+    for _ in range(4):  # admit, create pods, take in the responses, settle
+        await ctl.reconcile_all()
+    assert ctl.last.actions == 0
+    parsed: list[str] = []
+    real = CachedRun.model
+
+    def counting(self: CachedRun) -> Any:
+        parsed.append(self.name)
+        return real(self)
+
+    monkeypatch.setattr(CachedRun, "model", counting)
+    await ctl.reconcile_all()
+    assert parsed == []
+    assert ctl.last.admitted == 5
+    # one run changes: only it is parsed again
+    api.runs["r3"]["spec"]["priority"] = 5
+    api.runs["r3"]["metadata"]["resourceVersion"] = api._next_rv()
+    ctl.cache.apply("run", "MODIFIED", api.runs["r3"])
+    await ctl.reconcile_all()
+    assert set(parsed) == {"r3"}
