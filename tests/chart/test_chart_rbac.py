@@ -23,6 +23,8 @@ import pytest
 from chartkit import Obj, find, one, render
 
 from accordion_operator import builders, kube
+from accordion_operator.api.common import GROUP
+from accordion_operator.api.trainingrun import KIND as RUN_KIND
 from accordion_operator.api.trainingrun import TrainingRun
 
 Perm = tuple[str, str, str]  # (apiGroup, resource, verb)
@@ -34,7 +36,11 @@ FRAMEWORK: set[Perm] = {
 }
 CLUSTER_SCOPED = {"nodes", "customresourcedefinitions"}
 HTTP_VERB = {"GET": "get", "POST": "create", "DELETE": "delete", "PATCH": "patch", "PUT": "update"}
-KIND_GROUP = {"Role": "rbac.authorization.k8s.io", "RoleBinding": "rbac.authorization.k8s.io"}
+KIND_GROUP = {
+    "Role": "rbac.authorization.k8s.io",
+    "RoleBinding": "rbac.authorization.k8s.io",
+    RUN_KIND: GROUP,  # the Experiment controller's trials
+}
 
 
 def _group(version: str) -> str:

@@ -430,7 +430,7 @@ def launcher_env(env: Mapping[str, str], bindir: Path) -> dict[str, str]:
 
 
 def cmd_launcher(_: argparse.Namespace) -> int:
-    from .standalone import horovodrun_argv, write_executable
+    from .standalone import horovodrun_argv, start_horovodrun, stop_horovodrun, write_executable
 
     env = dict(os.environ)
     min_np = int(env.get("ACCORDION_MIN_WORKERS", "1"))
@@ -454,15 +454,7 @@ def cmd_launcher(_: argparse.Namespace) -> int:
     reporter = Reporter(status_sender(env))
     error: TrainerError | None = None
     print(f"[launcher] {' '.join(argv)}", flush=True)
-    proc = subprocess.Popen(
-        argv,
-        env=launcher_env(env, bindir),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        bufsize=1,
-        cwd=work,
-    )
+    proc = start_horovodrun(argv, launcher_env(env, bindir), work)
 
     def stop(signum: int, _frame: Any) -> None:
         proc.send_signal(signal.SIGTERM)
@@ -480,7 +472,7 @@ def cmd_launcher(_: argparse.Namespace) -> int:
             if error is not None:
                 # The contract's reasons are not transient (bad data, bad model): every worker
                 # would hit them again, so stop instead of letting horovod retry until timeout.
-                proc.terminate()
+                stop_horovodrun(proc)
     rc = proc.wait()
     poller.stop()
     reporter.flush()

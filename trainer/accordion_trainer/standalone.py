@@ -10,9 +10,12 @@ edit it while a run is going to add or remove workers, exactly as the operator d
 from __future__ import annotations
 
 import os
+import signal
 import stat
 import subprocess
 import sys
+import threading
+from contextlib import suppress
 from pathlib import Path
 
 from .errors import parse_error_line
@@ -89,6 +92,39 @@ def horovodrun_argv(
     return argv
 
 
+def start_horovodrun(argv: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
+    """horovodrun with its output on a pipe, in a process group of its own (see stop_horovodrun)."""
+    return subprocess.Popen(
+        argv,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+        cwd=cwd,
+        start_new_session=True,
+    )
+
+
+def stop_horovodrun(proc: subprocess.Popen[str], grace: float = 15.0) -> None:
+    """SIGTERM horovodrun; SIGKILL its whole process group if it is still there after `grace`.
+
+    Why the group kill: horovod's elastic driver can hang after logging "failure count == 1 ->
+    stop running" (seen in CI: a worker had exited with a contract error, the driver never did),
+    and its workers hold our end of the output pipe open: the launcher would wait forever
+    instead of reporting the error."""
+    proc.terminate()
+
+    def kill() -> None:
+        if proc.poll() is None:
+            with suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+
+    timer = threading.Timer(grace, kill)
+    timer.daemon = True
+    timer.start()
+
+
 def run(
     np: int,
     work: Path,
@@ -111,21 +147,14 @@ def run(
     argv = horovodrun_argv(np, min_np, max_np, discovery, "lo")
     out = log_file.open("a") if log_file else None
     try:
-        proc = subprocess.Popen(
-            argv,
-            env=full_env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            bufsize=1,
-            cwd=work,
-        )
+        proc = start_horovodrun(argv, full_env, work)
         assert proc.stdout is not None
         error = None
         for line in proc.stdout:
-            error = error or parse_error_line(line)
-            if error is not None and proc.poll() is None:
-                proc.terminate()  # a contract reason (bad data/model) is not worth retrying
+            if error is None:
+                error = parse_error_line(line)
+                if error is not None:
+                    stop_horovodrun(proc)  # a contract reason (bad data/model): no retrying
             sys.stdout.write(line)
             sys.stdout.flush()
             if out:
