@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from accordion_dev.cluster import Cluster, ClusterConfig, free_port_block
+from accordion_dev.playact import finish_run
 from accordion_dev.polling import poll
 from benchmarks._common import start_operator
 
@@ -64,49 +65,8 @@ def experiment(runs: int) -> dict[str, Any]:
 
 
 def finish(cluster: Cluster, run: str, value: float) -> None:
-    """Play the launcher (progress into status.training) and the kubelet (launcher exits 0)."""
-    pod_url = f"/api/v1/namespaces/{NS}/pods/{run}-launcher"
     with cluster.http() as http:
-
-        def running() -> bool:
-            r = http.get(pod_url)
-            return r.status_code == 200 and r.json()["status"].get("phase") == "Running"
-
-        poll(
-            running,
-            60,
-            f"{run}-launcher to run",
-            every=0.05,
-        )
-        history = [
-            {"epoch": e, "metrics": {"val_accuracy": value - 0.1 * (3 - e)}} for e in (1, 2, 3)
-        ]
-        training = {"epoch": 3, "metrics": {"val_accuracy": value}, "history": history}
-        http.patch(
-            f"{GROUP}/trainingruns/{run}/status",
-            json={"status": {"training": training}},
-            headers={"content-type": "application/merge-patch+json"},
-        ).raise_for_status()
-        pod = http.get(pod_url).json()
-        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        done = {"exitCode": 0, "reason": "Completed", "startedAt": now, "finishedAt": now}
-        statuses = [
-            {
-                "name": c["name"],
-                "image": c["image"],
-                "imageID": "",
-                "ready": False,
-                "restartCount": 0,
-                "started": False,
-                "state": {"terminated": done},
-            }
-            for c in pod["spec"]["containers"]
-        ]
-        http.patch(
-            pod_url + "/status",
-            json={"status": {"phase": "Succeeded", "containerStatuses": statuses}},
-            headers={"content-type": "application/merge-patch+json"},
-        ).raise_for_status()
+        finish_run(http, NS, run, [value - 0.2, value - 0.1, value], timeout=60, every=0.05)
 
 
 def main() -> int:

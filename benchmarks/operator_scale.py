@@ -23,16 +23,19 @@ import os
 import platform
 import re
 import ssl
+import statistics
 import subprocess
 import tempfile
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from accordion_dev.cluster import Cluster, ClusterConfig, free_port_block
+from accordion_dev.playact import run_body
 from accordion_operator.api.trainingrun import REASON_GANG_ADMITTED, REASON_QUEUED, TrainingRun
 from accordion_operator.config import Config
 from accordion_operator.controller import Controller
@@ -44,24 +47,6 @@ REPO = Path(__file__).resolve().parents[1]
 OUT_DIR = REPO / "benchmarks" / "results"
 TR = "/apis/accordion.dev/v1alpha1/namespaces/{ns}/trainingruns"
 META_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
-
-
-def run_body(name: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "accordion.dev/v1alpha1",
-        "kind": "TrainingRun",
-        "metadata": {"name": name},
-        "spec": {
-            "model": {"builtin": "mnist-cnn"},
-            "results": {
-                "endpoint": "minio.local:9000",
-                "bucket": "results",
-                "credentialsSecret": {"name": "s3"},
-            },
-            "workers": {"min": 1, "max": 1, "gpusPerWorker": 1},
-            "tolerations": [{"operator": "Exists"}],
-        },
-    }
 
 
 async def create_runs(cluster: Cluster, namespaces: list[str], runs: int, conc: int) -> float:
@@ -134,17 +119,36 @@ def count_workers(http: httpx.Client) -> int:
     return len(r.json().get("items") or [])
 
 
-def count_decided(http: httpx.Client) -> tuple[int, int]:
-    """(admitted, queued): runs whose Admitted condition is True, and those waiting for GPUs."""
+def count_decided(http: httpx.Client) -> tuple[int, int, list[float]]:
+    """(admitted, queued, decision delays): runs whose Admitted condition is True, those waiting
+    for GPUs, and for each decided run the seconds from its creation to that decision (the
+    condition's lastTransitionTime; whole seconds, as the apiserver writes timestamps)."""
     r = http.get("/apis/accordion.dev/v1alpha1/trainingruns", params={"resourceVersion": "0"})
     r.raise_for_status()
     admitted = queued = 0
+    delays = []
     for it in r.json()["items"]:
         for c in (it.get("status") or {}).get("conditions") or []:
             if c["type"] == "Admitted":
-                admitted += c["status"] == "True"
-                queued += c["status"] == "False" and c.get("reason") == "WaitingForGPUs"
-    return admitted, queued
+                ok = c["status"] == "True"
+                waits = c["status"] == "False" and c.get("reason") == "WaitingForGPUs"
+                admitted += ok
+                queued += waits
+                if ok or waits:
+                    created = it["metadata"]["creationTimestamp"]
+                    delays.append(_epoch(c["lastTransitionTime"]) - _epoch(created))
+    return admitted, queued, delays
+
+
+def _epoch(ts: str) -> float:
+    return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    q = statistics.quantiles(values, n=100, method="inclusive")
+    return {"p50": q[49], "p90": q[89], "p99": q[98], "max": max(values)}
 
 
 def vm_hwm_mb(pid: int) -> float:
@@ -181,6 +185,7 @@ def main() -> int:
     ap.add_argument("--namespaces", type=int, default=10)
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--timeout", type=float, default=900)
+    ap.add_argument("--suffix", default="", help="appended to the result file's name")
     ap.add_argument(
         "--floor",
         action="store_true",
@@ -256,6 +261,7 @@ def main() -> int:
         fits = min(args.runs, args.nodes * 8)
         samples: list[tuple[float, int]] = []
         admitted = queued = 0
+        delays: list[float] = []
         with cluster.http(timeout=120) as http:
             while True:
                 n = count_workers(http)
@@ -263,7 +269,7 @@ def main() -> int:
                 samples.append((round(elapsed, 1), n))
                 print(f"[bench] t={elapsed:6.1f} s worker pods {n}/{fits}", flush=True)
                 if n >= fits:
-                    admitted, queued = count_decided(http)
+                    admitted, queued, delays = count_decided(http)
                     print(f"[bench] admitted {admitted}, queued {queued}", flush=True)
                 if "error" in created:
                     raise created["error"]
@@ -302,6 +308,8 @@ def main() -> int:
             "gpus": args.nodes * 8,
             "runs_admitted": admitted,
             "runs_queued": queued,
+            # from a run's creation to its first decision (admitted, or queued for GPUs)
+            "decision_delay_seconds": percentiles(delays),
             "worker_pods": samples[-1][1],
             "operator_peak_rss_mb": round(rss, 1) if rss is not None else None,
             "targets": {"seconds": 60, "rss_mb": 400, "at": "10000 runs x 1000 nodes"},
@@ -312,6 +320,8 @@ def main() -> int:
             "operator_passes_tail": passes[-8:],
             "python": platform.python_version(),
             "monitoring": False,
+            # operator settings changed from their defaults through the environment
+            "operator_env": {k: v for k, v in os.environ.items() if k.startswith("ACCORDION_")},
             "machine": "shared 2-core VM: apiserver, etcd, scheduler, kwok and the operator on "
             "the same 2 cores",
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -328,7 +338,7 @@ def main() -> int:
         "operator_scale"
         if (args.runs, args.nodes) == (10_000, 1_000)
         else (f"operator_scale-{args.runs}x{args.nodes}")
-    ) + ("-floor.json" if args.floor else ".json")
+    ) + ("-floor.json" if args.floor else args.suffix + ".json")
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     (OUT_DIR / name).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k not in ("progress",)}, indent=2))

@@ -29,6 +29,8 @@ def main() -> int:
             f"{'' if r.get('monitoring') is False else ' (+ Prometheus)'}: "
             f"{r['all_admitted_with_pods_seconds']:.0f} s"
         )
+        for k, v in r.get("operator_env", {}).items():
+            label += f" ({k}={v})"
         if r["operator_peak_rss_mb"] is None:  # --floor: no operator
             ax.plot(t, pods, linestyle="--", label=f"{label}, floor: the writes without operator")
         else:

@@ -41,6 +41,10 @@ class Config:
     max_concurrent_requests: int = 32
     #: Runs acted on together within a pass (bounds a pass's memory; first pods start sooner).
     batch_runs: int = 200
+    #: Seconds a pass may act (and at least 4 times its fixed cost) before it ends early for runs
+    #: created since it began (the next pass starts at once and decides new runs before status
+    #: refreshes); 0 = never.
+    pass_yield_seconds: float = 5.0
     #: Seconds between full re-lists of runs, pods and nodes (repairs a missed watch event).
     relist_seconds: float = 300.0
     #: SSH port the workers serve (contract: ACCORDION_SSH_PORT).

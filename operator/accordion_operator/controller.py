@@ -46,6 +46,8 @@ class PassStats:
     actions: int = 0
     decide_seconds: float = 0.0
     act_seconds: float = 0.0
+    #: the pass ended early for runs created while it acted (cfg.pass_yield_seconds)
+    yielded: bool = False
 
 
 @dataclass
@@ -115,7 +117,7 @@ class Controller:
         batch: list[tuple[TrainingRun, Plan]] = []
         delays: list[float] = []
         acted = 0
-        decide_s = time.perf_counter() - t0
+        decide_s = overhead = time.perf_counter() - t0
         act_s = 0.0
 
         async def flush() -> None:
@@ -131,7 +133,9 @@ class Controller:
         # priority, runs whose current spec was never acted on (new runs, `kubectl scale`) before
         # the status refreshes of runs already decided: a burst of 10,000 arrivals otherwise
         # waits behind thousands of "worker became ready" updates.
-        for v in sorted(views, key=lambda v: (-v.priority, v.decided, v.created)):
+        ordered = sorted(views, key=lambda v: (-v.priority, v.decided, v.created))
+        arrivals, yielded = cache.arrivals, False
+        for i, v in enumerate(ordered):
             t = time.perf_counter()
             grant = alloc.grants.get(v.key)
             pods = cache.pods_of(v.namespace, v.name)
@@ -168,6 +172,15 @@ class Controller:
             decide_s += time.perf_counter() - t
             if len(batch) >= cfg.batch_runs:
                 await flush()
+                if self._yield_now(act_s, overhead, arrivals):
+                    # The rest keep their settled state and are decided next pass, with the
+                    # newcomers (in creation order, before any status refresh).
+                    for rest in ordered[i + 1 :]:
+                        if rest.key in self._settled:
+                            settled[rest.key] = self._settled[rest.key]
+                    yielded = True
+                    delays.append(0.0)
+                    break
         await flush()
         self._settled = settled
         t = time.perf_counter()
@@ -184,8 +197,19 @@ class Controller:
             actions=acted,
             decide_seconds=decide_s,
             act_seconds=act_s,
+            yielded=yielded,
         )
         return min(delays) if delays else None
+
+    def _yield_now(self, acted: float, overhead: float, arrivals: int) -> bool:
+        """Whether a pass should end early: runs were created since it began (`arrivals` was
+        the count then) and it has acted for `pass_yield_seconds`, and for at least 4 times its
+        own fixed cost (`overhead`: checks and allocation over all runs, which the next pass
+        pays again). A pass over 10,000 new runs acts for minutes on a busy apiserver, and runs
+        created during it would wait until it ends; yielding after every batch, though, spent
+        a third of the operator's time re-deciding (benchmarks, docs/trainingrun.md)."""
+        limit = self.cfg.pass_yield_seconds
+        return limit > 0 and acted >= max(limit, 4 * overhead) and self.cache.arrivals != arrivals
 
     def _export_pass(self, seconds: float) -> None:
         m = self.metrics
@@ -397,13 +421,14 @@ class Controller:
                 s = self.last
                 if s.actions:
                     log.info(
-                        "pass %d: %d runs, %d admitted, %d acted on; decide %.3f s, act %.3f s",
+                        "pass %d: %d runs, %d admitted, %d acted on; decide %.3f s, act %.3f s%s",
                         self.passes,
                         s.runs,
                         s.admitted,
                         s.actions,
                         s.decide_seconds,
                         s.act_seconds,
+                        "; yielded to runs created meanwhile" if s.yielded else "",
                     )
             except Exception:
                 log.exception("controller pass failed; retrying")

@@ -216,6 +216,8 @@ class ClusterCache:
     dirty: asyncio.Event = field(default_factory=asyncio.Event)
     #: (kind, namespace or "") whose initial LIST has been loaded
     synced: set[tuple[str, str]] = field(default_factory=set)
+    #: runs seen for the first time so far (a long pass yields to new arrivals)
+    arrivals: int = 0
 
     # --- feeding -----------------------------------------------------------------------------
 
@@ -242,6 +244,8 @@ class ClusterCache:
         if deleted:
             self.runs.pop(key, None)
             return
+        if old is None:
+            self.arrivals += 1
         if old is not None and rv and rv < old.rv:
             return  # an older copy than the one we hold (e.g. a LIST racing our own patch)
         self.runs[key] = CachedRun.of(body)

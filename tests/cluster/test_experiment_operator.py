@@ -10,9 +10,10 @@ from typing import Any
 
 import yaml
 from experiment_support import ExpApi, exp_api, exp_operator, experiment_crd
-from trainingrun_support import TOLERATE_ALL, Operator, trainingrun_crd
+from trainingrun_support import Operator, trainingrun_crd
 
 from accordion_dev.cluster import Cluster
+from accordion_dev.playact import TOLERATE_ALL, finish_run
 from accordion_dev.polling import poll
 from accordion_operator.api.experiment import Experiment
 from accordion_operator.search import build_study, suggest
@@ -54,53 +55,8 @@ def score(run: dict[str, Any]) -> float:
 
 
 def succeed(api: ExpApi, run: dict[str, Any], value: float) -> None:
-    """Play the trainer and the kubelet: rank 0 reports its epochs into status.training (as the
-    launcher does), then the launcher pod ends with exit code 0; the run controller marks the
-    run Succeeded itself. (Patching status.phase directly would race with the run controller,
-    which owns it.)"""
-    name = run["metadata"]["name"]
-    pod_url = f"/api/v1/namespaces/{api.ns}/pods/{name}-launcher"
-
-    def launcher_running() -> bool:
-        r = api.http.get(pod_url)
-        return r.status_code == 200 and r.json().get("status", {}).get("phase") == "Running"
-
-    poll(launcher_running, 30, what=f"{name}-launcher to run")
-    curve = [value - 0.2, value - 0.1, value]
-    api.patch_run_status(
-        name,
-        {
-            "training": {
-                "epoch": 3,
-                "metrics": {"val_accuracy": value},
-                "history": [
-                    {"epoch": i + 1, "metrics": {"val_accuracy": v}} for i, v in enumerate(curve)
-                ],
-                "resultsURI": f"s3://results/{name}",
-            },
-        },
-    )
-    pod = api.http.get(pod_url).json()
-    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    done = {"exitCode": 0, "reason": "Completed", "startedAt": now, "finishedAt": now}
-    statuses = [
-        {
-            "name": c["name"],
-            "image": c["image"],
-            "imageID": "",
-            "ready": False,
-            "restartCount": 0,
-            "started": False,
-            "state": {"terminated": done},
-        }
-        for c in pod["spec"]["containers"]
-    ]
-    r = api.http.patch(
-        pod_url + "/status",
-        json={"status": {"phase": "Succeeded", "containerStatuses": statuses}},
-        headers={"content-type": "application/merge-patch+json"},
-    )
-    assert r.status_code == 200, r.text
+    """The run trains three epochs up to `value` and its launcher exits 0."""
+    finish_run(api.http, api.ns, run["metadata"]["name"], [value - 0.2, value - 0.1, value])
 
 
 def finished(api: ExpApi, name: str, timeout: float = 30) -> None:

@@ -21,7 +21,6 @@ from accordion_dev.polling import poll
 REPO = Path(__file__).resolve().parents[2]
 CRD = REPO / "crds" / "trainingruns.accordion.dev.yaml"
 TR = "/apis/accordion.dev/v1alpha1/namespaces/{ns}/trainingruns"
-TOLERATE_ALL = [{"operator": "Exists"}]  # kwok nodes carry the kwok and the GPU taint
 
 
 @pytest.fixture(scope="session")
@@ -125,28 +124,6 @@ def operator(cluster: Cluster, trainingrun_crd: str, tmp_path: Path) -> Iterator
         alive = op.alive()
         op.stop()
         assert alive, f"the operator died during the test:\n{op.tail()}"
-
-
-def run_body(
-    name: str, *, lo: int = 1, hi: int = 1, gpus: int = 1, priority: int = 0, **spec: Any
-) -> dict[str, Any]:
-    return {
-        "apiVersion": "accordion.dev/v1alpha1",
-        "kind": "TrainingRun",
-        "metadata": {"name": name},
-        "spec": {
-            "model": {"builtin": "mnist-cnn"},
-            "results": {
-                "endpoint": "minio.local:9000",
-                "bucket": "results",
-                "credentialsSecret": {"name": "s3"},
-            },
-            "workers": {"min": lo, "max": hi, "gpusPerWorker": gpus},
-            "priority": priority,
-            "tolerations": TOLERATE_ALL,
-            **spec,
-        },
-    }
 
 
 class ResourceApi:

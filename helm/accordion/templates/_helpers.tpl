@@ -58,6 +58,7 @@ ACCORDION_DEBOUNCE_SECONDS: {{ .Values.operator.reconcile.debounceSeconds | quot
 ACCORDION_RELIST_SECONDS: {{ .Values.operator.reconcile.relistSeconds | quote }}
 ACCORDION_MAX_CONCURRENT_REQUESTS: {{ .Values.operator.reconcile.maxConcurrentRequests | quote }}
 ACCORDION_BATCH_RUNS: {{ .Values.operator.reconcile.batchRuns | quote }}
+ACCORDION_PASS_YIELD_SECONDS: {{ .Values.operator.reconcile.passYieldSeconds | quote }}
 ACCORDION_POD_FS_GROUP: {{ .Values.trainer.podFsGroup | quote }}
 ACCORDION_GPU_RESOURCE: {{ .Values.operator.scheduling.gpuResource | quote }}
 ACCORDION_SCALE_COOLDOWN_SECONDS: {{ .Values.operator.scheduling.scaleCooldownSeconds | quote }}

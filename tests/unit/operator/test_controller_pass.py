@@ -4,6 +4,7 @@ tests/cluster)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -127,3 +128,35 @@ async def test_a_pass_over_settled_runs_parses_none_of_them(
     ctl.cache.apply("run", "MODIFIED", api.runs["r3"])
     await ctl.reconcile_all()
     assert set(parsed) == {"r3"}
+
+
+@pytest.mark.parametrize("yield_seconds", [1e-9, 0.0])
+async def test_a_long_pass_yields_to_runs_created_while_it_acts(yield_seconds: float) -> None:
+    cfg = Config(batch_runs=1, pass_yield_seconds=yield_seconds)
+    cache = ClusterCache(cfg)
+    cache.apply("node", "ADDED", node("n1", 8))
+    api = Apiserver(cache)
+    ctl = Controller(cfg, api, cache)  # type: ignore[arg-type]
+    api.add_run("a", "2026-01-01T00:00:00Z")
+    api.add_run("b", "2026-01-01T00:01:00Z")
+    create = api.create
+
+    async def create_then_arrival(obj: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        if "c" not in api.runs:
+            api.add_run("c", "2026-01-01T00:02:00Z")  # created while the pass acts on "a"
+        await asyncio.sleep(0.05)  # acting takes longer than the pass's fixed cost
+        return await create(obj)
+
+    api.create = create_then_arrival  # type: ignore[method-assign]
+    delay = await ctl.reconcile_all()
+    first = {run for _, run in api.writes}
+    if yield_seconds:
+        # ended after its first batch, asking for the next pass at once
+        assert first == {"a"}
+        assert ctl.last.yielded
+        assert delay == 0.0
+        await ctl.reconcile_all()
+        assert {run for _, run in api.writes} == {"a", "b", "c"}
+    else:
+        assert first == {"a", "b"}  # c waits for the next pass
+        assert not ctl.last.yielded
