@@ -79,15 +79,6 @@ class ExpApi(ResourceApi):
         )
         assert r.status_code == 200, r.text
 
-    def events(self, name: str) -> list[dict[str, Any]]:
-        r = self.http.get(
-            f"/api/v1/namespaces/{self.ns}/events",
-            params={"fieldSelector": f"involvedObject.name={name}"},
-        )
-        r.raise_for_status()
-        items: list[dict[str, Any]] = r.json()["items"]
-        return items
-
 
 @pytest.fixture
 def exp_api(cluster: Cluster, experiment_crd: str, namespace: str) -> Iterator[ExpApi]:

@@ -158,6 +158,16 @@ class ResourceApi:
                 return dict(c)
         return {}
 
+    def events(self, name: str) -> list[dict[str, Any]]:
+        """The Events about object `name` in this namespace."""
+        r = self.http.get(
+            f"/api/v1/namespaces/{self.ns}/events",
+            params={"fieldSelector": f"involvedObject.name={name}"},
+        )
+        r.raise_for_status()
+        items: list[dict[str, Any]] = r.json()["items"]
+        return items
+
 
 class Api(ResourceApi):
     """TrainingRuns, their pods and Secrets."""
@@ -188,15 +198,6 @@ class Api(ResourceApi):
 
     def workers(self, run: str) -> list[dict[str, Any]]:
         return self.pods(f"accordion.dev/run={run},accordion.dev/role=worker")
-
-    def events(self, name: str) -> list[dict[str, Any]]:
-        r = self.http.get(
-            f"/api/v1/namespaces/{self.ns}/events",
-            params={"fieldSelector": f"involvedObject.name={name}"},
-        )
-        r.raise_for_status()
-        items: list[dict[str, Any]] = r.json()["items"]
-        return items
 
 
 @pytest.fixture

@@ -1,52 +1,19 @@
-"""The CRD YAML is generated from the models and every field is bounded."""
+"""The TrainingRun CRD: what only it has (shared checks: test_crdgen_shared.py)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import yaml
+from crd_support import walk
 
 from accordion_operator import crdgen
 
 
-def test_committed_crd_matches_the_models() -> None:
-    assert crdgen.main(["--check"]) == 0, "run: python -m accordion_operator.crdgen"
-
-
-def test_check_fails_on_drift(tmp_path: Any) -> None:
-    stale = tmp_path / "crd.yaml"
-    stale.write_text(crdgen.render().replace("maxLength: 63", "maxLength: 64", 1))
-    assert crdgen.main(["--check", "--output", str(stale)]) == 1
-
-
-def _walk(node: dict[str, Any], path: str = "") -> list[tuple[str, dict[str, Any]]]:
-    out = [(path, node)]
-    for name, sub in (node.get("properties") or {}).items():
-        out += _walk(sub, f"{path}.{name}")
-    if isinstance(node.get("items"), dict):
-        out += _walk(node["items"], f"{path}[]")
-    if isinstance(node.get("additionalProperties"), dict):
-        out += _walk(node["additionalProperties"], f"{path}{{}}")
-    return out
-
-
-def test_every_string_list_and_map_is_bounded() -> None:
+def test_hyperparameters_are_the_only_free_form_field() -> None:
     schema = crdgen.build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
-    unbounded = []
-    for path, node in _walk(schema):
-        if path in ("", ".apiVersion", ".kind", ".metadata"):
-            continue
-        kind = node.get("type")
-        if kind == "string" and "maxLength" not in node and "enum" not in node:
-            unbounded.append(path)
-        if kind == "array" and "maxItems" not in node:
-            unbounded.append(path)
-        if kind == "object" and "additionalProperties" in node and "maxProperties" not in node:
-            unbounded.append(path)
-        if kind == "object" and node.get("x-kubernetes-preserve-unknown-fields"):
-            assert path == ".spec.hyperparameters", f"free-form field {path}"
-            assert node["maxProperties"] <= 64
-    assert unbounded == []
+    free = [p for p, n in walk(schema) if n.get("x-kubernetes-preserve-unknown-fields")]
+    assert free == [".spec.hyperparameters"]
 
 
 def test_structural_schema_has_no_json_schema_leftovers() -> None:
