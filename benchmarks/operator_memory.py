@@ -4,8 +4,10 @@
 
 A replay of what operator_scale measures through a real cluster, without the cluster, so that a
 memory change can be judged in a minute: M nodes of 8 GPUs and N one-worker runs go into the
-controller's cache as watch events would bring them, then three controller passes run against a
-fake Kube that answers every create and status patch (and keeps nothing). Reported: VmRSS after
+controller's cache as watch events would bring them, then four controller passes run against a
+fake Kube that answers every create and status patch (and keeps nothing; the pods it creates are
+bound, Running and Ready at once, so the fourth pass is the idle pass over settled runs that the
+operator makes every ACCORDION_RESYNC_SECONDS at rest). Reported: VmRSS after
 the imports, after caching the runs and after each pass, peak VmHWM, the pass timings, and the
 largest live allocations (tracemalloc, a second, smaller replay: tracing slows and grows the
 process). `--history E` gives each run E epochs of `status.training.history`, as real runs carry.
@@ -44,6 +46,7 @@ class Replay:
     def __init__(self, runs: int, nodes: int, history: int) -> None:
         self.runs, self.nodes, self.history = runs, nodes, history
         self.rv = 100
+        self.pods = 0
         self.snapshot: tracemalloc.Snapshot | None = None
 
     def next_rv(self) -> str:
@@ -92,6 +95,11 @@ class Replay:
 
     async def create(self, obj: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         meta = {**obj["metadata"], "resourceVersion": self.next_rv(), "uid": self.next_rv()}
+        if obj["kind"] == "Pod":  # bound, Running and Ready at once, as kwok makes them
+            self.pods += 1
+            spec = {**obj["spec"], "nodeName": f"n{self.pods % self.nodes}"}
+            ready = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
+            return 201, {**obj, "metadata": meta, "spec": spec, "status": ready}
         return 201, {**obj, "metadata": meta}
 
     async def delete_pod(self, namespace: str, name: str) -> tuple[int, dict[str, Any]]:
@@ -136,7 +144,7 @@ class Replay:
         report["rss_mb_runs_cached"] = vm("VmRSS")
         ctl = Controller(cfg, self, cache, metrics=OperatorMetrics())  # type: ignore[arg-type]
         passes = []
-        for _ in range(3):
+        for _ in range(4):
             t = time.perf_counter()
             await ctl.reconcile_all()
             s = ctl.last
