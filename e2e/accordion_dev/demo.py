@@ -268,7 +268,13 @@ class Demo:
                 got = prom.get("/api/v1/query", params={"query": f"max_over_time({expr}[30m])"})
                 series = got.json()["data"]["result"]
                 console.print(f"  {expr}: {len(series)} series")
-        end = time.time()
+        # Every panel is checked over a window that ends one query step after a scrape of the
+        # operator that began after the last step: the gauges set with its final status are in.
+        scraped = promcheck.wait_for_scrape(
+            self.c.prometheus_url, "accordion-operator", time.time()
+        )
+        end = scraped + promcheck.grafana_interval(self.started, scraped)
+        time.sleep(max(0.0, end - time.time()))
         results = promcheck.check_dashboards(self.c.prometheus_url, self.started, end)
         console.print(promcheck.summary(results, verbose=False))
         if any("DCGM_" in r.expr for r in results if not r.ok):

@@ -276,6 +276,24 @@ def query_range(
     return result
 
 
+def wait_for_scrape(prom: str, job: str, after: float, timeout: float = 30) -> float:
+    """Wait until Prometheus has scraped `job` at a time later than `after` (unix seconds) and
+    return that scrape's time: a gauge set before `after` is then in Prometheus. The demo needs
+    it because an Experiment's last gauges are set in the same operator pass that marks it done,
+    and the dashboards are checked right after (one CI run saw no best objective yet)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = httpx.get(
+            f"{prom}/api/v1/query", params={"query": f'timestamp(up{{job="{job}"}})'}, timeout=10
+        )
+        for s in r.json().get("data", {}).get("result", []):
+            if float(s["value"][1]) > after:
+                return float(s["value"][1])
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"Prometheus did not scrape job {job!r} within {timeout:.0f} s")
+        time.sleep(0.5)
+
+
 def evaluate(
     prom: str, kind: str, where: str, name: str, expr: str, start: float, end: float, step: float
 ) -> Result:
