@@ -1,6 +1,6 @@
 """Operator at scale: N one-worker TrainingRuns on M kwok nodes with 8 GPUs each.
 
-    .venv/bin/python benchmarks/operator_scale.py --runs 10000 --nodes 1000
+    .venv/bin/python -m benchmarks.operator_scale --runs 10000 --nodes 1000
 
 Starts its own local cluster (accordion_dev.cluster, state in a temporary directory), applies the
 CRD, starts `python -m accordion_operator` (cluster-wide, default settings), creates the runs as
@@ -12,6 +12,10 @@ worker pod created, plus the operator's peak RSS (VmHWM). Issue 4 targets: <= 60
 decision for each run right after creating it (`floor_writes`), which measures what this control
 plane on this machine needs for Accordion's write pattern alone; the difference to the real run
 is the operator's own cost (-floor.json).
+
+`--apiserver-profile=S` records a Go CPU profile of the apiserver for S seconds, starting 10 s
+into the run, and writes the functions with the most cumulative time (`go tool pprof -top -cum`)
+into the result: where the apiserver's time goes, by code path.
 """
 
 from __future__ import annotations
@@ -178,6 +182,87 @@ def apiserver_writes(http: httpx.Client) -> dict[str, int]:
     return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
+#: where a sample of the apiserver's CPU profile goes: the first of these whose function is on
+#: its stack (root to leaf order does not matter: they do not nest, except GC assists, which
+#: count to the request that allocated)
+PROFILE_PATHS = (
+    ("PATCH trainingruns/status (operator, launcher)", "customresource.(*StatusREST).Update"),
+    ("PATCH pods/status (kwok's simulated kubelets)", "pod/storage.(*StatusREST).Update"),
+    ("POST pods/binding (scheduler)", "pod/storage.(*BindingREST).Create"),
+    ("POST trainingruns (the benchmark creating runs)", "crdHandler).serveResource.CreateResource"),
+    ("other POSTs (pods, Secrets, RBAC, Events)", "createHandler"),
+    ("other PUTs and PATCHes (node leases, ...)", "UpdateResource"),
+    ("other PUTs and PATCHes (node leases, ...)", "PatchResource"),
+    ("LIST (mostly the benchmark's own progress polls)", "ListResource"),
+    ("WATCH: encoding and sending events", "serveWatch"),
+    ("WATCH: encoding and sending events", "WatchServer"),
+    ("watch cache and etcd watches", "storage/cacher."),
+    ("watch cache and etcd watches", "etcd3.(*watchChan)"),
+    ("watch cache and etcd watches", "etcd/client/v3.(*watchGRPCStream)"),
+    ("garbage collector (background)", "runtime.gcBgMarkWorker"),
+    ("HTTP, TLS, authn/authz, flow control", "net/http"),
+)
+
+
+def profile_paths(traces: str) -> dict[str, float]:
+    """Percent of the profile's CPU time per PROFILE_PATHS entry, from `go tool pprof -traces`
+    (one block per distinct stack: its time on the first line, then its frames)."""
+    unit = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0}
+    spent: dict[str, float] = {}
+    for block in traces.split(
+        "-----------+-------------------------------------------------------"
+    ):
+        lines = [ln.strip() for ln in block.strip().splitlines()]
+        m = re.match(r"([\d.]+)(ns|us|ms|s)\s+(.*)", lines[0]) if lines else None
+        if not m:
+            continue
+        seconds = float(m.group(1)) * unit[m.group(2)]
+        frames = [m.group(3), *lines[1:]]
+        path = next((name for name, fn in PROFILE_PATHS if any(fn in f for f in frames)), "other")
+        spent[path] = spent.get(path, 0.0) + seconds
+    total = sum(spent.values()) or 1.0
+    return {k: round(100 * v / total, 1) for k, v in sorted(spent.items(), key=lambda kv: -kv[1])}
+
+
+def profile_apiserver(cluster: Cluster, delay: float, seconds: int, out: dict[str, Any]) -> None:
+    """After `delay`, a CPU profile of the apiserver over `seconds` (Go's pprof; the cluster
+    must serve it: ClusterConfig.apiserver_profiling), kept in the temp directory for
+    `go tool pprof`. `out`: percent of CPU time by request path (`profile_paths`) and the
+    functions of at least 2 % cumulative time; `out["error"]` if it failed."""
+    time.sleep(delay)
+    path = Path(tempfile.gettempdir()) / "accordion-apiserver.pprof"
+    try:
+        with cluster.http(timeout=seconds + 60) as http:
+            r = http.get("/debug/pprof/profile", params={"seconds": seconds})
+            r.raise_for_status()
+        path.write_bytes(r.content)
+        pprof = ["go", "tool", "pprof"]
+        top = subprocess.run(
+            [*pprof, "-top", "-cum", "-nodecount=80", str(path)],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        traces = subprocess.run(
+            [*pprof, "-traces", str(path)], check=True, capture_output=True, text=True
+        ).stdout
+    except (httpx.HTTPError, OSError, subprocess.CalledProcessError) as exc:
+        out["error"] = str(exc)
+        return
+    print(f"[bench] apiserver CPU profile: go tool pprof {path}", flush=True)
+    rows = []
+    for line in top.splitlines():
+        # flat  flat%   sum%        cum   cum%   function
+        m = re.match(r"\s*\S+\s+([\d.]+)%\s+[\d.]+%\s+\S+\s+([\d.]+)%\s+(.+)$", line)
+        if m and float(m.group(2)) >= 2.0:
+            rows.append(
+                {"cum_pct": float(m.group(2)), "flat_pct": float(m.group(1)), "fn": m.group(3)}
+            )
+    out["seconds"] = seconds
+    out["by_request_path_pct"] = profile_paths(traces)
+    out["top_cumulative"] = rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=10_000)
@@ -191,6 +276,13 @@ def main() -> int:
         action="store_true",
         help="no operator: the benchmark makes the operator's writes itself (see floor_writes)",
     )
+    ap.add_argument(
+        "--apiserver-profile",
+        type=int,
+        default=0,
+        metavar="SECONDS",
+        help="record a CPU profile of the apiserver for this long, from 10 s into the run",
+    )
     args = ap.parse_args()
     state = Path(tempfile.mkdtemp(prefix="accordion-bench-"))
     # No Prometheus: it would scrape every simulated worker pod (kwok IPs lead nowhere), and
@@ -201,6 +293,7 @@ def main() -> int:
             base_port=free_port_block(first=23400),
             kwok_nodes=args.nodes,
             monitoring=False,
+            apiserver_profiling=args.apiserver_profile > 0,
         )
     )
     t_up = time.monotonic()
@@ -255,6 +348,14 @@ def main() -> int:
         # created in a thread, so that progress is sampled from the first run on
         creator = threading.Thread(target=create, name="create-runs", daemon=True)
         creator.start()
+        profile: dict[str, Any] = {}
+        profiler = threading.Thread(
+            target=profile_apiserver,
+            args=(cluster, 10.0, args.apiserver_profile, profile),
+            daemon=True,
+        )
+        if args.apiserver_profile:
+            profiler.start()
         # One GPU per run: runs beyond the cluster's GPUs are queued, not admitted (10,000 runs
         # on 1,000 nodes of 8 GPUs: 8,000 admitted with pods, 2,000 Queued). Done when every
         # run that fits has its worker pod and every run has been admitted or queued.
@@ -286,6 +387,9 @@ def main() -> int:
         rss = vm_hwm_mb(op.pid) if op is not None else None
         cpu = {p.name: cpu_seconds(p.pid) for p in cluster.running()}
         cpu["operator"] = cpu_seconds(actor)
+        if profiler.is_alive():
+            print("[bench] waiting for the apiserver profile", flush=True)
+            profiler.join()
         cpu = {k: round(v - cpu_before.get(k, 0.0), 1) for k, v in cpu.items()}
         passes = [
             line
@@ -317,6 +421,7 @@ def main() -> int:
             "apiserver_writes": writes,
             "apiserver_writes_per_run": round(sum(writes.values()) / max(1, args.runs), 2),
             "progress": samples[:: max(1, len(samples) // 40)],
+            **({"apiserver_cpu_profile": profile} if args.apiserver_profile else {}),
             "operator_passes_tail": passes[-8:],
             "python": platform.python_version(),
             "monitoring": False,

@@ -113,6 +113,8 @@ class ClusterConfig:
     #: Prometheus and its pod discovery. Off for control-plane benchmarks: it would try to
     #: scrape every simulated pod that declares a metrics port (kwok pod IPs lead nowhere).
     monitoring: bool = True
+    #: serve Go's pprof on the apiserver (/debug/pprof, admin only): benchmarks profile it
+    apiserver_profiling: bool = False
 
 
 @dataclass(frozen=True)
@@ -294,7 +296,7 @@ class Cluster:
                 "--endpoint-reconciler-type=none",
                 "--max-requests-inflight=1000",
                 "--max-mutating-requests-inflight=500",
-                "--profiling=false",
+                f"--profiling={str(self.config.apiserver_profiling).lower()}",
             ],
         )
         ok = lambda: self.http(timeout=2).get("/readyz").status_code == 200  # noqa: E731
