@@ -172,6 +172,12 @@ class Demo:
                 phase = run.get("status", {}).get("phase")
                 if phase == "Failed":
                     raise ClusterError(f"run {name} failed: {run['status'].get('message')}")
+                if phase == "Succeeded":
+                    # waiting on would only time out: say what to change instead
+                    raise ClusterError(
+                        f"{what}: run {name} finished first; give it more epochs "
+                        "(examples/mnist-trainingrun.yaml, spec.epochs)"
+                    )
                 time.sleep(1)
                 run = self.get("trainingruns", name)
                 live.update(self.view(run))

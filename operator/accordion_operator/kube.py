@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import time
+import warnings
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -477,7 +478,11 @@ class Kube:
     ) -> Kube:
         """Credentials from kr8s (kubeconfig or in-cluster); a pool with room for every
         concurrent write and, with `watches`, one long-lived stream per watched kind and scope."""
-        api = await kr8s.asyncio.api()
+        with warnings.catch_warnings():
+            # kr8s warns about apiservers newer than those its object API was tested with;
+            # only its credential loading is used here (requests go through ApiClient).
+            warnings.filterwarnings("ignore", r"Kubernetes version .* is not supported")
+            api = await kr8s.asyncio.api()
         streams = len(WATCHED) * max(1, len(cfg.namespaces)) if watches else 0
         return cls(ApiClient(api, cfg.max_concurrent_requests + streams), cfg, metrics)
 
