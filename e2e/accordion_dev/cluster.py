@@ -156,7 +156,7 @@ class Cluster:
         env = json.loads((self.state_dir / "minio-credentials.json").read_text())
         return MinioInfo(f"127.0.0.1:{self.ports.minio}", env["accessKey"], env["secretKey"])
 
-    def http(self, timeout: float = 30.0) -> httpx.Client:
+    def http(self, timeout: float | None = 30.0) -> httpx.Client:
         """An admin client of the apiserver (system:masters)."""
         ctx = ssl.create_default_context(cafile=str(self.pki / "ca.crt"))
         ctx.load_cert_chain(str(self.pki / "admin.crt"), str(self.pki / "admin.key"))

@@ -39,5 +39,19 @@ def test_each_stack_counts_once_to_the_first_matching_path() -> None:
     }
 
 
+def test_a_watch_counts_as_watch_though_served_by_the_list_handler() -> None:
+    handlers = "k8s.io/apiserver/pkg/endpoints/handlers"
+    traces = "\n".join(
+        [
+            SEP,
+            _block("300ms", f"{handlers}.serveWatch", f"{handlers}.ListResource.func1"),
+            SEP,
+            _block("100ms", "cacher.(*Cacher).GetList", f"{handlers}.ListResource.func1"),
+            SEP,
+        ]
+    )
+    assert profile_paths(traces) == {"WATCH: encoding and sending events": 75.0, "LIST": 25.0}
+
+
 def test_no_samples_is_an_empty_split() -> None:
     assert profile_paths("File: kube\nType: cpu\n") == {}
