@@ -94,6 +94,13 @@ chart-test: deps ## Helm chart: lint, template tests, promtool alert tests, imag
 bench: deps ## run the benchmarks under benchmarks/ (writes results as data)
 	$(PY) -m benchmarks
 
+.PHONY: rehearse rehearse-demo
+rehearse: ## fresh-machine rehearsal: clone HEAD, cold then warm `make test` with empty caches
+	e2e/fresh_machine.sh test
+
+rehearse-demo: ## fresh-machine rehearsal of a cold `make demo` with empty caches
+	e2e/fresh_machine.sh demo
+
 .PHONY: clean
 clean: ## remove the venv and build outputs (keeps the binary cache)
 	rm -rf $(VENV) .accordion .pytest_cache .mypy_cache .ruff_cache

@@ -142,17 +142,11 @@ class Progress:
         self.stop = threading.Event()
 
     def start(self) -> None:
-        pods: tuple[str, dict[str, str], str] = (
-            "/api/v1/pods",
-            {"labelSelector": "accordion.dev/role=worker"},
-            META_WATCH,
-        )
-        runs: tuple[str, dict[str, str], str] = (
-            "/apis/accordion.dev/v1alpha1/trainingruns",
-            {},
-            "application/json",
-        )
-        for url, params, accept in (pods, runs):
+        watches = [
+            ("/api/v1/pods", {"labelSelector": "accordion.dev/role=worker"}, META_WATCH),
+            ("/apis/accordion.dev/v1alpha1/trainingruns", {}, "application/json"),
+        ]
+        for url, params, accept in watches:
             threading.Thread(
                 target=self._watch, args=(url, params, accept), daemon=True, name=url
             ).start()
@@ -423,27 +417,27 @@ def main() -> int:
         # run that fits has its worker pod and every run has been admitted or queued.
         fits = min(args.runs, args.nodes * 8)
         samples: list[tuple[float, int]] = []
+        while True:
+            n, admitted, queued = progress.counts()
+            elapsed = time.monotonic() - t0
+            samples.append((round(elapsed, 1), n))
+            print(
+                f"[bench] t={elapsed:6.1f} s worker pods {n}/{fits}, "
+                f"admitted {admitted}, queued {queued}",
+                flush=True,
+            )
+            if "error" in created:
+                raise created["error"]
+            if progress.error is not None:
+                raise progress.error
+            done = n >= fits and admitted + queued >= args.runs and not creator.is_alive()
+            if done or elapsed > args.timeout:
+                break
+            time.sleep(0.5)
+        done_s = time.monotonic() - t0
+        progress.stop.set()
+        delays = progress.delays()
         with cluster.http(timeout=120) as http:
-            while True:
-                n, admitted, queued = progress.counts()
-                elapsed = time.monotonic() - t0
-                samples.append((round(elapsed, 1), n))
-                print(
-                    f"[bench] t={elapsed:6.1f} s worker pods {n}/{fits}, "
-                    f"admitted {admitted}, queued {queued}",
-                    flush=True,
-                )
-                if "error" in created:
-                    raise created["error"]
-                if progress.error is not None:
-                    raise progress.error
-                done = n >= fits and admitted + queued >= args.runs and not creator.is_alive()
-                if done or elapsed > args.timeout:
-                    break
-                time.sleep(0.5)
-            done_s = time.monotonic() - t0
-            progress.stop.set()
-            delays = progress.delays()
             writes = {
                 k: v - writes_before.get(k, 0)
                 for k, v in apiserver_writes(http).items()

@@ -1,10 +1,13 @@
 """Dockerfile.operator, as far as a machine without a container engine can check it.
 
 Verified here: hadolint; the recipe's shape (multi-stage, pinned base, non-root numeric user,
-entrypoint); and that its dependency step, `uv export --frozen --no-dev --no-emit-project` from
-uv.lock, installs with hashes into a fresh virtual environment (offline, from uv's cache) in which
-every operator module imports and TensorFlow does not exist. Not verified: `docker build` itself,
-the base image tag/digest, and running the image.
+entrypoint); and that its dependency step, `uv export --frozen --no-dev --no-emit-project --format
+pylock.toml` from uv.lock, installs with hashes into a fresh virtual environment in which every
+operator module imports and TensorFlow does not exist. The install is offline and needs only what
+`make deps` (`uv sync --frozen`) put into uv's cache: a pylock.toml names each wheel by URL and
+hash, which is how `uv sync` cached it. (A requirements.txt export would need the index's
+simple-API pages, which `uv sync --frozen` never fetches: on an empty cache that failed, issue 22.)
+Not verified: `docker build` itself, the base image tag/digest, and running the image.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import os
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -49,31 +53,39 @@ def test_recipe_shape() -> None:
 
 
 def _export(tmp_path: Path) -> Path:
-    req = tmp_path / "requirements.txt"
-    _run(UV, "export", "--frozen", "--no-dev", "--no-emit-project", "--format",
-         "requirements-txt", "--output-file", req, "-q")  # fmt: skip
-    return req
+    lock = tmp_path / "pylock.toml"
+    _run(UV, "export", "--frozen", "--no-dev", "--no-emit-project", "--format", "pylock.toml",
+         "--output-file", lock, "-q")  # fmt: skip
+    return lock
+
+
+def test_dockerfile_installs_the_same_export() -> None:
+    text = DOCKERFILE.read_text()
+    assert "--format pylock.toml" in text
+    assert re.search(r"uv pip install [^\n]*--require-hashes", text)
 
 
 def test_exported_requirements_are_the_operator_closure_only(tmp_path: Path) -> None:
-    text = _export(tmp_path).read_text()
-    names = set(re.findall(r"^([a-z0-9][a-z0-9._-]*)==", text, re.M))
+    packages = tomllib.loads(_export(tmp_path).read_text())["packages"]
+    names = {p["name"] for p in packages}
     for direct in ("kopf", "kr8s", "pydantic", "prometheus-client", "optuna", "pyyaml"):
         assert direct in names
     for excluded in ("tensorflow", "tensorflow-cpu", "horovod", "minio", "pytest", "ruff", "mypy"):
         assert excluded not in names
-    # every pinned requirement carries its hashes (pip --require-hashes refuses anything else)
-    blocks = re.split(r"\n(?=[a-z0-9])", text.split("\n", 2)[2])
-    assert all("--hash=sha256:" in b for b in blocks if "==" in b)
+    # every artefact is pinned by hash: --require-hashes refuses anything else
+    for p in packages:
+        artefacts = [*p.get("wheels", []), *([p["sdist"]] if "sdist" in p else [])]
+        assert artefacts, p["name"]
+        assert all(a["hashes"]["sha256"] for a in artefacts), p["name"]
 
 
 def test_exported_requirements_install_and_import_the_operator(tmp_path: Path) -> None:
-    req = _export(tmp_path)
+    lock = _export(tmp_path)
     venv = tmp_path / "venv"
     _run(UV, "venv", "-q", "--offline", "--python", sys.executable, venv)
     python = venv / "bin" / "python"
     _run(UV, "pip", "install", "-q", "--offline", "--no-deps", "--require-hashes",
-         "--python", python, "-r", req)  # fmt: skip
+         "--python", python, "-r", lock)  # fmt: skip
     env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO / "operator")}
     probe = (
         "import importlib, pkgutil, accordion_operator as p\n"
