@@ -41,8 +41,7 @@ lint: deps-python ## ruff, import-linter, hadolint
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
-	$(PY) -m accordion_operator.crdgen --check
-	$(PY) -m accordion_operator.crdgen_experiment --check
+	$(PY) -m accordion_operator.crd --check
 	$(PY) helm/sync.py --check
 	@if compgen -G 'Dockerfile.*' >/dev/null; then $(VENV)/bin/hadolint Dockerfile.*; fi
 
@@ -79,8 +78,7 @@ demo-down: ## stop everything the demo started
 
 .PHONY: crds
 crds: deps-python ## regenerate crds/ from the Python models, then the chart's copies
-	$(PY) -m accordion_operator.crdgen
-	$(PY) -m accordion_operator.crdgen_experiment
+	$(PY) -m accordion_operator.crd
 	$(PY) helm/sync.py
 
 .PHONY: chart-sync chart-test

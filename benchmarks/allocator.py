@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from accordion_operator.allocator import (
+from accordion_operator.trainingrun.allocator import (
     Node,
     Placement,
     PodUse,

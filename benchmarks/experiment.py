@@ -37,17 +37,17 @@ from typing import Any
 
 from accordion_operator.api.experiment import Experiment
 from accordion_operator.config import Config
-from accordion_operator.experiment_controller import ExperimentCache, ExperimentController
-from accordion_operator.experiment_reconcile import (
+from accordion_operator.experiment.cache import ExperimentCache
+from accordion_operator.experiment.controller import ExperimentController
+from accordion_operator.experiment.decide import decide_experiment
+from accordion_operator.experiment.observe import ChildRun, observe_child
+from accordion_operator.experiment.search import RungMemo
+from accordion_operator.experiment.trials import (
     ANNOTATION_PARAMETERS,
     ANNOTATION_TRIAL,
     LABEL_EXPERIMENT,
-    ChildRun,
-    decide_experiment,
-    observe_child,
     run_name,
 )
-from accordion_operator.search import RungMemo
 
 OUT = Path(__file__).resolve().parent / "results" / "experiment.json"
 NOW = 1_800_000_000.0
@@ -101,7 +101,7 @@ def experiment(algorithm: str, pruner: str = "none") -> dict[str, Any]:
 
 def children(exp: Experiment, runs: int, running: int, seed: int = 3) -> list[dict[str, Any]]:
     """Child run bodies with suggestions of the experiment's own sampler (valid parameters)."""
-    from accordion_operator.search import build_study, suggest
+    from accordion_operator.experiment.search import build_study, suggest
 
     rng = random.Random(seed)
     sugg = suggest(build_study(exp.spec, [], exp.key), runs)

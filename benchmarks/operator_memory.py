@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from accordion_operator.config import Config
-from accordion_operator.controller import Controller
-from accordion_operator.kube import ClusterCache
+from accordion_operator.core.objects import Resource
 from accordion_operator.metrics import OperatorMetrics
-from accordion_operator.reconcile import SecretInfo
+from accordion_operator.trainingrun.cache import ClusterCache
+from accordion_operator.trainingrun.controller import Controller
 
 OUT_DIR = Path(__file__).resolve().parent / "results"
 
@@ -90,8 +90,8 @@ class Replay:
         return body
 
     # the fake Kube: answers, keeps nothing
-    async def secret_keys(self, namespace: str, name: str) -> SecretInfo:
-        return SecretInfo(frozenset({"accessKey", "secretKey"}))
+    async def secret_keys(self, namespace: str, name: str) -> frozenset[str]:
+        return frozenset({"accessKey", "secretKey"})
 
     async def create(self, obj: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         meta = {**obj["metadata"], "resourceVersion": self.next_rv(), "uid": self.next_rv()}
@@ -105,8 +105,8 @@ class Replay:
     async def delete_pod(self, namespace: str, name: str) -> tuple[int, dict[str, Any]]:
         return 200, {"kind": "Status"}
 
-    async def patch_run_status(
-        self, namespace: str, name: str, patch: dict[str, Any]
+    async def patch_status(
+        self, _resource: Resource, namespace: str, name: str, patch: dict[str, Any]
     ) -> tuple[int, dict[str, Any]]:
         body = self.run_body(int(name[1:]))
         body["status"] = {

@@ -42,9 +42,11 @@ from accordion_dev.cluster import Cluster, ClusterConfig, free_port_block
 from accordion_dev.playact import run_body
 from accordion_operator.api.trainingrun import REASON_GANG_ADMITTED, REASON_QUEUED, TrainingRun
 from accordion_operator.config import Config
-from accordion_operator.controller import Controller
-from accordion_operator.kube import ClusterCache, Kube
-from accordion_operator.reconcile import Children, decide_run
+from accordion_operator.core.kube import Kube
+from accordion_operator.trainingrun.cache import ClusterCache
+from accordion_operator.trainingrun.controller import Controller
+from accordion_operator.trainingrun.decide import decide_run
+from accordion_operator.trainingrun.observe import Children
 from benchmarks._common import start_operator
 
 REPO = Path(__file__).resolve().parents[1]
@@ -89,7 +91,7 @@ async def floor_writes(cluster: Cluster, namespaces: list[str], runs: int, conc:
     so the time is this control plane's floor for Accordion's write pattern."""
     os.environ["KUBECONFIG"] = str(cluster.kubeconfig)
     cfg = Config()
-    kube = await Kube.connect(cfg, watches=False)
+    kube = await Kube.connect(cfg)
     ctl = Controller(cfg, kube, ClusterCache(cfg))
     gpus = cluster.config.kwok_nodes * 8
     sem = asyncio.Semaphore(conc)

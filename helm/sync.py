@@ -4,7 +4,7 @@
     python helm/sync.py --check   # exit 1 if any is stale (tests/chart runs this)
 
 - `helm/accordion/files/crds/*.yaml`: byte-for-byte copies of the repository's `crds/`
-  (themselves generated from the operator's pydantic models by `accordion_operator.crdgen`).
+  (themselves generated from the operator's pydantic models by `python -m accordion_operator.crd`).
   The chart must carry copies: a packaged chart cannot reach outside its folder.
 - `helm/accordion/files/dashboards/*.json`: the Grafana dashboards, built from the panel lists
   below, so that each PromQL expression is written once, reviewed as code and extracted by the

@@ -39,7 +39,6 @@ def main(argv: list[str] | None = None) -> None:
 
     import kopf
 
-    import accordion_operator.experiment_controller  # registers the Experiment handlers
     import accordion_operator.handlers  # registers the handlers
 
     logging.basicConfig(
@@ -56,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
         standalone=True,
         liveness_endpoint=f"http://0.0.0.0:{cfg.health_port}/healthz",
     )
-    del accordion_operator.handlers, accordion_operator.experiment_controller
+    del accordion_operator.handlers
 
 
 if __name__ == "__main__":

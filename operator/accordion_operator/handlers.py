@@ -1,9 +1,11 @@
-"""kopf handlers: thin. They start and stop the controller, which keeps its own cache of runs,
-pods and nodes through plain watches (see `Kube.watch` for why not kopf's per-object handlers).
+"""kopf handlers: thin. One startup starts both controllers (TrainingRun and Experiment) on one
+apiserver client and one metrics registry; one cleanup stops them.
 
-No handler writes status through its return value (kopf would put it under `status.<handler>`);
-the controller writes status explicitly. No handler needs a finalizer: children are deleted by
-the garbage collector through their ownerReferences.
+The controllers keep their own caches through plain watches (`Kube.list_watch`: why not kopf's
+per-object handlers is said there); kopf contributes the process (signals, liveness endpoint,
+login) and the Experiment watch. No handler writes status through its return value (kopf would
+put it under `status.<handler>`), and none needs a finalizer: children are deleted by the
+garbage collector through their ownerReferences.
 """
 
 from __future__ import annotations
@@ -11,41 +13,35 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from wsgiref.simple_server import WSGIServer
 
 import kopf
 
-from accordion_operator.api.common import GROUP
-from accordion_operator.api.trainingrun import PLURAL
-from accordion_operator.builders import LABEL_EXPERIMENT
+from accordion_operator.api.common import GROUP, VERSION
+from accordion_operator.api.experiment import PLURAL as EXPERIMENT_PLURAL
 from accordion_operator.config import Config
-from accordion_operator.controller import Controller
-from accordion_operator.kube import ClusterCache, Kube
+from accordion_operator.core.kube import Kube
+from accordion_operator.experiment.cache import ExperimentCache
+from accordion_operator.experiment.controller import ExperimentController, trial_streams
 from accordion_operator.metrics import OperatorMetrics, start_metrics_server
+from accordion_operator.trainingrun.cache import ClusterCache, watch_streams
+from accordion_operator.trainingrun.controller import Controller
+
+log = logging.getLogger("accordion.handlers")
 
 
-def configure(settings: kopf.OperatorSettings, cfg: Config) -> None:
-    """kopf settings for this operator (tested without a cluster)."""
-    # We register no change-detecting handlers, but keep kopf's bookkeeping out of status anyway.
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=GROUP, key="last-handled-configuration"
-    )
-    settings.persistence.finalizer = f"{GROUP}/kopf-finalizer"
-    # Exactly one replica acts: kopf has no leader election (peering would only pause kopf's
-    # own handlers, not our controller loop). The Deployment runs 1 replica, strategy Recreate.
-    settings.peering.standalone = True
-    # Our Events are explicit; do not turn every log line into a Kubernetes Event.
+def configure(settings: kopf.OperatorSettings) -> None:
+    """The kopf settings that act on what kopf still does here: the Experiment watch and the
+    Events kopf would post on its own."""
+    # Our Events are explicit; do not turn every log line of a handler into a Kubernetes Event.
     settings.posting.enabled = False
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 10
     settings.queueing.idle_timeout = 1.0  # per-object workers exit sooner: less memory at scale
-    # kopf itself watches TrainingRuns only for the Experiment controller's children (its
-    # on.event handler filters on this label anyway); filtering on the server spares kopf's
-    # per-object machinery every event of the 10,000 runs that belong to no experiment.
-    settings.watching.label_selectors[GROUP, PLURAL] = LABEL_EXPERIMENT
 
 
 _SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
@@ -72,38 +68,59 @@ def login(logger: kopf.Logger, **kwargs: Any) -> kopf.ConnectionInfo | None:
     return kopf.login_with_kubeconfig(logger=logger, **kwargs)
 
 
+@dataclass
+class Running:
+    """What startup started and cleanup stops."""
+
+    kube: Kube
+    stop: asyncio.Event
+    experiments: ExperimentCache
+    #: each controller's loop, with the event that wakes it from its idle wait
+    loops: list[tuple[asyncio.Task[None], asyncio.Event]] = field(default_factory=list)
+    metrics_server: WSGIServer | None = None
+
+    async def shutdown(self) -> None:
+        self.stop.set()
+        for _, wake in self.loops:
+            wake.set()  # wake the idle loops now, not at their next resync
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
+        for task, _ in self.loops:
+            try:
+                await asyncio.wait_for(task, timeout=10)
+            except (TimeoutError, asyncio.CancelledError):
+                task.cancel()
+        await self.kube.close()
+
+
 @kopf.on.startup()
-async def startup(
-    settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Logger, **_: Any
-) -> None:
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     cfg = Config.from_env()
-    configure(settings, cfg)
+    configure(settings)
     logging.getLogger("accordion").setLevel(cfg.log_level)
-    cache = ClusterCache(cfg)
-    # shared with the Experiment controller, whichever startup handler runs first
-    metrics: OperatorMetrics = memo.setdefault("metrics", OperatorMetrics())
-    metrics.declare_handlers(["trainingruns"])
+    metrics = OperatorMetrics()
+    metrics.declare_handlers(["trainingruns", "experiments"])
+    streams = watch_streams(cfg) + trial_streams(cfg)
+    kube = await Kube.connect(cfg, metrics, streams=streams)
+    runs = Controller(cfg, kube, ClusterCache(cfg), metrics=metrics)
+    experiments = ExperimentController(cfg, kube, ExperimentCache(), metrics=metrics)
+    running = Running(kube, asyncio.Event(), experiments.cache)
     if cfg.operator_metrics_port:
-        server, _thread = start_metrics_server(cfg.operator_metrics_port, metrics)
-        memo.metrics_server = server
-    kube = await Kube.connect(cfg, metrics, watches=True)
-    controller = Controller(cfg, kube, cache, metrics=metrics)
-    memo.metrics = metrics  # shared with the Experiment controller
-    stop = asyncio.Event()
-    memo.cfg, memo.cache, memo.controller, memo.stop = cfg, cache, controller, stop
-    memo.task = asyncio.create_task(controller.run_forever(stop), name="accordion-controller")
-    logger.info("accordion operator started (namespaces: %s)", ",".join(cfg.namespaces) or "all")
+        running.metrics_server, _thread = start_metrics_server(cfg.operator_metrics_port, metrics)
+    for name, ctl in (("trainingruns", runs), ("experiments", experiments)):
+        task = asyncio.create_task(ctl.run_forever(running.stop), name=f"accordion-{name}")
+        running.loops.append((task, ctl.cache.dirty))
+    memo.running = running
+    log.info("accordion operator started (namespaces: %s)", ",".join(cfg.namespaces) or "all")
 
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
-    memo.stop.set()
-    memo.cache.dirty.set()  # wake the idle loop now, not at its next resync
-    if getattr(memo, "metrics_server", None) is not None:
-        memo.metrics_server.shutdown()
-    task: asyncio.Task[None] = memo.task
-    try:
-        await asyncio.wait_for(task, timeout=10)
-    except (TimeoutError, asyncio.CancelledError):
-        task.cancel()
-    await memo.controller.kube.close()
+    running: Running = memo.running
+    await running.shutdown()
+
+
+@kopf.on.event(GROUP, VERSION, EXPERIMENT_PLURAL)
+def on_experiment(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    running: Running = memo.running
+    running.experiments.apply("experiment", event["type"], event["object"])

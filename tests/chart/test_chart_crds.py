@@ -1,5 +1,5 @@
 """The chart's CRDs are the repository's crds/, unchanged apart from Helm's labels and the keep
-annotation (crds/ itself is generated from the operator's models by accordion_operator.crdgen)."""
+annotation (crds/ itself is generated from the operator's models by accordion_operator.crd)."""
 
 from __future__ import annotations
 

@@ -1,10 +1,12 @@
 """The operator's RBAC is exactly what its code uses: no rule unused, no call unpermitted.
 
 The permissions the code needs are derived from the source of operator/accordion_operator/:
-- every module: each `_call(METHOD, version, url, ...)` and `list_all(version, plural)`, each
+- every module: each `request(METHOD, version, url, ...)` with a literal version, each
+  `patch(RESOURCE, ...)`, `patch_status(RESOURCE, ...)` and `delete(RESOURCE, ...)` of a
+  `core.objects.Resource`, each `list_all(version, plural)`, each
   `@kopf.on.event(group, version, plural)` (kopf lists and watches) and each entry of a
   `WATCHED` table (the controller's own watch streams);
-- kube.py: `Kube.create(obj)`, whose kind -> plural table lists what it can create;
+- core.objects.PLURALS: the kinds `Kube.create(obj)` can create (Events included);
 - builders.build_role: what the operator grants each launcher, which RBAC lets only holders grant;
 - kopf itself (FRAMEWORK below).
 """
@@ -22,10 +24,12 @@ from typing import Any
 import pytest
 from chartkit import Obj, find, one, render
 
-from accordion_operator import builders, kube
 from accordion_operator.api.common import GROUP
 from accordion_operator.api.trainingrun import KIND as RUN_KIND
 from accordion_operator.api.trainingrun import TrainingRun
+from accordion_operator.core import objects
+from accordion_operator.core.objects import Resource
+from accordion_operator.trainingrun import builders
 
 Perm = tuple[str, str, str]  # (apiGroup, resource, verb)
 
@@ -94,16 +98,32 @@ def _modules() -> list[ModuleType]:
     return [importlib.import_module(n) for n in names if not n.endswith("__main__")]
 
 
+#: Kube's methods that take a Resource first: method -> (verb, subresource)
+RESOURCE_CALLS = {
+    "patch": ("patch", ""),
+    "patch_status": ("patch", "/status"),
+    "delete": ("delete", ""),
+}
+
+
+def _literal_version(node: ast.expr, scope: dict[str, Any]) -> bool:
+    """A version the call site names (the generic helpers pass a variable through)."""
+    if isinstance(node, ast.Constant):
+        return True
+    return isinstance(node, ast.Name) and isinstance(scope.get(node.id), str)
+
+
 def permissions_from_api_calls() -> set[Perm]:
-    """Every `_call(METHOD, version, url)` and `list_all(version, plural)` in any module."""
+    """Every `request(METHOD, version, url)`, every call with a Resource, and every
+    `list_all(version, plural)` in any module."""
     perms: set[Perm] = set()
     for module in _modules():
         scope = vars(module)
         tree = ast.parse(inspect.getsource(module))
-        for call in _calls(tree, "_call"):
+        for call in _calls(tree, "request"):
             method, version, url = call.args[:3]
-            if isinstance(version, ast.Name) and version.id == "version":
-                continue  # the generic helpers (list_all, create) pass it through
+            if not _literal_version(version, scope):
+                continue
             perms.add(
                 (
                     _group(_value(version, scope)),
@@ -111,6 +131,12 @@ def permissions_from_api_calls() -> set[Perm]:
                     HTTP_VERB[_value(method, scope)],
                 )
             )
+        for name, (verb, sub) in RESOURCE_CALLS.items():
+            for call in _calls(tree, name):
+                first = call.args[0] if call.args else None
+                res = scope.get(first.id) if isinstance(first, ast.Name) else None
+                if isinstance(res, Resource):
+                    perms.add((_group(res.api_version), res.plural + sub, verb))
         for call in _calls(tree, "list_all"):
             version, plural = call.args[:2]
             perms.add((_group(_value(version, scope)), _value(plural, scope), "list"))
@@ -118,19 +144,10 @@ def permissions_from_api_calls() -> set[Perm]:
 
 
 def permissions_from_create() -> set[Perm]:
-    """`Kube.create(obj)`: its kind -> plural table lists every kind it can create."""
-    scope = vars(kube)
-    tree = ast.parse(inspect.getsource(kube))
-    perms: set[Perm] = set()
-    (create,) = [
-        n for n in ast.walk(tree) if isinstance(n, ast.AsyncFunctionDef) and n.name == "create"
-    ]
-    (table,) = [n for n in ast.walk(create) if isinstance(n, ast.Dict)]
-    for k, v in zip(table.keys, table.values, strict=True):
-        assert k is not None
-        kind, plural = _value(k, scope), _value(v, scope)
-        perms.add((KIND_GROUP.get(kind, ""), plural, "create"))
-    return perms
+    """`Kube.create(obj)`: every kind it can create (core.objects.PLURALS)."""
+    return {
+        (KIND_GROUP.get(kind, ""), plural, "create") for kind, plural in objects.PLURALS.items()
+    }
 
 
 def permissions_from_handlers() -> set[Perm]:

@@ -16,7 +16,7 @@ from accordion_dev.cluster import Cluster
 from accordion_dev.playact import TOLERATE_ALL, finish_run
 from accordion_dev.polling import poll
 from accordion_operator.api.experiment import Experiment
-from accordion_operator.search import build_study, suggest
+from accordion_operator.experiment.search import build_study, suggest
 
 __all__ = ["exp_api", "exp_operator", "experiment_crd", "trainingrun_crd"]  # fixtures by name
 

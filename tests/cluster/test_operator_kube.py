@@ -1,4 +1,4 @@
-"""The operator's apiserver client (`accordion_operator.kube.Kube`) against the real local
+"""The operator's apiserver client (`accordion_operator.core.kube.Kube`) against the real local
 apiserver: credentials from the kubeconfig, paginated LISTs from one snapshot, the watch feeding
 the cache, and apiserver errors counted in the operator's metrics (404/409 are answers the
 controller acts on, not errors)."""
@@ -13,10 +13,12 @@ import pytest
 from prometheus_client import generate_latest
 
 from accordion_dev.cluster import Cluster
-from accordion_operator.builders import LABEL_MANAGED_BY, LABEL_RUN, MANAGED_BY
 from accordion_operator.config import Config
-from accordion_operator.kube import ClusterCache, Kube
+from accordion_operator.core.kube import Kube
+from accordion_operator.core.objects import LABEL_MANAGED_BY, MANAGED_BY
 from accordion_operator.metrics import OperatorMetrics
+from accordion_operator.trainingrun.builders import LABEL_RUN
+from accordion_operator.trainingrun.cache import ClusterCache, watch, watch_streams
 
 pytestmark = pytest.mark.cluster
 
@@ -56,7 +58,7 @@ def kubeconfig(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.usefixtures("kubeconfig")
 async def test_writes_errors_and_paginated_list(namespace: str) -> None:
     metrics = OperatorMetrics()
-    kube = await Kube.connect(Config(namespaces=(namespace,)), metrics, watches=False)
+    kube = await Kube.connect(Config(namespaces=(namespace,)), metrics)
     for i in range(5):
         code, data = await kube.create(pod(namespace, f"p{i}"))
         assert code == 201, data
@@ -87,11 +89,11 @@ async def test_writes_errors_and_paginated_list(namespace: str) -> None:
 @pytest.mark.usefixtures("kubeconfig")
 async def test_watch_keeps_the_cache_current(namespace: str) -> None:
     cfg = Config(namespaces=(namespace,))
-    kube = await Kube.connect(cfg, watches=True)
+    kube = await Kube.connect(cfg, streams=watch_streams(cfg))
     cache = ClusterCache(cfg)
     stop = asyncio.Event()
     await kube.create(pod(namespace, "before"))
-    task = asyncio.create_task(kube.watch(cache, "pod", stop))
+    task = asyncio.create_task(watch(kube, cache, "pod", stop))
     try:
         await eventually(cache, lambda: ("pod", namespace) in cache.synced)
         assert names(cache, namespace) == ["before"]  # from the LIST

@@ -36,7 +36,7 @@ from minio.error import S3Error
 
 from accordion_dev.cluster import Cluster, free_port_block
 from accordion_dev.demo import GROUP, NS, Demo, demo_config, minio_client
-from accordion_operator.search import trial_seed
+from accordion_operator.experiment.search import trial_seed
 
 TPE = "mnist-experiment-tpe.yaml"
 PRUNE = "mnist-experiment-pruning.yaml"

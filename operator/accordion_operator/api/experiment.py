@@ -1,8 +1,8 @@
 """Experiment (`accordion.dev/v1alpha1`): a hyperparameter search that spawns TrainingRuns.
 
-Single source of truth like `api.trainingrun`: `accordion_operator.crdgen_experiment` renders the
-CRD from these models plus the CEL rules declared here. The search itself (Optuna ask/tell,
-pruners) lives in `accordion_operator.search`; the reconcile in `experiment_reconcile`.
+Single source of truth like `api.trainingrun`: `accordion_operator.crd` renders the CRD from
+these models plus the CEL rules declared here. The search itself (Optuna ask/tell, pruners)
+lives in `accordion_operator.experiment.search`; the reconcile in `experiment.decide`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ SINGULAR = "experiment"
 SHORT_NAMES = ("exp",)
 
 #: Children are named `<experiment>-<trial:03d>` and run names are at most 50 characters
-#: (crdgen.MAX_RUN_NAME), so experiment names stay within 50 - 4.
+#: (crd.trainingrun.MAX_RUN_NAME), so experiment names stay within 50 - 4.
 MAX_EXPERIMENT_NAME = 46
 #: maxRuns bound: trial numbers stay three digits, child names stay deterministic and short.
 MAX_RUNS = 1000

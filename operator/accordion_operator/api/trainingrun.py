@@ -1,6 +1,6 @@
 """TrainingRun (`accordion.dev/v1alpha1`): spec and status models.
 
-These models are the single source of truth: `accordion_operator.crdgen` renders the CRD's
+These models are the single source of truth: `accordion_operator.crd` renders the CRD's
 OpenAPI schema from them (plus the CEL rules declared here), and the operator parses every object
 it reads through them.
 """

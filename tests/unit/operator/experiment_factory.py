@@ -12,13 +12,9 @@ from typing import Any
 from merge_patch import merge
 
 from accordion_operator.api.experiment import Experiment
-from accordion_operator.experiment_reconcile import (
-    ANNOTATION_STOPPED,
-    ChildRun,
-    ExperimentPlan,
-    decide_experiment,
-    observe_child,
-)
+from accordion_operator.experiment.decide import ExperimentPlan, decide_experiment
+from accordion_operator.experiment.observe import ChildRun, observe_child
+from accordion_operator.experiment.trials import ANNOTATION_STOPPED
 
 BASE: dict[str, Any] = {
     "apiVersion": "accordion.dev/v1alpha1",

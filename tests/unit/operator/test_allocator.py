@@ -7,7 +7,13 @@ import dataclasses
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from accordion_operator.allocator import (
+from accordion_operator.api.trainingrun import (
+    REASON_GANG_ADMITTED,
+    REASON_PREEMPTED,
+    REASON_QUEUED,
+    REASON_UNSCHEDULABLE,
+)
+from accordion_operator.trainingrun.allocator import (
     Allocation,
     Node,
     Placement,
@@ -17,12 +23,6 @@ from accordion_operator.allocator import (
     Taint,
     Toleration,
     decide_allocation,
-)
-from accordion_operator.api.trainingrun import (
-    REASON_GANG_ADMITTED,
-    REASON_PREEMPTED,
-    REASON_QUEUED,
-    REASON_UNSCHEDULABLE,
 )
 
 GPU_TAINT = Taint("nvidia.com/gpu", "present", "NoSchedule")

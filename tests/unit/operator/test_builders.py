@@ -8,8 +8,8 @@ from pathlib import Path
 
 from trainingrun_factory import make_run
 
-from accordion_operator import builders
 from accordion_operator.config import Config
+from accordion_operator.trainingrun import builders
 
 CONTRACT = Path(__file__).resolve().parents[3] / "docs" / "contract.md"
 CFG = Config(trainer_image="registry.local/trainer:1")

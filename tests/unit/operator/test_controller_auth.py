@@ -13,8 +13,8 @@ import pytest
 from trainingrun_factory import make_run
 
 from accordion_operator.config import Config
-from accordion_operator.controller import Controller
-from accordion_operator.kube import ClusterCache
+from accordion_operator.trainingrun.cache import ClusterCache
+from accordion_operator.trainingrun.controller import Controller
 
 
 class EscalationCheckingKube:

@@ -11,10 +11,11 @@ from prometheus_client import generate_latest
 from trainingrun_factory import make_body, make_run
 
 from accordion_operator.config import Config
-from accordion_operator.controller import Controller
-from accordion_operator.kube import ClusterCache
+from accordion_operator.core.objects import Resource
 from accordion_operator.metrics import OperatorMetrics
-from accordion_operator.reconcile import Plan
+from accordion_operator.trainingrun.cache import ClusterCache
+from accordion_operator.trainingrun.controller import Controller
+from accordion_operator.trainingrun.decide import Plan
 
 
 def node(name: str, gpus: int, *, cordoned: bool = False) -> dict[str, Any]:
@@ -105,8 +106,8 @@ class FakeKube:
         self.cache.apply("pod", "DELETED", {"metadata": {"name": name, "namespace": ns}})
         return 200, {"kind": "Status"}
 
-    async def patch_run_status(
-        self, ns: str, name: str, patch: dict[str, Any]
+    async def patch_status(
+        self, _resource: Resource, ns: str, name: str, patch: dict[str, Any]
     ) -> tuple[int, dict[str, Any]]:
         return 200, make_body(status=patch)
 

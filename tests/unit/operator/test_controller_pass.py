@@ -12,9 +12,9 @@ from merge_patch import merge
 from trainingrun_factory import make_body
 
 from accordion_operator.config import Config
-from accordion_operator.controller import Controller
-from accordion_operator.kube import CachedRun, ClusterCache
-from accordion_operator.reconcile import SecretInfo
+from accordion_operator.core.objects import Resource
+from accordion_operator.trainingrun.cache import CachedRun, ClusterCache
+from accordion_operator.trainingrun.controller import Controller
 
 
 def node(name: str, gpus: int) -> dict[str, Any]:
@@ -51,8 +51,8 @@ class Apiserver:
         self.runs[name] = body
         self.cache.apply("run", "ADDED", body)
 
-    async def secret_keys(self, namespace: str, name: str) -> SecretInfo:
-        return SecretInfo(frozenset({"accessKey", "secretKey"}))
+    async def secret_keys(self, namespace: str, name: str) -> frozenset[str]:
+        return frozenset({"accessKey", "secretKey"})
 
     async def create(self, obj: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         meta = {**obj["metadata"], "resourceVersion": self._next_rv()}
@@ -64,8 +64,8 @@ class Apiserver:
             obj = {**obj, "spec": {**obj["spec"], "nodeName": "n1"}, "status": ready}
         return 201, {**obj, "metadata": meta}
 
-    async def patch_run_status(
-        self, namespace: str, name: str, patch: dict[str, Any]
+    async def patch_status(
+        self, _resource: Resource, namespace: str, name: str, patch: dict[str, Any]
     ) -> tuple[int, dict[str, Any]]:
         self.writes.append(("status", name))
         body = merge(self.runs[name], {"status": patch})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from crd_support import walk
 
-from accordion_operator import crdgen_experiment
+from accordion_operator.crd import experiment as crdgen_experiment
 
 
 def test_names_columns_and_cel_messages() -> None:

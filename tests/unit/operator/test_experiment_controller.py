@@ -9,12 +9,9 @@ from experiment_factory import BASE
 from prometheus_client import generate_latest
 
 from accordion_operator.config import Config
-from accordion_operator.experiment_controller import (
-    ExperimentCache,
-    ExperimentController,
-    fingerprint,
-)
-from accordion_operator.experiment_reconcile import ANNOTATION_STOPPED, LABEL_EXPERIMENT
+from accordion_operator.experiment.cache import ExperimentCache, fingerprint
+from accordion_operator.experiment.controller import ExperimentController
+from accordion_operator.experiment.trials import ANNOTATION_STOPPED, LABEL_EXPERIMENT
 from accordion_operator.metrics import OperatorMetrics
 
 NOW = 1_700_000_000.0

@@ -11,12 +11,9 @@ from typing import Any
 import kopf
 
 from accordion_operator.config import Config
-from accordion_operator.experiment_controller import (
-    ExperimentCache,
-    ExperimentController,
-    TrialSink,
-    stop_experiments,
-)
+from accordion_operator.experiment.cache import ExperimentCache, TrialSink
+from accordion_operator.experiment.controller import ExperimentController
+from accordion_operator.handlers import Running, cleanup
 
 
 class EmptyCluster:
@@ -45,7 +42,8 @@ async def test_cleanup_wakes_the_idle_loop_at_once() -> None:
     ctl = ExperimentController(Config(resync_seconds=60.0), cluster, cache)  # type: ignore[arg-type]
     stop = asyncio.Event()
     task = asyncio.create_task(ctl.run_forever(stop))
-    memo = kopf.Memo(exp_cache=cache, exp_stop=stop, exp_task=task, exp_controller=ctl)
+    running = Running(cluster, stop, cache, loops=[(task, cache.dirty)])  # type: ignore[arg-type]
+    memo = kopf.Memo(running=running)
     await asyncio.wait_for(cluster.seeded.wait(), 5)
     async with asyncio.timeout(5):  # the first pass, once the trials are listed
         while ctl.passes < 1:  # noqa: ASYNC110 (a counter; the controller has no event for it)
@@ -53,7 +51,7 @@ async def test_cleanup_wakes_the_idle_loop_at_once() -> None:
     await asyncio.sleep(0.1)  # the pass ends; idle now, waiting for a watch event or the resync
     assert ctl.passes == 1
     t0 = time.monotonic()
-    await stop_experiments(memo=memo)
+    await cleanup(memo=memo)
     assert time.monotonic() - t0 < 2
     assert task.done()
     assert not task.cancelled()  # it returned by itself

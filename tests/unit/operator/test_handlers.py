@@ -9,21 +9,15 @@ import kopf
 import pytest
 
 from accordion_operator import handlers
-from accordion_operator.config import Config
 from accordion_operator.handlers import configure
 
 
 def test_kopf_settings() -> None:
     settings = kopf.OperatorSettings()
-    configure(settings, Config())
-    assert settings.peering.standalone  # one replica; see docs/trainingrun.md
+    configure(settings)
     assert not settings.posting.enabled  # our Events are explicit
-    assert settings.persistence.finalizer == "accordion.dev/kopf-finalizer"
-    selectors = dict(settings.watching.label_selectors.items())
-    assert list(selectors.values()) == ["accordion.dev/experiment"]
-    (selector,) = selectors
-    assert selector.group == "accordion.dev"
-    assert selector.any_name == "trainingruns"
+    assert settings.watching.server_timeout == 300  # the Experiment watch is renewed in time
+    assert settings.watching.client_timeout > settings.watching.server_timeout
 
 
 def test_in_cluster_login_uses_the_service_env_not_cluster_dns(

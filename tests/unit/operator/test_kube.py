@@ -6,9 +6,9 @@ from typing import Any
 
 from trainingrun_factory import make_body
 
-from accordion_operator.allocator import PodUse, Taint
 from accordion_operator.config import Config
-from accordion_operator.kube import ClusterCache, node_from
+from accordion_operator.trainingrun.allocator import PodUse, Taint
+from accordion_operator.trainingrun.cache import ClusterCache, node_from
 
 
 def pod(
@@ -153,8 +153,8 @@ def test_cached_runs_leave_out_the_epoch_history_and_unread_metadata() -> None:
 
 def test_cached_run_summary_agrees_with_the_model() -> None:
     """A pass over settled runs reads only the summary: it must say what the model says."""
-    from accordion_operator.kube import CachedRun
-    from accordion_operator.reconcile import run_request, wants_gpus
+    from accordion_operator.trainingrun.cache import CachedRun
+    from accordion_operator.trainingrun.observe import run_request, wants_gpus
 
     data = {"endpoint": "minio:9000", "bucket": "data", "credentialsSecret": {"name": "data-s3"}}
     cases = [

@@ -10,17 +10,16 @@ from trainingrun_factory import make_body, make_run
 
 from accordion_operator.api.trainingrun import TrainingRun
 from accordion_operator.config import Config
-from accordion_operator.reconcile import (
+from accordion_operator.core.timefmt import to_rfc3339
+from accordion_operator.trainingrun.checks import check_run
+from accordion_operator.trainingrun.decide import Plan, decide_run
+from accordion_operator.trainingrun.observe import (
     Children,
-    Plan,
     PodState,
     SecretInfo,
-    check_run,
-    decide_run,
     parse_run,
     pod_state,
     run_request,
-    to_rfc3339,
 )
 
 CFG = Config(launcher_backoff_seconds=10, launcher_backoff_max_seconds=60)

@@ -7,7 +7,7 @@ import pytest
 from experiment_factory import make_exp
 
 from accordion_operator.api.experiment import ExperimentSpec
-from accordion_operator.search import (
+from accordion_operator.experiment.search import (
     Suggestion,
     TrialRecord,
     build_study,

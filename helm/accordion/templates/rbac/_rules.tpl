@@ -1,7 +1,7 @@
 {{/*
 The operator's permissions, least privilege: exactly the calls in operator/accordion_operator/
-(kube.py, handlers.py) plus what it grants each run's launcher (builders.build_role: RBAC lets
-only holders grant). tests/chart/test_chart_rbac.py derives that set from the code and compares.
+(core/kube.py's callers, the watch tables, handlers.py) plus what it grants each run's launcher
+(trainingrun/builders.build_role: RBAC lets only holders grant). tests/chart/test_chart_rbac.py derives that set from the code and compares.
 "Framework:" rules are what kopf itself needs; "Application:" rules are Accordion's.
 */}}
 

@@ -12,17 +12,20 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from accordion_operator.api.common import API_VERSION
-from accordion_operator.api.trainingrun import KIND, PLURAL, ObjectStore, TrainingRun
+from accordion_operator.api.trainingrun import PLURAL, ObjectStore, TrainingRun
 from accordion_operator.config import Config
+from accordion_operator.core.objects import (
+    LABEL_EXPERIMENT,
+    LABEL_MANAGED_BY,
+    LABEL_NAME,
+    MANAGED_BY,
+    TRAININGRUNS,
+    owner_reference,
+)
 
-LABEL_NAME = "app.kubernetes.io/name"
-LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_RUN = "accordion.dev/run"
 LABEL_ROLE = "accordion.dev/role"
 LABEL_INDEX = "accordion.dev/worker-index"
-LABEL_EXPERIMENT = "accordion.dev/experiment"
-MANAGED_BY = "accordion-operator"
 ROLE_WORKER = "worker"
 ROLE_LAUNCHER = "launcher"
 SSH_DIR = "/etc/accordion/ssh"
@@ -65,17 +68,6 @@ def labels(run: TrainingRun, role: str, cfg: Config, index: int | None = None) -
     return out
 
 
-def owner_reference(run: TrainingRun) -> dict[str, Any]:
-    return {
-        "apiVersion": API_VERSION,
-        "kind": KIND,
-        "name": run.metadata.name,
-        "uid": run.metadata.uid,
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
-
-
 def _meta(
     run: TrainingRun, name: str, role: str, cfg: Config, index: int | None = None
 ) -> dict[str, Any]:
@@ -83,7 +75,7 @@ def _meta(
         "name": name,
         "namespace": run.metadata.namespace,
         "labels": labels(run, role, cfg, index),
-        "ownerReferences": [owner_reference(run)],
+        "ownerReferences": [owner_reference(TRAININGRUNS, run.metadata.name, run.metadata.uid)],
     }
 
 

@@ -1,11 +1,9 @@
-"""Experiments: thin kopf handlers, the cache they feed and the loop that acts on the plans.
+"""The Experiment controller: one loop that decides every Experiment whose observations changed
+and executes the plans (create trial TrainingRuns, stop pruned ones, write status).
 
-Same shape as the TrainingRun side (`handlers` + `controller`): watch events only copy objects
-into a cache and wake one loop; each pass runs the pure `decide_experiment` for every
-Experiment whose observations changed and executes the plans (create child TrainingRuns, stop
-pruned ones, write status). The children are ordinary TrainingRuns: the TrainingRun controller
-admits them through the same GPU allocator as any run. Registered by importing this module
-(`accordion_operator.__main__` does).
+Watch events only copy objects into the cache (`experiment.cache`) and wake the loop; each pass
+runs the pure `decide_experiment` off the event loop. The trials are ordinary TrainingRuns: the
+TrainingRun controller admits them through the same GPU allocator as any run.
 """
 
 from __future__ import annotations
@@ -17,134 +15,27 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import kopf
-
-from accordion_operator import builders
-from accordion_operator.api.common import API_VERSION, GROUP, VERSION
+from accordion_operator.api.common import API_VERSION
 from accordion_operator.api.experiment import KIND, PLURAL, Experiment
 from accordion_operator.api.trainingrun import PLURAL as RUN_PLURAL
 from accordion_operator.config import Config
-from accordion_operator.experiment_reconcile import (
+from accordion_operator.core.kube import ApiError, Kube
+from accordion_operator.core.objects import (
+    EXPERIMENTS,
     LABEL_EXPERIMENT,
-    ChildRun,
-    ExperimentPlan,
-    best_child,
-    decide_experiment,
-    observe_child,
-    stop_patch,
+    TRAININGRUNS,
+    object_key,
+    object_ref,
 )
-from accordion_operator.kube import ApiError, Kube
+from accordion_operator.core.timefmt import to_rfc3339
+from accordion_operator.experiment.cache import ExperimentCache, Key, TrialSink, fingerprint
+from accordion_operator.experiment.decide import ExperimentPlan, best_child, decide_experiment
+from accordion_operator.experiment.observe import ChildRun, observe_child
+from accordion_operator.experiment.search import RungMemo, max_trials
+from accordion_operator.experiment.trials import stop_patch
 from accordion_operator.metrics import OperatorMetrics
-from accordion_operator.reconcile import to_rfc3339
-from accordion_operator.search import RungMemo, max_trials
 
 log = logging.getLogger("accordion.experiments")
-CR_VERSION = f"{GROUP}/{VERSION}"
-Key = tuple[str, str]
-
-
-def _key(body: Mapping[str, Any]) -> Key:
-    meta = body.get("metadata") or {}
-    return str(meta.get("namespace", "")), str(meta.get("name", ""))
-
-
-def _rv(body: Mapping[str, Any]) -> int:
-    try:
-        return int((body.get("metadata") or {}).get("resourceVersion") or 0)
-    except ValueError:
-        return 0
-
-
-@dataclass
-class ExperimentCache:
-    """Experiments and the TrainingRuns labelled as their trials, as the watches report them."""
-
-    experiments: dict[Key, dict[str, Any]] = field(default_factory=dict)
-    #: (namespace, experiment) -> run name -> body
-    trials: dict[Key, dict[str, dict[str, Any]]] = field(default_factory=dict)
-    dirty: asyncio.Event = field(default_factory=asyncio.Event)
-    #: namespaces ("" = all) whose trial runs have been listed once
-    trials_listed: set[str] = field(default_factory=set)
-
-    def apply(
-        self, kind: str, event_type: str | None, body: Mapping[str, Any], wake: bool = True
-    ) -> None:
-        deleted = event_type == "DELETED"
-        ns, name = _key(body)
-        if kind == "experiment":
-            old = self.experiments.get((ns, name))
-            if deleted:
-                self.experiments.pop((ns, name), None)
-            elif old is None or _rv(body) >= _rv(old):
-                self.experiments[(ns, name)] = dict(body)
-        else:
-            exp = ((body.get("metadata") or {}).get("labels") or {}).get(LABEL_EXPERIMENT)
-            if not exp:
-                return
-            runs = self.trials.setdefault((ns, exp), {})
-            old = runs.get(name)
-            if deleted:
-                runs.pop(name, None)
-            elif old is None or _rv(body) >= _rv(old):
-                runs[name] = dict(body)
-            if not runs:
-                self.trials.pop((ns, exp), None)
-        if wake:
-            self.dirty.set()
-
-    def replace_all(
-        self, kind: str, items: Iterable[Mapping[str, Any]], namespace: str | None = None
-    ) -> None:
-        """A full LIST (of one namespace, or of all). Entries newer than the listing (a watch
-        event that overtook it) are kept; entries missing from it are dropped unless they are
-        newer than all it holds."""
-        items = list(items)
-        newest = max((_rv(i) for i in items), default=0)
-        listed = {_key(i) for i in items}
-        if kind == "experiment":
-            for key, body in list(self.experiments.items()):
-                if key not in listed and _rv(body) <= newest:
-                    del self.experiments[key]
-        else:
-            for exp_key, runs in list(self.trials.items()):
-                if namespace is not None and exp_key[0] != namespace:
-                    continue
-                for name, body in list(runs.items()):
-                    if (exp_key[0], name) not in listed and _rv(body) <= newest:
-                        del runs[name]
-                if not runs:
-                    del self.trials[exp_key]
-        for item in items:
-            self.apply(kind, None, item, wake=False)
-        self.dirty.set()
-
-    def trials_of(self, namespace: str, experiment: str) -> list[dict[str, Any]]:
-        return list(self.trials.get((namespace, experiment), {}).values())
-
-
-@dataclass
-class TrialSink:
-    """Trial runs of one namespace (None: all) from `Kube.list_watch` into the cache."""
-
-    cache: ExperimentCache
-    namespace: str | None
-    items: list[dict[str, Any]] = field(default_factory=list)
-
-    def page(self, items: list[dict[str, Any]]) -> None:
-        self.items.extend(items)  # trials are few: the whole LIST is applied at its end
-
-    def listed(self) -> None:
-        self.cache.replace_all("run", self.items, self.namespace)
-        self.items = []
-        self.cache.trials_listed.add(self.namespace or "")
-
-    def event(self, event_type: str, body: dict[str, Any]) -> None:
-        self.cache.apply("run", event_type, body)
-
-
-def fingerprint(exp: Mapping[str, Any], trials: Iterable[Mapping[str, Any]]) -> tuple[Any, ...]:
-    """What a decision depends on: unchanged -> the pass skips the experiment."""
-    return (_rv(exp), tuple(sorted((_key(t)[1], _rv(t)) for t in trials)))
 
 
 @dataclass
@@ -210,7 +101,7 @@ class ExperimentController:
         search is concerned is `Pending` until its run really runs (waiting for GPUs)."""
         if self.metrics is None:
             return
-        phases = {_key(t)[1]: (t.get("status") or {}).get("phase") for t in trials}
+        phases = {object_key(t)[1]: (t.get("status") or {}).get("phase") for t in trials}
         states: dict[str, int] = {}
         for c in children:
             state: str = c.outcome
@@ -255,14 +146,7 @@ class ExperimentController:
                     log.warning("%s/%s: %s", ns, name, msg)
                     plan.events.append(("Warning", "CreateFailed", msg))
             for run, why in plan.stop:
-                code, data = await self.kube._call(
-                    "PATCH",
-                    CR_VERSION,
-                    f"{RUN_PLURAL}/{run}",
-                    ns,
-                    stop_patch(why),
-                    content_type="application/merge-patch+json",
-                )
+                code, data = await self.kube.patch(TRAININGRUNS, ns, run, stop_patch(why))
                 if code == 200:
                     self.cache.apply("run", "MODIFIED", data, wake=False)
                 elif code != 404:
@@ -270,22 +154,14 @@ class ExperimentController:
                         "%s/%s: stopping %s: %s %s", ns, name, run, code, data.get("message")
                     )
             if plan.status_patch is not None:
-                code, data = await self.kube._call(
-                    "PATCH",
-                    CR_VERSION,
-                    f"{PLURAL}/{name}/status",
-                    ns,
-                    {"status": plan.status_patch},
-                    content_type="application/merge-patch+json",
-                )
+                code, data = await self.kube.patch_status(EXPERIMENTS, ns, name, plan.status_patch)
                 if code == 200:
                     self.cache.apply("experiment", "MODIFIED", data, wake=False)
                 elif code != 404:
                     log.warning("%s/%s: status patch: %s %s", ns, name, code, data.get("message"))
+            ref = object_ref(EXPERIMENTS, ns, name, uid)
             for etype, reason, message in plan.events:
-                await self.kube.create(
-                    event_body(ns, name, uid, etype, reason, message, self.clock())
-                )
+                await self.kube.event(ref, etype, reason, message)
             if plan.create or plan.stop:
                 # our own writes changed the children: decide again on the next pass
                 self.seen.pop(key, None)
@@ -295,7 +171,7 @@ class ExperimentController:
 
     async def seed(self) -> None:
         ns = self.cfg.namespaces
-        self.cache.replace_all("experiment", await self.kube.list_all(CR_VERSION, PLURAL, ns))
+        self.cache.replace_all("experiment", await self.kube.list_all(API_VERSION, PLURAL, ns))
 
     async def run_forever(self, stop: asyncio.Event) -> None:
         # Trial runs by our own LIST+WATCH with a server-side label selector, not kopf's: kopf
@@ -305,7 +181,7 @@ class ExperimentController:
         watches = [
             asyncio.create_task(
                 self.kube.list_watch(
-                    TrialSink(self.cache, ns), CR_VERSION, RUN_PLURAL, ns, stop, LABEL_EXPERIMENT
+                    TrialSink(self.cache, ns), API_VERSION, RUN_PLURAL, ns, stop, LABEL_EXPERIMENT
                 ),
                 name=f"watch-trials-{ns or 'all'}",
             )
@@ -379,63 +255,6 @@ def invalid_plan(body: Mapping[str, Any], errors: list[str], now: float) -> Expe
     )
 
 
-def event_body(
-    ns: str, name: str, uid: str, etype: str, reason: str, message: str, now: float
-) -> dict[str, Any]:
-    t = to_rfc3339(now)
-    return {
-        "apiVersion": "v1",
-        "kind": "Event",
-        "metadata": {"generateName": f"{name}.", "namespace": ns},
-        "involvedObject": {
-            "apiVersion": API_VERSION,
-            "kind": KIND,
-            "name": name,
-            "namespace": ns,
-            "uid": uid,
-        },
-        "type": etype,
-        "reason": reason[:128],
-        "message": message[:1024],
-        "source": {"component": builders.MANAGED_BY},
-        "reportingComponent": builders.MANAGED_BY,
-        "firstTimestamp": t,
-        "lastTimestamp": t,
-        "count": 1,
-    }
-
-
-# --- kopf handlers (thin) ------------------------------------------------------------------------
-
-
-@kopf.on.startup()
-async def start_experiments(memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
-    cfg = Config.from_env()
-    cache = ExperimentCache()
-    # One registry for both controllers, whichever startup handler runs first (handlers.py).
-    metrics: OperatorMetrics = memo.setdefault("metrics", OperatorMetrics())
-    metrics.declare_handlers(["experiments"])
-    ctl = ExperimentController(
-        cfg, await Kube.connect(cfg, metrics, watches=False), cache, metrics=metrics
-    )
-    stop = asyncio.Event()
-    memo.exp_cache, memo.exp_controller, memo.exp_stop = cache, ctl, stop
-    memo.exp_task = asyncio.create_task(ctl.run_forever(stop), name="accordion-experiments")
-    logger.info("experiment controller started")
-
-
-@kopf.on.cleanup()
-async def stop_experiments(memo: kopf.Memo, **_: Any) -> None:
-    memo.exp_stop.set()
-    memo.exp_cache.dirty.set()  # wake the idle loop now, not at its next resync
-    task: asyncio.Task[None] = memo.exp_task
-    try:
-        await asyncio.wait_for(task, timeout=10)
-    except (TimeoutError, asyncio.CancelledError):
-        task.cancel()
-    await memo.exp_controller.kube.close()
-
-
-@kopf.on.event(GROUP, VERSION, PLURAL)
-def on_experiment(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    memo.exp_cache.apply("experiment", event["type"], event["object"])
+def trial_streams(cfg: Config) -> int:
+    """How many watch streams the Experiment controller keeps open (trial runs, per scope)."""
+    return max(1, len(cfg.namespaces))

@@ -17,24 +17,24 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from accordion_operator import builders
-from accordion_operator.allocator import RunRequest, decide_allocation
-from accordion_operator.api.common import ObjectMeta
 from accordion_operator.api.trainingrun import FINISHED_PHASES, REASON_PREEMPTED, TrainingRun
 from accordion_operator.config import Config
-from accordion_operator.kube import WATCHED, CachedRun, ClusterCache, Kube
+from accordion_operator.core.kube import Kube
+from accordion_operator.core.objects import LABEL_EXPERIMENT, TRAININGRUNS, object_ref
+from accordion_operator.core.timefmt import from_rfc3339, to_rfc3339
 from accordion_operator.metrics import OperatorMetrics
-from accordion_operator.reconcile import (
-    EXIT_REASONS,
-    Children,
-    Plan,
-    PodState,
-    SecretInfo,
-    check_run,
-    decide_run,
-    from_rfc3339,
-    to_rfc3339,
+from accordion_operator.trainingrun import builders
+from accordion_operator.trainingrun.allocator import RunRequest, decide_allocation
+from accordion_operator.trainingrun.cache import (
+    WATCHED,
+    CachedRun,
+    ClusterCache,
+    expected_syncs,
+    watch,
 )
+from accordion_operator.trainingrun.checks import check_run
+from accordion_operator.trainingrun.decide import Plan, decide_run
+from accordion_operator.trainingrun.observe import EXIT_REASONS, Children, PodState, SecretInfo
 
 log = logging.getLogger("accordion.controller")
 
@@ -79,7 +79,8 @@ class Controller:
             key = (view.namespace, name)
             hit = self.secrets.get(key)
             if hit is None or now - hit[0] > self.secret_ttl:
-                hit = (now, await self.kube.secret_keys(*key))
+                keys = await self.kube.secret_keys(*key)
+                hit = (now, SecretInfo(keys) if keys is not None else None)
                 self.secrets[key] = hit
             out[name] = hit[1]
         return out
@@ -244,7 +245,7 @@ class Controller:
         pods: dict[tuple[str, str], tuple[str, str, str]] = {}
         for (ns, run), states in self.cache.run_pods.items():
             view = self.cache.runs.get((ns, run))
-            experiment = view.labels.get(builders.LABEL_EXPERIMENT, "") if view else ""
+            experiment = view.labels.get(LABEL_EXPERIMENT, "") if view else ""
             for name, st in states.items():
                 pods[(ns, name)] = (run, experiment, st.role)
         for key in set(self._pod_info) - set(pods):
@@ -321,10 +322,13 @@ class Controller:
             ],
             "message": message[:256],
         }
-        code, data = await self.kube.patch_run_status(meta["namespace"], meta["name"], patch)
+        code, data = await self.kube.patch_status(
+            TRAININGRUNS, meta["namespace"], meta["name"], patch
+        )
         if code == 200:
             self.cache.apply("run", "MODIFIED", data, wake=False)
-        await self.kube.event(ObjectMeta.model_validate(meta), "Warning", reason, message)
+        ref = object_ref(TRAININGRUNS, meta["namespace"], meta["name"], meta.get("uid", ""))
+        await self.kube.event(ref, "Warning", reason, message)
 
     async def _execute(self, run: TrainingRun, plan: Plan) -> None:
         ns, name = run.metadata.namespace, run.metadata.name
@@ -336,7 +340,7 @@ class Controller:
         ]
         try:
             if plan.delete_run:
-                code, data = await self.kube.delete_run(ns, name)
+                code, data = await self.kube.delete(TRAININGRUNS, ns, name)
                 log.info("TTL after finish: deleted %s (%s)", run.key, code)
                 return
             if plan.ensure_auth and plan.create:
@@ -358,14 +362,15 @@ class Controller:
                 elif code not in (200, 202, 404):
                     log.warning("%s: deleting pod %s: %s", run.key, pod, data.get("message"))
             if plan.status_patch is not None:
-                code, data = await self.kube.patch_run_status(ns, name, plan.status_patch)
+                code, data = await self.kube.patch_status(TRAININGRUNS, ns, name, plan.status_patch)
                 if code == 200:
                     self.cache.apply("run", "MODIFIED", data, wake=False)
                     self._export_run(run, plan, data.get("status") or {}, replaced)
                 elif code != 404:
                     log.warning("%s: status patch: %s %s", run.key, code, data.get("message"))
+            ref = object_ref(TRAININGRUNS, ns, name, run.metadata.uid)
             for etype, reason, message in plan.events:
-                await self.kube.event(run.metadata, etype, reason, message)
+                await self.kube.event(ref, etype, reason, message)
         except Exception:  # never let one run's trouble stop the loop
             log.exception("reconciling %s failed; retrying on the next pass", run.key)
 
@@ -395,7 +400,7 @@ class Controller:
 
     async def run_forever(self, stop: asyncio.Event) -> None:
         watches = [
-            asyncio.create_task(self.kube.watch(self.cache, kind, stop), name=f"watch-{kind}")
+            asyncio.create_task(watch(self.kube, self.cache, kind, stop), name=f"watch-{kind}")
             for kind in WATCHED
         ]
         try:
@@ -407,7 +412,7 @@ class Controller:
 
     async def _loop(self, stop: asyncio.Event) -> None:
         cfg = self.cfg
-        expected = self.kube.expected_syncs()
+        expected = expected_syncs(self.cfg)
         # Act only on a complete view: a run seen before its pods would get duplicate creations
         # refused by name, but an incomplete view of the GPU pods could over-admit.
         while not stop.is_set() and not expected <= self.cache.synced:

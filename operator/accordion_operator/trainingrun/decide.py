@@ -7,21 +7,10 @@ deterministic names (the apiserver refuses duplicates) and deletions are by name
 
 from __future__ import annotations
 
-import math
-import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
-from accordion_operator import builders
-from accordion_operator.allocator import (
-    Placement,
-    Requirement,
-    RunRequest,
-    Toleration,
-)
-from accordion_operator.api.common import Condition
 from accordion_operator.api.trainingrun import (
     COND_ADMITTED,
     COND_FAILED,
@@ -31,7 +20,6 @@ from accordion_operator.api.trainingrun import (
     COND_SUSPENDED,
     CONDITION_TYPES,
     FINISHED_PHASES,
-    HPARAM_NAME_PATTERN,
     PERMANENT_TRAINER_REASONS,
     REASON_BACKOFF_LIMIT,
     REASON_BELOW_MIN,
@@ -39,271 +27,28 @@ from accordion_operator.api.trainingrun import (
     REASON_GANG_ADMITTED,
     REASON_IMAGE_PULL,
     REASON_IN_PROGRESS,
-    REASON_INVALID_HPARAMS,
     REASON_LAUNCHER_BACKOFF,
     REASON_NOT_RUNNING,
     REASON_NOT_SUSPENDED,
     REASON_QUEUED,
     REASON_SCALING_DOWN,
     REASON_SCALING_UP,
-    REASON_SECRET_INVALID,
-    REASON_SECRET_MISSING,
     REASON_STABLE,
     REASON_STARTING,
     REASON_SUSPENDED,
     REASON_TRAINING,
-    REASON_UNKNOWN_MODEL,
     TrainingRun,
 )
 from accordion_operator.config import Config
-
-#: exit codes of the trainer (contract) -> condition reason
-EXIT_REASONS = {
-    1: "TrainingError",
-    10: "DataUnreachable",
-    11: "DataAccessDenied",
-    12: "DataNotFound",
-    13: "DataUnreadable",
-    14: "ModelInvalid",
-}
-IMAGE_PULL_REASONS = frozenset(
-    {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
+from accordion_operator.core.conditions import Conditions
+from accordion_operator.core.timefmt import from_rfc3339, to_rfc3339
+from accordion_operator.trainingrun import builders
+from accordion_operator.trainingrun.observe import (
+    EXIT_REASONS,
+    IMAGE_PULL_REASONS,
+    Children,
+    PodState,
 )
-_HPARAM_NAME = re.compile(HPARAM_NAME_PATTERN)
-
-
-# --- time ----------------------------------------------------------------------------------------
-
-
-def to_rfc3339(t: float) -> str:
-    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def from_rfc3339(s: str | None) -> float | None:
-    if not s:
-        return None
-    return datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
-
-
-# --- observed state ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PodState:
-    """What the operator needs to know of one child pod."""
-
-    name: str
-    run: str
-    role: str
-    index: int | None
-    phase: str
-    ready: bool
-    node: str | None
-    deleting: bool
-    gpus: int
-    exit_code: int | None = None
-    message: str = ""
-    waiting_reason: str | None = None
-    waiting_message: str = ""
-    finished_at: float | None = None
-
-    @property
-    def terminal(self) -> bool:
-        return self.phase in ("Succeeded", "Failed")
-
-    @property
-    def live(self) -> bool:
-        return not self.terminal and not self.deleting
-
-
-def pod_gpus(spec: Mapping[str, Any], resource: str) -> int:
-    total = 0
-    for c in spec.get("containers") or ():
-        req = (c.get("resources") or {}).get("requests") or {}
-        lim = (c.get("resources") or {}).get("limits") or {}
-        value = req.get(resource, lim.get(resource))
-        if value is not None:
-            try:
-                total += int(value)
-            except ValueError:
-                continue
-    return total
-
-
-def pod_state(body: Mapping[str, Any], gpu_resource: str = "nvidia.com/gpu") -> PodState:
-    """Parse a pod (a dict as the apiserver returns it)."""
-    meta = body.get("metadata") or {}
-    spec = body.get("spec") or {}
-    status = body.get("status") or {}
-    lbl = meta.get("labels") or {}
-    index_label = lbl.get(builders.LABEL_INDEX)
-    ready = any(
-        c.get("type") == "Ready" and c.get("status") == "True"
-        for c in status.get("conditions") or ()
-    )
-    exit_code: int | None = None
-    message = ""
-    waiting_reason: str | None = None
-    waiting_message = ""
-    finished_at: float | None = None
-    for cs in status.get("containerStatuses") or ():
-        state = cs.get("state") or {}
-        if "terminated" in state:
-            term = state["terminated"]
-            exit_code = term.get("exitCode")
-            message = (term.get("message") or "").strip()
-            finished_at = from_rfc3339(term.get("finishedAt"))
-        elif "waiting" in state:
-            waiting_reason = state["waiting"].get("reason")
-            waiting_message = state["waiting"].get("message") or ""
-    return PodState(
-        name=meta.get("name", ""),
-        run=lbl.get(builders.LABEL_RUN, ""),
-        role=lbl.get(builders.LABEL_ROLE, ""),
-        index=int(index_label) if index_label and index_label.isdigit() else None,
-        phase=status.get("phase") or "Pending",
-        ready=ready,
-        node=spec.get("nodeName"),
-        deleting=bool(meta.get("deletionTimestamp")),
-        gpus=pod_gpus(spec, gpu_resource),
-        exit_code=exit_code,
-        message=message[:1024],
-        waiting_reason=waiting_reason,
-        waiting_message=waiting_message[:512],
-        finished_at=finished_at,
-    )
-
-
-@dataclass(frozen=True)
-class Children:
-    """A run's observed children."""
-
-    pods: Sequence[PodState] = ()
-    #: names of the auth objects that exist: ssh Secret, ServiceAccount, Role, RoleBinding
-    auth_ready: bool = False
-
-
-@dataclass(frozen=True)
-class SecretInfo:
-    """A credentials Secret as observed: None when missing, else its keys."""
-
-    keys: frozenset[str]
-
-
-# --- validation beyond the schema ----------------------------------------------------------------
-
-
-def check_run(
-    run: TrainingRun, secrets: Mapping[str, SecretInfo | None], cfg: Config
-) -> tuple[str, str] | None:
-    """What the apiserver cannot check: (reason, actionable message), or None when fine."""
-    spec = run.spec
-    if spec.model.builtin is not None and spec.model.builtin not in cfg.builtin_models:
-        return (
-            REASON_UNKNOWN_MODEL,
-            f"spec.model.builtin {spec.model.builtin!r} is not a built-in model; "
-            f"choose one of: {', '.join(cfg.builtin_models)}",
-        )
-    for name, value in spec.hyperparameters.items():
-        if not _HPARAM_NAME.match(name) or len(name) > 63:
-            return (
-                REASON_INVALID_HPARAMS,
-                f"hyperparameter name {name!r} must match {HPARAM_NAME_PATTERN} "
-                "(at most 63 characters)",
-            )
-        if isinstance(value, bool) or not isinstance(value, str | int | float):
-            return (
-                REASON_INVALID_HPARAMS,
-                f"hyperparameter {name!r} must be a string or a number, not {type(value).__name__}",
-            )
-        if isinstance(value, float) and not math.isfinite(value):
-            return REASON_INVALID_HPARAMS, f"hyperparameter {name!r} must be finite"
-    stores = [("spec.results", spec.results)]
-    if spec.data is not None:
-        stores.insert(0, ("spec.data", spec.data))
-    for where, store in stores:
-        name = store.credentials_secret.name
-        info = secrets.get(name)
-        if info is None:
-            return (
-                REASON_SECRET_MISSING,
-                f"{where}.credentialsSecret: Secret {run.metadata.namespace}/{name} not found; "
-                f"create it with keys {builders.ACCESS_KEY} and {builders.SECRET_KEY}",
-            )
-        missing = {builders.ACCESS_KEY, builders.SECRET_KEY} - info.keys
-        if missing:
-            return (
-                REASON_SECRET_INVALID,
-                f"{where}.credentialsSecret: Secret {run.metadata.namespace}/{name} lacks "
-                f"key(s) {', '.join(sorted(missing))}",
-            )
-    return None
-
-
-def parse_run(body: Mapping[str, Any]) -> TrainingRun | tuple[str, str]:
-    """The run model, or (reason, message) when a value the schema lets through is bad."""
-    from pydantic import ValidationError
-
-    try:
-        return TrainingRun.model_validate(body)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(x) for x in first["loc"])
-        reason = REASON_INVALID_HPARAMS if "hyperparameters" in where else "InvalidSpec"
-        return reason, f"{where}: {first['msg']}"
-
-
-# --- allocator input -----------------------------------------------------------------------------
-
-
-def placement_of(run: TrainingRun) -> Placement:
-    spec = run.spec
-    terms: tuple[tuple[Requirement, ...], ...] = ()
-    na = spec.affinity.node_affinity if spec.affinity else None
-    if na and na.required_during_scheduling_ignored_during_execution:
-        terms = tuple(
-            tuple(Requirement(e.key, e.operator, tuple(e.values)) for e in t.match_expressions)
-            for t in na.required_during_scheduling_ignored_during_execution.node_selector_terms
-        )
-    return Placement(
-        node_selector=tuple(sorted(spec.node_selector.items())),
-        tolerations=tuple(
-            Toleration(t.key, t.operator, t.value, t.effect) for t in spec.tolerations
-        ),
-        required_terms=terms,
-    )
-
-
-def wants_gpus(run: TrainingRun) -> bool:
-    """Whether the run takes part in allocation (valid runs are filtered by the caller)."""
-    st = run.status
-    return (
-        not run.metadata.deletion_timestamp
-        and not run.spec.suspend
-        and st.phase not in FINISHED_PHASES
-    )
-
-
-def run_request(run: TrainingRun) -> RunRequest:
-    st = run.status
-    w = run.spec.workers
-    admitted = _condition(run, COND_ADMITTED)
-    previous = st.desired_workers or 0 if admitted and admitted.status == "True" else 0
-    return RunRequest(
-        key=run.key,
-        priority=run.spec.priority,
-        created=from_rfc3339(run.metadata.creation_timestamp) or 0.0,
-        min=w.min,
-        max=w.max,
-        requested=w.requested,
-        gpus_per_worker=w.gpus_per_worker,
-        placement=placement_of(run),
-        previous=previous,
-        last_scale=from_rfc3339(st.last_scale_time),
-    )
-
-
-# --- the plan ------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -324,54 +69,6 @@ class Plan:
     delete_run: bool = False
     #: check again after this many seconds even without any event (backoff, TTL, timeouts)
     requeue_after: float | None = None
-
-
-def _condition(run: TrainingRun, ctype: str) -> Condition | None:
-    return next((c for c in run.status.conditions if c.type == ctype), None)
-
-
-class Conditions:
-    """A status' conditions being rebuilt: keeps a condition's lastTransitionTime while its
-    status holds, and dumps them in a fixed order (TrainingRun's and Experiment's)."""
-
-    def __init__(
-        self, old: Iterable[Condition], generation: int | None, now: float, order: Sequence[str]
-    ) -> None:
-        self.old = {c.type: c for c in old}
-        self.new: dict[str, Condition] = {}
-        self.now = now
-        self.generation = generation
-        self.order = order
-
-    def set(self, ctype: str, status: bool, reason: str, message: str = "") -> None:
-        value = "True" if status else "False"
-        old = self.old.get(ctype)
-        since = (
-            old.last_transition_time
-            if old is not None and old.status == value
-            else to_rfc3339(self.now)
-        )
-        self.new[ctype] = Condition(
-            type=ctype,
-            status=value,
-            reason=reason,
-            message=message[:1024],
-            last_transition_time=since,
-            observed_generation=self.generation,
-        )
-
-    def changed(self, ctype: str) -> bool:
-        old, new = self.old.get(ctype), self.new.get(ctype)
-        return new is not None and (
-            old is None or (old.status, old.reason) != (new.status, new.reason)
-        )
-
-    def dump(self) -> list[dict[str, Any]]:
-        return [
-            self.new[t].model_dump(by_alias=True, exclude_none=True)
-            for t in self.order
-            if t in self.new
-        ]
 
 
 def _owned_status(run: TrainingRun) -> dict[str, Any]:

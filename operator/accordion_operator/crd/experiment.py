@@ -1,17 +1,10 @@
-"""Render the Experiment CRD from the pydantic models, with `crdgen`'s schema conversion.
-
-`python -m accordion_operator.crdgen_experiment` rewrites `crds/experiments.accordion.dev.yaml`;
-`--check` exits 1 when the file differs from what the models produce (a unit test runs it).
-Kept apart from `crdgen` (the TrainingRun CRD) so the two can evolve without touching each
-other; both share `crdgen.model_schema`, the one pydantic -> structural-schema conversion.
-"""
+"""The Experiment CRD from the pydantic models: schema, validation rules, printer columns."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from accordion_operator import crdgen
-from accordion_operator.api.common import GROUP, cel
+from accordion_operator.api.common import cel
 from accordion_operator.api.experiment import (
     KIND,
     MAX_EXPERIMENT_NAME,
@@ -21,9 +14,7 @@ from accordion_operator.api.experiment import (
     ExperimentSpec,
     ExperimentStatus,
 )
-from accordion_operator.crdgen import REPO, model_schema
-
-CRD_PATH = REPO / "crds" / f"{PLURAL}.{GROUP}.yaml"
+from accordion_operator.crd.schema import crd_document, model_schema
 
 
 def open_api_schema() -> dict[str, Any]:
@@ -70,7 +61,7 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
 
 
 def build_crd() -> dict[str, Any]:
-    return crdgen.crd_document(
+    return crd_document(
         kind=KIND,
         plural=PLURAL,
         singular=SINGULAR,
@@ -79,15 +70,3 @@ def build_crd() -> dict[str, Any]:
         subresources={"status": {}},
         printer_columns=PRINTER_COLUMNS,
     )
-
-
-def render() -> str:
-    return crdgen.render_crd("accordion_operator.crdgen_experiment", build_crd())
-
-
-def main(argv: list[str] | None = None) -> int:
-    return crdgen.cli("accordion_operator.crdgen_experiment", render, CRD_PATH, argv)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

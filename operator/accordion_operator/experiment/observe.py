@@ -1,0 +1,165 @@
+"""What the search needs of one trial TrainingRun (a dict as the apiserver returns it): its
+parameters, outcome and objective values (pure)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from accordion_operator.api.experiment import (
+    Outcome,
+)
+from accordion_operator.core.objects import LABEL_EXPERIMENT
+from accordion_operator.experiment import search
+from accordion_operator.experiment.trials import (
+    ANNOTATION_GRID_ID,
+    ANNOTATION_PARAMETERS,
+    ANNOTATION_STOPPED,
+    ANNOTATION_TRIAL,
+    LABEL_TRIAL,
+    STOP_PRUNED,
+)
+
+
+@dataclass(frozen=True)
+class ChildRun:
+    """What the experiment needs to know of one child TrainingRun."""
+
+    name: str
+    trial: int
+    params: Mapping[str, search.ParamValue]
+    outcome: Outcome
+    #: objective: final value (Succeeded) or the last reported one (Pruned/Stopped/Running)
+    value: float | None = None
+    intermediate: tuple[tuple[int, float], ...] = ()
+    results_uri: str | None = None
+    grid_id: int | None = None
+    #: the experiment already asked this run to stop (annotation set)
+    stop_requested: bool = False
+
+    @property
+    def active(self) -> bool:
+        return self.outcome == "Running"
+
+    def record(self) -> search.TrialRecord:
+        state: search.TrialStateName = {
+            "Running": "running",
+            "Succeeded": "complete",
+            "Failed": "failed",
+            "Pruned": "pruned",
+            "Stopped": "pruned",
+        }[self.outcome]  # type: ignore[assignment]
+        return search.TrialRecord(
+            number=self.trial,
+            params=self.params,
+            state=state,
+            value=self.value if self.outcome == "Succeeded" else None,
+            intermediate=self.intermediate,
+            grid_id=self.grid_id,
+        )
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _epoch_value(record: Mapping[str, Any], metric: str) -> float | None:
+    """A history entry's metric, in either shape: `{"epoch", "metrics": {...}}` (the CRD's
+    EpochRecord) or flat `{"epoch", "val_accuracy": ...}` (what the trainer emits)."""
+    metrics = record.get("metrics")
+    if isinstance(metrics, Mapping) and metric in metrics:
+        return _number(metrics[metric])
+    return _number(record.get(metric))
+
+
+def intermediate_values(training: Mapping[str, Any], metric: str) -> tuple[tuple[int, float], ...]:
+    """(epoch, objective) from status.training: the bounded history plus the latest report."""
+    points: dict[int, float] = {}
+    for rec in training.get("history") or ():
+        if not isinstance(rec, Mapping):
+            continue
+        epoch, value = rec.get("epoch"), _epoch_value(rec, metric)
+        if isinstance(epoch, int) and not isinstance(epoch, bool) and value is not None:
+            points[epoch] = value
+    epoch = training.get("epoch")
+    latest = _number((training.get("metrics") or {}).get(metric))
+    if isinstance(epoch, int) and not isinstance(epoch, bool) and epoch > 0 and latest is not None:
+        points.setdefault(epoch, latest)
+    return tuple(sorted(points.items()))
+
+
+def results_location(run: str, spec: Mapping[str, Any]) -> str | None:
+    """Where the contract puts a run's results (`<bucket>/<prefix>/<run>`), for a run whose
+    status does not (yet) carry the URI the trainer reported."""
+    results = spec.get("results") or {}
+    bucket = results.get("bucket")
+    if not bucket or not run:
+        return None
+    prefix = str(results.get("prefix") or "").strip("/")
+    return f"s3://{bucket}/{prefix}/{run}" if prefix else f"s3://{bucket}/{run}"
+
+
+def observe_child(body: Mapping[str, Any], experiment: str, metric: str) -> ChildRun | None:
+    """Parse a child TrainingRun; None when it is not a trial of `experiment`."""
+    meta = body.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    annotations = meta.get("annotations") or {}
+    if labels.get(LABEL_EXPERIMENT) != experiment:
+        return None
+    try:
+        trial = int(annotations.get(ANNOTATION_TRIAL, labels.get(LABEL_TRIAL, "")))
+    except ValueError:
+        return None
+    try:
+        raw = json.loads(annotations.get(ANNOTATION_PARAMETERS, "{}"))
+    except ValueError:
+        raw = {}
+    params: dict[str, search.ParamValue] = {
+        str(k): v
+        for k, v in (raw if isinstance(raw, dict) else {}).items()
+        if isinstance(v, str | int | float) and not isinstance(v, bool)
+    }
+    grid_raw = annotations.get(ANNOTATION_GRID_ID)
+    grid_id = int(grid_raw) if isinstance(grid_raw, str) and grid_raw.isdigit() else None
+    status = body.get("status") or {}
+    training = status.get("training") or {}
+    points = intermediate_values(training, metric)
+    last = points[-1][1] if points else None
+    uri = (
+        status.get("resultsURI")
+        or status.get("resultsUri")
+        or training.get("resultsURI")
+        or training.get("resultsUri")
+        or results_location(meta.get("name", ""), body.get("spec") or {})
+    )
+    stopped = annotations.get(ANNOTATION_STOPPED)
+    phase = status.get("phase")
+    outcome: Outcome
+    value = last
+    if phase == "Succeeded":
+        final = _number((training.get("metrics") or {}).get(metric))
+        value = final if final is not None else last
+        # A run that finished without reporting the objective cannot be ranked: a failure.
+        outcome = "Succeeded" if value is not None else "Failed"
+    elif stopped is not None:
+        outcome = "Pruned" if stopped == STOP_PRUNED else "Stopped"
+    elif phase == "Failed":
+        outcome = "Failed"
+    else:
+        outcome = "Running"
+    return ChildRun(
+        name=str(meta.get("name", "")),
+        trial=trial,
+        params=params,
+        outcome=outcome,
+        value=value,
+        intermediate=points,
+        results_uri=str(uri) if uri else None,
+        grid_id=grid_id,
+        stop_requested=stopped is not None,
+    )
