@@ -42,7 +42,7 @@ lint: deps-python ## ruff, import-linter, hadolint
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
 	$(PY) -m accordion_operator.crd --check
-	$(PY) helm/sync.py --check
+	$(PY) helm/generate_chart_files.py --check
 	@if compgen -G 'Dockerfile.*' >/dev/null; then $(VENV)/bin/hadolint Dockerfile.*; fi
 
 fmt: deps-python ## apply ruff fixes and formatting
@@ -79,11 +79,11 @@ demo-down: ## stop everything the demo started
 .PHONY: crds
 crds: deps-python ## regenerate crds/ from the Python models, then the chart's copies
 	$(PY) -m accordion_operator.crd
-	$(PY) helm/sync.py
+	$(PY) helm/generate_chart_files.py
 
 .PHONY: chart-sync chart-test
 chart-sync: deps-python ## copy crds/ into the Helm chart and regenerate its Grafana dashboards
-	$(PY) helm/sync.py
+	$(PY) helm/generate_chart_files.py
 
 chart-test: deps ## Helm chart: lint, template tests, promtool alert tests, image recipe
 	$(PY) -m pytest tests/chart tests/images tests/unit/operator/test_metrics.py

@@ -35,19 +35,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from accordion_dev.simulated_runs import LEARNING_RATE, experiment_body
 from accordion_operator.api.experiment import Experiment
 from accordion_operator.config import Config
+from accordion_operator.core.objects import LABEL_EXPERIMENT
 from accordion_operator.experiment.cache import ExperimentCache
 from accordion_operator.experiment.controller import ExperimentController
 from accordion_operator.experiment.decide import decide_experiment
 from accordion_operator.experiment.observe import ChildRun, observe_child
 from accordion_operator.experiment.search import RungMemo
-from accordion_operator.experiment.trials import (
-    ANNOTATION_PARAMETERS,
-    ANNOTATION_TRIAL,
-    LABEL_EXPERIMENT,
-    run_name,
-)
+from accordion_operator.experiment.trials import ANNOTATION_PARAMETERS, ANNOTATION_TRIAL, run_name
 
 OUT = Path(__file__).resolve().parent / "results" / "experiment.json"
 NOW = 1_800_000_000.0
@@ -56,7 +53,7 @@ EPOCHS = 30
 
 def experiment(algorithm: str, pruner: str = "none") -> dict[str, Any]:
     params: list[dict[str, Any]] = [
-        {"name": "learning_rate", "type": "double", "min": 1e-4, "max": 1e-1, "log": True},
+        LEARNING_RATE,
         {"name": "units", "type": "int", "min": 32, "max": 512, "step": 32},
         {"name": "optimizer", "type": "categorical", "values": ["adam", "sgd", "rmsprop"]},
     ]
@@ -68,35 +65,22 @@ def experiment(algorithm: str, pruner: str = "none") -> dict[str, Any]:
             "max": 0.1,
             "step": 0.001,
         }
-    return {
-        "apiVersion": "accordion.dev/v1alpha1",
-        "kind": "Experiment",
-        "metadata": {
-            "name": "bench",
+    return experiment_body(
+        "bench",
+        metadata={
             "namespace": "team-a",
             "uid": "exp-uid",
             "generation": 1,
             "resourceVersion": "1",
         },
-        "spec": {
-            "template": {
-                "model": {"builtin": "mnist-cnn"},
-                "results": {
-                    "endpoint": "minio:9000",
-                    "bucket": "results",
-                    "credentialsSecret": {"name": "s3"},
-                },
-                "epochs": EPOCHS,
-            },
-            "parameters": params,
-            "algorithm": algorithm,
-            "seed": 1,
-            "objective": {"metric": "val_accuracy"},
-            "maxRuns": 1000,
-            "parallelism": 10,
-            "earlyStopping": {"algorithm": pruner, "startupRuns": 5, "minEpochs": 1},
-        },
-    }
+        template={"epochs": EPOCHS},
+        parameters=params,
+        algorithm=algorithm,
+        seed=1,
+        maxRuns=1000,
+        parallelism=10,
+        earlyStopping={"algorithm": pruner, "startupRuns": 5, "minEpochs": 1},
+    )
 
 
 def children(exp: Experiment, runs: int, running: int, seed: int = 3) -> list[dict[str, Any]]:
@@ -201,8 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         exp = Experiment.model_validate(experiment("random", pruner))
         k = observe_all(exp, bodies)
         plan = decide_experiment(exp, k, NOW)
-        memo: RungMemo = {}
-        decide_experiment(exp, k, NOW, memo)
+        # what the controller merges into its memo after a first decision (ExperimentPlan.rungs)
+        memo: RungMemo = dict(decide_experiment(exp, k, NOW).rungs)
         results[f"prune-{pruner}"] = {
             "cold": timed(lambda e=exp, k=k: decide_experiment(e, k, NOW), args.repeat),
             # the operator keeps the memo between passes; a restart starts cold

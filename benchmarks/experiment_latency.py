@@ -22,46 +22,16 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 from accordion_dev.cluster import Cluster, ClusterConfig, free_port_block
-from accordion_dev.playact import finish_run
 from accordion_dev.polling import poll
+from accordion_dev.simulated_runs import experiment_body, finish_run
 from benchmarks._common import start_operator
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "benchmarks" / "results" / "experiment_latency.json"
 NS = "bench"
 GROUP = "/apis/accordion.dev/v1alpha1/namespaces/bench"
-
-
-def experiment(runs: int) -> dict[str, Any]:
-    return {
-        "apiVersion": "accordion.dev/v1alpha1",
-        "kind": "Experiment",
-        "metadata": {"name": "lr"},
-        "spec": {
-            "template": {
-                "model": {"builtin": "mnist-cnn"},
-                "results": {
-                    "endpoint": "minio.local:9000",
-                    "bucket": "results",
-                    "credentialsSecret": {"name": "s3"},
-                },
-                "epochs": 3,
-                "workers": {"min": 1, "max": 1, "gpusPerWorker": 1},
-                "tolerations": [{"operator": "Exists"}],
-            },
-            "parameters": [
-                {"name": "learning_rate", "type": "double", "min": 1e-4, "max": 1e-1, "log": True}
-            ],
-            "algorithm": "random",
-            "seed": 7,
-            "objective": {"metric": "val_accuracy"},
-            "maxRuns": runs,
-            "parallelism": 1,
-        },
-    }
 
 
 def finish(cluster: Cluster, run: str, value: float) -> None:
@@ -101,7 +71,10 @@ def main() -> int:
             ).raise_for_status()
         op = start_operator(cluster, state / "operator.log")
         with cluster.http() as http:
-            http.post(f"{GROUP}/experiments", json=experiment(args.runs)).raise_for_status()
+            http.post(
+                f"{GROUP}/experiments",
+                json=experiment_body("lr", seed=7, maxRuns=args.runs, parallelism=1),
+            ).raise_for_status()
 
             def exists(run: str) -> bool:
                 return http.get(f"{GROUP}/trainingruns/{run}").status_code == 200

@@ -39,10 +39,11 @@ from typing import Any
 import httpx
 
 from accordion_dev.cluster import Cluster, ClusterConfig, free_port_block
-from accordion_dev.playact import run_body
+from accordion_dev.simulated_runs import run_body
 from accordion_operator.api.trainingrun import REASON_GANG_ADMITTED, REASON_QUEUED, TrainingRun
 from accordion_operator.config import Config
 from accordion_operator.core.kube import Kube
+from accordion_operator.trainingrun.allocator import Grant
 from accordion_operator.trainingrun.cache import ClusterCache
 from accordion_operator.trainingrun.controller import Controller
 from accordion_operator.trainingrun.decide import decide_run
@@ -106,8 +107,8 @@ async def floor_writes(cluster: Cluster, namespaces: list[str], runs: int, conc:
                 raise RuntimeError(f"create r{i}: {code} {created.get('message')}")
             run = TrainingRun.model_validate(created)
             fits = i < gpus
-            reason = REASON_GANG_ADMITTED if fits else REASON_QUEUED
-            plan = decide_run(run, Children(), int(fits), reason, "floor", None, cfg, time.time())
+            grant = Grant(int(fits), REASON_GANG_ADMITTED if fits else REASON_QUEUED, "floor")
+            plan = decide_run(run, Children(), grant, invalid=None, cfg=cfg, now=time.time())
             await ctl._execute(run, plan)
 
     await asyncio.gather(*(one(i) for i in range(runs)))

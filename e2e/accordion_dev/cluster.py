@@ -461,13 +461,13 @@ class Cluster:
         )
         self._wait("prometheus", lambda: self._get_ok(f"{self.prometheus_url}/-/ready"), p)
         # Debian's Prometheus is built without Kubernetes service discovery; a small process
-        # does its job for pods (see accordion_dev.podsd).
+        # does its job for pods (see accordion_dev.pod_discovery).
         self.procs.start(
             "pod-discovery",
             [
                 sys.executable,
                 "-m",
-                "accordion_dev.podsd",
+                "accordion_dev.pod_discovery",
                 "--state-dir",
                 str(self.state_dir),
                 "--base-port",

@@ -1,9 +1,9 @@
 """kopf handlers: thin. One startup starts both controllers (TrainingRun and Experiment) on one
 apiserver client and one metrics registry; one cleanup stops them.
 
-The controllers keep their own caches through plain watches (`Kube.list_watch`: why not kopf's
-per-object handlers is said there); kopf contributes the process (signals, liveness endpoint,
-login) and the Experiment watch. No handler writes status through its return value (kopf would
+The controllers keep their own caches through plain watches (`core.cache`, `Kube.list_watch`:
+why not kopf's per-object handlers is said there); kopf contributes the process (signals, the
+liveness endpoint, login). No handler writes status through its return value (kopf would
 put it under `status.<handler>`), and none needs a finalizer: children are deleted by the
 garbage collector through their ownerReferences.
 """
@@ -20,28 +20,24 @@ from wsgiref.simple_server import WSGIServer
 
 import kopf
 
-from accordion_operator.api.common import GROUP, VERSION
-from accordion_operator.api.experiment import PLURAL as EXPERIMENT_PLURAL
 from accordion_operator.config import Config
+from accordion_operator.core.cache import stream_count
 from accordion_operator.core.kube import Kube
+from accordion_operator.experiment.cache import WATCHES as EXPERIMENT_WATCHES
 from accordion_operator.experiment.cache import ExperimentCache
-from accordion_operator.experiment.controller import ExperimentController, trial_streams
+from accordion_operator.experiment.controller import ExperimentController
 from accordion_operator.metrics import OperatorMetrics, start_metrics_server
-from accordion_operator.trainingrun.cache import ClusterCache, watch_streams
+from accordion_operator.trainingrun.cache import WATCHES as RUN_WATCHES
+from accordion_operator.trainingrun.cache import ClusterCache
 from accordion_operator.trainingrun.controller import Controller
 
 log = logging.getLogger("accordion.handlers")
 
 
 def configure(settings: kopf.OperatorSettings) -> None:
-    """The kopf settings that act on what kopf still does here: the Experiment watch and the
-    Events kopf would post on its own."""
+    """The one kopf setting that acts on what kopf still does here (startup and cleanup)."""
     # Our Events are explicit; do not turn every log line of a handler into a Kubernetes Event.
     settings.posting.enabled = False
-    settings.watching.server_timeout = 300
-    settings.watching.client_timeout = 330
-    settings.watching.connect_timeout = 10
-    settings.queueing.idle_timeout = 1.0  # per-object workers exit sooner: less memory at scale
 
 
 _SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
@@ -74,7 +70,6 @@ class Running:
 
     kube: Kube
     stop: asyncio.Event
-    experiments: ExperimentCache
     #: each controller's loop, with the event that wakes it from its idle wait
     loops: list[tuple[asyncio.Task[None], asyncio.Event]] = field(default_factory=list)
     metrics_server: WSGIServer | None = None
@@ -100,11 +95,11 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     logging.getLogger("accordion").setLevel(cfg.log_level)
     metrics = OperatorMetrics()
     metrics.declare_handlers(["trainingruns", "experiments"])
-    streams = watch_streams(cfg) + trial_streams(cfg)
+    streams = stream_count(cfg, [*RUN_WATCHES, *EXPERIMENT_WATCHES])
     kube = await Kube.connect(cfg, metrics, streams=streams)
     runs = Controller(cfg, kube, ClusterCache(cfg), metrics=metrics)
     experiments = ExperimentController(cfg, kube, ExperimentCache(), metrics=metrics)
-    running = Running(kube, asyncio.Event(), experiments.cache)
+    running = Running(kube, asyncio.Event())
     if cfg.operator_metrics_port:
         running.metrics_server, _thread = start_metrics_server(cfg.operator_metrics_port, metrics)
     for name, ctl in (("trainingruns", runs), ("experiments", experiments)):
@@ -118,9 +113,3 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     running: Running = memo.running
     await running.shutdown()
-
-
-@kopf.on.event(GROUP, VERSION, EXPERIMENT_PLURAL)
-def on_experiment(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    running: Running = memo.running
-    running.experiments.apply("experiment", event["type"], event["object"])

@@ -14,7 +14,7 @@ Cardinality is bounded on purpose:
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Final, get_args
 from wsgiref.simple_server import WSGIServer
 
@@ -60,6 +60,20 @@ ADMISSION_WAIT_BUCKETS: Final = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0
 RECONCILE_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
+def _gauge(r: CollectorRegistry, name: str, doc: str, labels: tuple[str, ...]) -> Gauge:
+    return Gauge(name, doc, labels, registry=r)
+
+
+def _counter(r: CollectorRegistry, name: str, doc: str, labels: tuple[str, ...]) -> Counter:
+    return Counter(name, doc, labels, registry=r)
+
+
+def _histogram(
+    r: CollectorRegistry, name: str, doc: str, labels: tuple[str, ...], buckets: Sequence[float]
+) -> Histogram:
+    return Histogram(name, doc, labels, buckets=buckets, registry=r)
+
+
 def _fold(value: str, allowed: frozenset[str], fallback: str) -> str:
     return value if value in allowed else fallback
 
@@ -70,90 +84,82 @@ class OperatorMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.build_info = Gauge(
+        self.build_info = _gauge(
+            r,
             "accordion_operator_build_info",
             "Always 1; the operator's version as a label.",
-            ["version"],
-            registry=r,
+            ("version",),
         )
-        self.runs = Gauge(
-            "accordion_runs",
-            "TrainingRuns by namespace and phase.",
-            ["namespace", "phase"],
-            registry=r,
+        self.runs = _gauge(
+            r, "accordion_runs", "TrainingRuns by namespace and phase.", ("namespace", "phase")
         )
-        self.cluster_gpus_capacity = Gauge(
+        self.cluster_gpus_capacity = _gauge(
+            r,
             "accordion_cluster_gpus_capacity",
             "Allocatable GPUs on schedulable nodes, as the allocator sees them.",
-            registry=r,
+            (),
         )
-        self.queue_length = Gauge(
-            "accordion_queue_length",
-            "Runs waiting for admission.",
-            ["namespace"],
-            registry=r,
+        self.queue_length = _gauge(
+            r, "accordion_queue_length", "Runs waiting for admission.", ("namespace",)
         )
-        self.admission_wait_seconds = Histogram(
+        self.admission_wait_seconds = _histogram(
+            r,
             "accordion_admission_wait_seconds",
             "Time from a run's creation to its admission.",
-            ["namespace"],
-            buckets=ADMISSION_WAIT_BUCKETS,
-            registry=r,
+            ("namespace",),
+            ADMISSION_WAIT_BUCKETS,
         )
-        self.rescale_events = Counter(
+        self.rescale_events = _counter(
+            r,
             "accordion_rescale_events",
             "Changes of a run's desired worker count.",
-            ["namespace", "direction", "reason"],
-            registry=r,
+            ("namespace", "direction", "reason"),
         )
-        self.preemptions = Counter(
+        self.preemptions = _counter(
+            r,
             "accordion_preemptions",
             "Workers taken from a run to give their GPUs to another.",
-            ["namespace", "reason"],
-            registry=r,
+            ("namespace", "reason"),
         )
-        self.run_pod_failures = Counter(
+        self.run_pod_failures = _counter(
+            r,
             "accordion_run_pod_failures",
             "Failed pods of a run, by role and termination reason.",
-            ["namespace", "run", "role", "reason"],
-            registry=r,
+            ("namespace", "run", "role", "reason"),
         )
-        self.reconcile_duration_seconds = Histogram(
+        self.reconcile_duration_seconds = _histogram(
+            r,
             "accordion_reconcile_duration_seconds",
             "Duration of one handler call.",
-            ["handler"],
-            buckets=RECONCILE_BUCKETS,
-            registry=r,
+            ("handler",),
+            RECONCILE_BUCKETS,
         )
-        self.reconcile_errors = Counter(
-            "accordion_reconcile_errors",
-            "Handler calls that raised.",
-            ["handler"],
-            registry=r,
+        self.reconcile_errors = _counter(
+            r, "accordion_reconcile_errors", "Handler calls that raised.", ("handler",)
         )
-        self.apiserver_request_errors = Counter(
+        self.apiserver_request_errors = _counter(
+            r,
             "accordion_apiserver_request_errors",
             "Failed requests to the Kubernetes API, by verb, resource and HTTP status code.",
-            ["verb", "resource", "code"],
-            registry=r,
+            ("verb", "resource", "code"),
         )
-        self.experiment_trials = Gauge(
+        self.experiment_trials = _gauge(
+            r,
             "accordion_experiment_trials",
             "Trials of an Experiment by state.",
-            ["namespace", "experiment", "state"],
-            registry=r,
+            ("namespace", "experiment", "state"),
         )
-        self.experiment_trials_max = Gauge(
+        self.experiment_trials_max = _gauge(
+            r,
             "accordion_experiment_trials_max",
             "Trials the Experiment will run in all (spec).",
-            ["namespace", "experiment"],
-            registry=r,
+            ("namespace", "experiment"),
         )
-        self.experiment_best_objective = Gauge(
+        self.experiment_best_objective = _gauge(
+            r,
             "accordion_experiment_best_objective",
             "Best objective value among the Experiment's finished trials.",
-            ["namespace", "experiment"],
-            registry=r,
+            ("namespace", "experiment"),
         )
         # Per-run and per-pod state, exported by _StateCollector at scrape time: at 10,000 runs
         # and 16,000 pods one Gauge child per series held ~50 MB (a replay of the scale

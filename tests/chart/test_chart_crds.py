@@ -18,7 +18,7 @@ CHART_ONLY_LABELS = {"app.kubernetes.io/instance", "app.kubernetes.io/managed-by
 
 def test_chart_copies_are_in_step_with_crds_and_dashboards() -> None:
     r = subprocess.run(
-        [sys.executable, str(REPO / "helm" / "sync.py"), "--check"],
+        [sys.executable, str(REPO / "helm" / "generate_chart_files.py"), "--check"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -43,8 +43,10 @@ def test_every_source_crd_is_rendered_with_the_same_schema() -> None:
         assert crd["spec"] == sources[name]["spec"], f"{name}: rendered spec differs from crds/"
 
 
-def _sync_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("accordion_helm_sync", REPO / "helm" / "sync.py")
+def _generator_module() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "accordion_chart_generator", REPO / "helm" / "generate_chart_files.py"
+    )
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -52,16 +54,16 @@ def _sync_module() -> ModuleType:
     return module
 
 
-def test_sync_detects_stale_and_orphaned_copies(tmp_path: Path) -> None:
-    sync = _sync_module()
+def test_generator_detects_stale_and_orphaned_copies(tmp_path: Path) -> None:
+    generator = _generator_module()
     chart = tmp_path / "accordion"
     shutil.copytree(CHART / "files", chart / "files")
-    assert sync.stale_files(chart) == []
+    assert generator.stale_files(chart) == []
     copy = chart / "files" / "crds" / "trainingruns.accordion.dev.yaml"
     copy.write_text(copy.read_text().replace("maxLength: 512", "maxLength: 511", 1))
     (chart / "files" / "crds" / "gone.accordion.dev.yaml").write_text("{}")
     (chart / "files" / "dashboards" / "accordion-runs.json").write_text("{}")
-    assert sorted(sync.stale_files(chart)) == [
+    assert sorted(generator.stale_files(chart)) == [
         "accordion/files/crds/gone.accordion.dev.yaml (no longer generated)",
         "accordion/files/crds/trainingruns.accordion.dev.yaml",
         "accordion/files/dashboards/accordion-runs.json",

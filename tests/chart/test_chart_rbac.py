@@ -5,7 +5,7 @@ The permissions the code needs are derived from the source of operator/accordion
   `patch(RESOURCE, ...)`, `patch_status(RESOURCE, ...)` and `delete(RESOURCE, ...)` of a
   `core.objects.Resource`, each `list_all(version, plural)`, each
   `@kopf.on.event(group, version, plural)` (kopf lists and watches) and each entry of a
-  `WATCHED` table (the controller's own watch streams);
+  `WATCHES` table (the controllers' own watch streams, `core.cache.Watch`);
 - core.objects.PLURALS: the kinds `Kube.create(obj)` can create (Events included);
 - builders.build_role: what the operator grants each launcher, which RBAC lets only holders grant;
 - kopf itself (FRAMEWORK below).
@@ -121,6 +121,8 @@ def permissions_from_api_calls() -> set[Perm]:
         scope = vars(module)
         tree = ast.parse(inspect.getsource(module))
         for call in _calls(tree, "request"):
+            if len(call.args) < 3:
+                continue  # aiohttp's session.request(method, url): the transport below Kube
             method, version, url = call.args[:3]
             if not _literal_version(version, scope):
                 continue
@@ -152,12 +154,13 @@ def permissions_from_create() -> set[Perm]:
 
 def permissions_from_handlers() -> set[Perm]:
     """What is watched: each `@kopf.on.event` (kopf lists and watches) and each entry of a
-    module's `WATCHED` table (kind -> (version, plural, namespaced): the controller's own
+    module's `WATCHES` table (`core.cache.Watch` entries: the controllers' own
     LIST + WATCH streams)."""
     perms: set[Perm] = set()
     for module in _modules():
-        for version, plural, _namespaced in getattr(module, "WATCHED", {}).values():
-            perms |= {(_group(version), plural, "list"), (_group(version), plural, "watch")}
+        for w in getattr(module, "WATCHES", ()):
+            group = _group(w.api_version)
+            perms |= {(group, w.plural, "list"), (group, w.plural, "watch")}
         scope = vars(module)
         for node in ast.walk(ast.parse(inspect.getsource(module))):
             if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):

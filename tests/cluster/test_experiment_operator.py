@@ -9,44 +9,13 @@ import time
 from typing import Any
 
 import yaml
-from experiment_support import ExpApi, exp_api, exp_operator, experiment_crd
-from trainingrun_support import Operator, trainingrun_crd
+from operator_support import ExpApi, Operator
 
 from accordion_dev.cluster import Cluster
-from accordion_dev.playact import TOLERATE_ALL, finish_run
 from accordion_dev.polling import poll
+from accordion_dev.simulated_runs import experiment_body, finish_run
 from accordion_operator.api.experiment import Experiment
 from accordion_operator.experiment.search import build_study, suggest
-
-__all__ = ["exp_api", "exp_operator", "experiment_crd", "trainingrun_crd"]  # fixtures by name
-
-
-def experiment(name: str, **spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "accordion.dev/v1alpha1",
-        "kind": "Experiment",
-        "metadata": {"name": name},
-        "spec": {
-            "template": {
-                "model": {"builtin": "mnist-cnn"},
-                "results": {
-                    "endpoint": "minio.local:9000",
-                    "bucket": "results",
-                    "credentialsSecret": {"name": "s3"},
-                },
-                "epochs": 3,
-                "hyperparameters": {"dropout": 0.25},
-                "tolerations": TOLERATE_ALL,
-            },
-            "parameters": [
-                {"name": "learning_rate", "type": "double", "min": 1e-4, "max": 1e-1, "log": True}
-            ],
-            "algorithm": "random",
-            "seed": 11,
-            "objective": {"metric": "val_accuracy"},
-            **spec,
-        },
-    }
 
 
 def score(run: dict[str, Any]) -> float:
@@ -84,7 +53,7 @@ def test_random_search_survives_a_restart_and_reports_the_best(
     exp_api: ExpApi, exp_operator: Operator, cluster: Cluster
 ) -> None:
     secret(exp_api)
-    body = experiment("lr-search", maxRuns=4, parallelism=2)
+    body = experiment_body("lr-search", seed=11, maxRuns=4, parallelism=2)
     assert exp_api.create(body).status_code == 201
     runs = poll(
         lambda: len(exp_api.runs("lr-search")) == 2 and exp_api.runs("lr-search"),
@@ -176,8 +145,9 @@ def test_median_stopping_prunes_a_bad_run_and_keeps_its_results(
     exp_api: ExpApi, exp_operator: Operator
 ) -> None:
     secret(exp_api)
-    body = experiment(
+    body = experiment_body(
         "pruned",
+        seed=11,
         maxRuns=3,
         parallelism=2,
         earlyStopping={"algorithm": "median", "startupRuns": 1, "warmupEpochs": 1},

@@ -9,13 +9,10 @@ from typing import Any
 
 import pytest
 import yaml
-from experiment_support import ExpApi, exp_api, exp_operator, experiment_crd
 from merge_patch import merge
-from trainingrun_support import Operator, trainingrun_crd
+from operator_support import ExpApi, Operator
 
 from accordion_dev.polling import poll
-
-__all__ = ["exp_api", "exp_operator", "experiment_crd", "trainingrun_crd"]  # fixtures by name
 
 TABLE = yaml.safe_load(
     (Path(__file__).resolve().parents[1] / "data" / "experiments" / "invalid.yaml").read_text()

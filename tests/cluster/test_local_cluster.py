@@ -269,7 +269,7 @@ def test_prometheus_scrapes_a_target_it_is_told_about(
 
 
 def test_pod_discovery_follows_pods_with_a_metrics_port(cluster: Cluster, namespace: str) -> None:
-    """`accordion_dev.podsd` (kubernetes_sd's stand-in) lists Running pods that declare a
+    """`accordion_dev.pod_discovery` (kubernetes_sd's stand-in) lists Running pods that declare a
     `metrics` port as Prometheus targets, with the run/experiment labels, and drops them when
     they go; pods without such a port are never targets."""
     targets = cluster.prometheus_targets_dir / "pods.json"

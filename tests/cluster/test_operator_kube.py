@@ -14,11 +14,12 @@ from prometheus_client import generate_latest
 
 from accordion_dev.cluster import Cluster
 from accordion_operator.config import Config
+from accordion_operator.core.cache import Watch, stream_count, watch_all
 from accordion_operator.core.kube import Kube
 from accordion_operator.core.objects import LABEL_MANAGED_BY, MANAGED_BY
 from accordion_operator.metrics import OperatorMetrics
 from accordion_operator.trainingrun.builders import LABEL_RUN
-from accordion_operator.trainingrun.cache import ClusterCache, watch, watch_streams
+from accordion_operator.trainingrun.cache import ClusterCache
 
 pytestmark = pytest.mark.cluster
 
@@ -89,11 +90,12 @@ async def test_writes_errors_and_paginated_list(namespace: str) -> None:
 @pytest.mark.usefixtures("kubeconfig")
 async def test_watch_keeps_the_cache_current(namespace: str) -> None:
     cfg = Config(namespaces=(namespace,))
-    kube = await Kube.connect(cfg, streams=watch_streams(cfg))
+    pods = [Watch("pod", "v1", "pods")]
+    kube = await Kube.connect(cfg, streams=stream_count(cfg, pods))
     cache = ClusterCache(cfg)
     stop = asyncio.Event()
     await kube.create(pod(namespace, "before"))
-    task = asyncio.create_task(watch(kube, cache, "pod", stop))
+    task = asyncio.create_task(watch_all(kube, cache, pods, stop))
     try:
         await eventually(cache, lambda: ("pod", namespace) in cache.synced)
         assert names(cache, namespace) == ["before"]  # from the LIST

@@ -7,14 +7,12 @@ from typing import Any
 
 import httpx
 import pytest
+from operator_support import Api, Operator
 from prometheus_client.parser import text_string_to_metric_families
-from trainingrun_support import Api, Operator, api, operator, trainingrun_crd
 
 from accordion_dev.cluster import Cluster
-from accordion_dev.playact import run_body
 from accordion_dev.polling import poll
-
-__all__ = ["api", "operator", "trainingrun_crd"]  # fixtures used by name
+from accordion_dev.simulated_runs import run_body
 
 KWOK = {"type": "kwok"}  # only the simulated GPU nodes: process nodes may exist too
 

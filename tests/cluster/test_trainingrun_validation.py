@@ -9,12 +9,10 @@ from typing import Any
 
 import pytest
 import yaml
-from trainingrun_support import Api, Operator, api, operator, trainingrun_crd
+from operator_support import Api, Operator
 
 from accordion_dev.cluster import Cluster
 from accordion_dev.polling import poll
-
-__all__ = ["api", "operator", "trainingrun_crd"]  # fixtures used by name
 
 TABLE = yaml.safe_load(
     (Path(__file__).resolve().parents[1] / "data" / "trainingruns" / "invalid.yaml").read_text()

@@ -136,7 +136,7 @@ ALERT_CHECKS = {
 @pytest.mark.timeout(600)
 def test_every_dashboard_panel_and_alert_returns_data(demo: DemoRun) -> None:
     """The local cluster's real Prometheus scraped the real operator and the real trainers of
-    the demo's elastic run and experiment (through the pod discovery, `accordion_dev.podsd`),
+    the demo's elastic run and experiment (found through `accordion_dev.pod_discovery`),
     plus a stand-in dcgm-exporter serving RECORDED SAMPLE DATA (`dcgm_sample.py`) for the real
     worker pods, relabelled `exported_pod`/`exported_namespace` as a ServiceMonitor scrape does.
 

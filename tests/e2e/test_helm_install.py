@@ -9,12 +9,10 @@ Process nodes ignore images: the Deployment's `command` runs from this checkout.
 ConfigMap-fed settings, watches, garbage collection) is the real Kubernetes machinery.
 
 Watches: the run and the Experiment are created after the operator is Ready, and everything the
-operator does for them follows from watch events (its periodic re-LIST is 300 s away). The
-controller's own watches see the run and its pods; the Experiment and its trial run reach the
-Experiment controller only through kopf's watches, which log in through the operator's
-`kopf.on.login` handler ($KUBERNETES_SERVICE_HOST/PORT and the service-account token, as
-client-go does; kopf's built-in in-cluster login would need cluster DNS for
-kubernetes.default.svc, which the local cluster does not have).
+operator does for them follows from watch events (its periodic re-LIST is 300 s away): the
+controllers' own watches (in-cluster credentials from the service account, reaching the
+apiserver at $KUBERNETES_SERVICE_HOST/PORT as client-go does; the local cluster has no cluster
+DNS for kubernetes.default.svc) see the run, its pods, the Experiment and its trial run.
 """
 
 from __future__ import annotations

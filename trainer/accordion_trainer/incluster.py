@@ -4,7 +4,7 @@ worker   stage data in, then serve SSH (Debian's OpenSSH sshd, run as the pod's 
          `$ACCORDION_POD_IP:$ACCORDION_SSH_PORT` with the per-run key, plus `/metrics`.
 launcher `horovodrun` in elastic mode; a thread polls the apiserver for the run's Ready worker
          pods and rewrites the hosts file that the discovery script prints; rank 0's progress
-         lines become merge-patches of `status.training` (at most every 2 s, and every epoch).
+         lines become merge-patches of `status.training` (progress.py).
 
 Both also run outside a cluster for tests: `ACCORDION_HOSTS` (comma-separated addresses) replaces
 the apiserver as the host source, and the SSH port/addresses are plain loopback addresses.
@@ -22,16 +22,13 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import Reason, TrainerError, fail, parse_error_line
+from .progress import Reporter, parse_progress
 
-PROGRESS_MARKER = "ACCORDION_PROGRESS "
-REPORT_MIN_INTERVAL_S = 2.0
 #: Variables never forwarded to workers: horovodrun puts the launcher's environment on the ssh
 #: command line, where every process listing shows it.
 SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
@@ -227,88 +224,6 @@ def cmd_stage(_: argparse.Namespace) -> int:
 
 
 # --- launcher ----------------------------------------------------------------------------------
-
-
-def decide_report(now: float, last_sent: float | None, last_epoch: int | None, epoch: int) -> bool:
-    """Send a progress patch on every epoch change, otherwise at most every 2 s (pure)."""
-    if last_sent is None or last_epoch != epoch:
-        return True
-    return now - last_sent >= REPORT_MIN_INTERVAL_S
-
-
-def _epoch_record(entry: dict[str, Any]) -> dict[str, Any]:
-    """One history entry in the CRD's shape `{epoch, metrics: {...}}` (the trainer keeps flat
-    `{epoch, loss, ...}` records; the apiserver would prune unknown flat keys)."""
-    if "metrics" in entry:
-        return entry
-    metrics = {k: float(v) for k, v in entry.items() if k != "epoch" and isinstance(v, int | float)}
-    return {"epoch": int(entry.get("epoch", 0)), "metrics": metrics}
-
-
-def build_training_status(progress: dict[str, Any], now: float) -> dict[str, Any]:
-    """`status.training` as the contract spells it, from one progress line (pure)."""
-    out: dict[str, Any] = {
-        "epoch": int(progress.get("epoch", 0)),
-        "batch": int(progress.get("batch", 0)),
-        "worldSize": int(progress.get("worldSize", 0)),
-        "metrics": {
-            k: float(v)
-            for k, v in (progress.get("metrics") or {}).items()
-            if isinstance(v, int | float)
-        },
-        "history": [_epoch_record(h) for h in list(progress.get("history") or [])[-50:]],
-        "updatedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
-    }
-    for key in ("checkpoint", "resultsURI", "rank0Pod"):
-        if progress.get(key):
-            out[key] = str(progress[key])
-    return out
-
-
-@dataclass
-class Reporter:
-    send: Callable[[dict[str, Any]], None]
-    clock: Callable[[], float] = time.time
-    last_sent: float | None = None
-    last_epoch: int | None = None
-    pending: dict[str, Any] | None = None
-    errors: int = 0
-    sent: list[float] = field(default_factory=list)
-
-    def offer(self, progress: dict[str, Any], force: bool = False) -> None:
-        now = self.clock()
-        epoch = int(progress.get("epoch", 0))
-        if not (force or decide_report(now, self.last_sent, self.last_epoch, epoch)):
-            self.pending = progress
-            return
-        self.pending = None
-        try:
-            self.send(build_training_status(progress, now))
-        except Exception as e:  # a status write must never stop training
-            self.errors += 1
-            print(f"[launcher] status patch failed: {e!r}", file=sys.stderr, flush=True)
-            return
-        self.last_sent, self.last_epoch = now, epoch
-        self.sent.append(now)
-
-    def flush(self) -> None:
-        if self.pending is not None:
-            self.offer(self.pending, force=True)
-
-
-def parse_progress(line: str) -> dict[str, Any] | None:
-    """A progress line as relayed by horovodrun (`[N]<stdout>:ACCORDION_PROGRESS {...}`).
-
-    Only the current rank 0 prints them; the `[N]` prefix is the rank the process was started
-    with, which elastic resets change, so it is ignored."""
-    _, marker, rest = line.partition(PROGRESS_MARKER)
-    if not marker:
-        return None
-    try:
-        doc = json.loads(rest)
-    except ValueError:
-        return None
-    return doc if isinstance(doc, dict) else None
 
 
 def network_interface(ip: str, env: Mapping[str, str]) -> str | None:

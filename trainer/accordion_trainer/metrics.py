@@ -23,6 +23,12 @@ from prometheus_client import (
 #: Gauges in multiprocess mode report the most recent value of a live process.
 LIVE: Final = "livemostrecent"
 
+
+def _live(name: str, documentation: str) -> Gauge:
+    """A gauge whose value, across the worker's processes, is that of the latest live one."""
+    return Gauge(name, documentation, multiprocess_mode=LIVE)
+
+
 SAMPLES = Counter("accordion_trainer_samples", "Training samples processed by this worker.")
 STEPS = Counter("accordion_trainer_steps", "Training steps (batches) run by this worker.")
 STEP_SECONDS = Histogram(
@@ -30,48 +36,29 @@ STEP_SECONDS = Histogram(
     "Wall time of one training step on this worker.",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
-SAMPLES_PER_SECOND = Gauge(
-    "accordion_trainer_samples_per_second",
-    "Global samples/s over the last epoch.",
-    multiprocess_mode=LIVE,
+SAMPLES_PER_SECOND = _live(
+    "accordion_trainer_samples_per_second", "Global samples/s over the last epoch."
 )
-EPOCH = Gauge("accordion_trainer_epoch", "Epochs completed (committed).", multiprocess_mode=LIVE)
-WORLD_SIZE = Gauge(
-    "accordion_trainer_world_size", "Horovod world size now.", multiprocess_mode=LIVE
-)
-LOSS = Gauge("accordion_trainer_loss", "Training loss of the last epoch.", multiprocess_mode=LIVE)
-ACCURACY = Gauge(
-    "accordion_trainer_accuracy", "Training accuracy of the last epoch.", multiprocess_mode=LIVE
-)
-VAL_LOSS = Gauge(
-    "accordion_trainer_val_loss", "Validation loss of the last epoch.", multiprocess_mode=LIVE
-)
-VAL_ACCURACY = Gauge(
-    "accordion_trainer_val_accuracy",
-    "Validation accuracy of the last epoch.",
-    multiprocess_mode=LIVE,
-)
+EPOCH = _live("accordion_trainer_epoch", "Epochs completed (committed).")
+WORLD_SIZE = _live("accordion_trainer_world_size", "Horovod world size now.")
+LOSS = _live("accordion_trainer_loss", "Training loss of the last epoch.")
+ACCURACY = _live("accordion_trainer_accuracy", "Training accuracy of the last epoch.")
+VAL_LOSS = _live("accordion_trainer_val_loss", "Validation loss of the last epoch.")
+VAL_ACCURACY = _live("accordion_trainer_val_accuracy", "Validation accuracy of the last epoch.")
 RESETS = Counter("accordion_trainer_elastic_resets", "Elastic resets (world changes) seen.")
-RESET_SECONDS = Gauge(
+RESET_SECONDS = _live(
     "accordion_trainer_elastic_reset_seconds",
     "Seconds from the last elastic interruption to the first step at the new size.",
-    multiprocess_mode=LIVE,
 )
 CHECKPOINTS = Counter("accordion_trainer_checkpoints", "Checkpoints written.")
-CHECKPOINT_SECONDS = Gauge(
-    "accordion_trainer_checkpoint_seconds",
-    "Seconds the last checkpoint took.",
-    multiprocess_mode=LIVE,
+CHECKPOINT_SECONDS = _live(
+    "accordion_trainer_checkpoint_seconds", "Seconds the last checkpoint took."
 )
-CHECKPOINT_BYTES = Gauge(
-    "accordion_trainer_checkpoint_bytes",
-    "Size of the last checkpoint in bytes.",
-    multiprocess_mode=LIVE,
+CHECKPOINT_BYTES = _live(
+    "accordion_trainer_checkpoint_bytes", "Size of the last checkpoint in bytes."
 )
 STAGED_BYTES = Counter("accordion_trainer_staging_bytes", "Bytes downloaded by stage-in.")
-STAGING_SECONDS = Gauge(
-    "accordion_trainer_staging_seconds", "Seconds the last stage-in took.", multiprocess_mode=LIVE
-)
+STAGING_SECONDS = _live("accordion_trainer_staging_seconds", "Seconds the last stage-in took.")
 
 
 def serve(port: int, addr: str = "0.0.0.0") -> None:  # noqa: S104 - pods expose it on their IP

@@ -68,7 +68,7 @@ def horovodrun_argv(
     argv = [
         sys.executable,
         "-m",
-        "accordion_trainer.hvdrun",  # horovodrun, faster discovery poll
+        "accordion_trainer.horovod_run",  # horovodrun, faster discovery poll
         "-np",
         str(np),
         "--min-np",

@@ -16,12 +16,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
-import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,29 +27,13 @@ from .config import TrainConfig, from_env
 from .data import Dataset, epoch_order, load_dir, shard_indices, to_dataset
 from .errors import Reason, TrainerError
 from .models import build, resolve
-from .store import LocalStore, S3Store, Store
+from .outputs import emit, keep_log, open_results, save_results, write_checkpoint
+from .store import Store
 
 HISTORY_LIMIT = 50
 #: History fields that are timings, not model metrics (kept out of `status.training.metrics`).
 TIMING_KEYS = frozenset({"seconds", "trainSeconds", "stepSeconds"})
 PROGRESS_MIN_INTERVAL_S = 2.0
-
-
-#: Rank 0's own log lines, uploaded with the results as `logs/trainer.log` (bounded).
-LOG_LINES: list[str] = []
-LOG_LIMIT = 20_000
-
-
-def _keep(line: str) -> None:
-    if len(LOG_LINES) < LOG_LIMIT:
-        LOG_LINES.append(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {line}")
-
-
-def emit(kind: str, doc: dict[str, Any]) -> None:
-    line = f"ACCORDION_{kind} {json.dumps(doc, sort_keys=True)}"
-    print(line, flush=True)
-    if kind == "EVENT":
-        _keep(line)
 
 
 def scaled_lr(base: float, world_size: int) -> float:
@@ -77,17 +57,6 @@ def decide_commit_every(step_seconds: float, target_s: float = COMMIT_TARGET_S) 
 
 def weights_checksum(weights: list[Any]) -> float:
     return float(sum(float(np.abs(w).sum()) for w in weights))
-
-
-def open_results(cfg: TrainConfig) -> Store:
-    if cfg.results_dir is not None:
-        return LocalStore(cfg.results_dir / cfg.results_prefix)
-    if cfg.results is not None:
-        from .staging import client_for
-
-        client = client_for(cfg.results)
-        return S3Store(client, cfg.results.bucket, cfg.results_prefix)
-    return LocalStore(cfg.work_dir / "results" / cfg.results_prefix)
 
 
 def make_optimizer(name: str, lr: float) -> Any:
@@ -133,28 +102,27 @@ def _configure_threads() -> None:
 
 def train(cfg: TrainConfig, t_boot: float | None = None) -> None:
     import horovod.tensorflow.keras as hvd
-    import tensorflow as tf
-    from horovod.common.exceptions import HostsUpdatedInterrupt
 
     t_imported = time.time()
     _configure_threads()
     hvd.init()
     t_init = time.time()
-
-    def rank0() -> bool:
-        # Evaluated each time: ranks are re-assigned on every elastic reset (and horovodrun's
-        # `[N]` output prefix keeps the rank a process was started with, so it is no guide).
-        return bool(hvd.rank() == 0)
-
-    def log(msg: str) -> None:
-        if rank0():
-            print(f"[trainer] {msg}", flush=True)
-            _keep(msg)
-
     port = int(os.environ.get("ACCORDION_METRICS_PORT", "0") or 0)
     if port and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         metrics.serve(port, addr=os.environ.get("HOROVOD_HOSTNAME", "127.0.0.1"))
 
+    ds, model, opt = _compiled_model(cfg, hvd)
+    job = _Job(cfg, hvd, ds, model, opt, open_results(cfg))
+    resumed = job.resume()
+    _print_boot(hvd.rank(), t_boot, t_imported, t_init)
+    job.run(resumed)
+    if job.rank0():
+        job.finish()
+
+
+def _compiled_model(cfg: TrainConfig, hvd: Any) -> tuple[Dataset, Any, Any]:
+    """The data, and the model compiled with Horovod's optimizer (built here, before the state
+    exists: a worker joining late would otherwise deadlock in the optimizer-variable broadcast)."""
     code = resolve(cfg.model, cfg.work_dir)
     ds = load_data(cfg, code)
     model = build(code, cfg.hparams)
@@ -166,26 +134,16 @@ def train(cfg: TrainConfig, t_boot: float | None = None) -> None:
     opt.build(model.trainable_variables)
     if os.environ.get("ACCORDION_PRETRACE", "1") != "0":
         _pretrace(model, ds, cfg.batch_size)
+    return ds, model, opt
 
-    store = open_results(cfg)
-    resumed: dict[str, Any] = {"epoch": 0, "samples": 0, "history": []}
-    if rank0():
-        loaded = checkpoint.load_newest(store, log=log)
-        if loaded is not None:
-            mw, ow = checkpoint.deserialize_weights(loaded.weights)
-            model.set_weights(mw)
-            for var, value in zip(opt.variables, ow, strict=True):
-                var.assign(value)
-            resumed = loaded.state
-            log(f"resumed from checkpoint {loaded.manifest.id}")
-            emit("EVENT", {"event": "resume", "checkpoint": loaded.manifest.id, **_pos(resumed)})
 
-    # Every rank (not only 0): where a (re)joining worker's startup time goes.
+def _print_boot(rank: int, t_boot: float | None, t_imported: float, t_init: float) -> None:
+    """Every rank (not only 0): where a (re)joining worker's startup time goes."""
     print(
         "ACCORDION_BOOT "
         + json.dumps(
             {
-                "rank": hvd.rank(),
+                "rank": rank,
                 "host": os.environ.get("HOROVOD_HOSTNAME", ""),
                 "start": t_boot,
                 "imported": t_imported,
@@ -195,28 +153,266 @@ def train(cfg: TrainConfig, t_boot: float | None = None) -> None:
         ),
         flush=True,
     )
-    state = hvd.elastic.KerasState(
-        model,
-        optimizer=opt,
-        epoch=int(resumed["epoch"]),
-        samples=int(resumed["samples"]),
-        batch=0,
-        history=list(resumed.get("history", []))[-HISTORY_LIMIT:],
-        checkpoint=str(resumed.get("checkpoint", "")),
-        # Part of the synced state: commits are collective (they broadcast the host-update
-        # check), so every rank must commit after the same batches, joiners included.
-        commit_every=cfg.commit_batches or 1,
-    )
-    n = len(ds.x_train)
-    bs = cfg.batch_size
-    clock: dict[str, float] = {"interrupted": 0.0, "last_progress": 0.0, "commit_sum": 0.0}
 
-    def on_reset() -> None:
-        opt.learning_rate.assign(scaled_lr(cfg.learning_rate, hvd.size()))
+
+class _Job:
+    """One training process: the model, optimizer, results store, elastic state and clocks that
+    the steps of `train` share."""
+
+    def __init__(
+        self, cfg: TrainConfig, hvd: Any, ds: Dataset, model: Any, opt: Any, store: Store
+    ) -> None:
+        self.cfg = cfg
+        self.hvd = hvd
+        self.ds = ds
+        self.model = model
+        self.opt = opt
+        self.store = store
+        self.clock: dict[str, float] = {"interrupted": 0.0, "last_progress": 0.0, "commit_sum": 0.0}
+        #: hvd.elastic.KerasState, created by `run` once the checkpoint (if any) is loaded.
+        self.state: Any = None
+        self.progress = _progress_callback(self)
+
+    def rank0(self) -> bool:
+        # Evaluated each time: ranks are re-assigned on every elastic reset (and horovodrun's
+        # `[N]` output prefix keeps the rank a process was started with, so it is no guide).
+        return bool(self.hvd.rank() == 0)
+
+    def log(self, msg: str) -> None:
+        if self.rank0():
+            print(f"[trainer] {msg}", flush=True)
+            keep_log(msg)
+
+    def resume(self) -> dict[str, Any]:
+        """Rank 0 loads the newest checkpoint; the state sync hands it to the other ranks."""
+        resumed: dict[str, Any] = {"epoch": 0, "samples": 0, "history": []}
+        if self.rank0():
+            loaded = checkpoint.load_newest(self.store, log=self.log)
+            if loaded is not None:
+                mw, ow = checkpoint.deserialize_weights(loaded.weights)
+                self.model.set_weights(mw)
+                for var, value in zip(self.opt.variables, ow, strict=True):
+                    var.assign(value)
+                resumed = loaded.state
+                self.log(f"resumed from checkpoint {loaded.manifest.id}")
+                emit(
+                    "EVENT", {"event": "resume", "checkpoint": loaded.manifest.id, **_pos(resumed)}
+                )
+        return resumed
+
+    def run(self, resumed: dict[str, Any]) -> None:
+        """The elastic loop, from the resumed position to the last epoch."""
+        self.state = self.hvd.elastic.KerasState(
+            self.model,
+            optimizer=self.opt,
+            epoch=int(resumed["epoch"]),
+            samples=int(resumed["samples"]),
+            batch=0,
+            history=list(resumed.get("history", []))[-HISTORY_LIMIT:],
+            checkpoint=str(resumed.get("checkpoint", "")),
+            # Part of the synced state: commits are collective (they broadcast the host-update
+            # check), so every rank must commit after the same batches, joiners included.
+            commit_every=self.cfg.commit_batches or 1,
+        )
+        self.state.register_reset_callbacks([self.on_reset])
+        self.hvd.elastic.run(self.loop)(self.state)
+
+    def on_reset(self) -> None:
+        self.opt.learning_rate.assign(scaled_lr(self.cfg.learning_rate, self.hvd.size()))
         metrics.RESETS.inc()
-        metrics.WORLD_SIZE.set(hvd.size())
+        metrics.WORLD_SIZE.set(self.hvd.size())
 
-    state.register_reset_callbacks([on_reset])
+    def first_step(self, size: int) -> None:
+        """The first step at this world size: how long the reset took, if there was one."""
+        clock = self.clock
+        since = time.time() - clock["interrupted"] if clock["interrupted"] else None
+        if since is not None:
+            metrics.RESET_SECONDS.set(since)
+            clock["interrupted"] = 0.0
+        if self.rank0():
+            emit(
+                "EVENT",
+                {
+                    "event": "first_step",
+                    "world_size": size,
+                    "time": time.time(),
+                    "since_interrupt_s": since,
+                    **_pos(self.state),
+                },
+            )
+
+    def count_batch(self, size: int, logs: Any) -> None:
+        """Count the batch, then commit (in that order: the committed batch never lags)."""
+        self.state.samples += size * self.cfg.batch_size
+        self.state.batch += 1
+        if self.state.batch % self.state.commit_every == 0:
+            self.commit()
+        if self.rank0() and time.time() - self.clock["last_progress"] >= PROGRESS_MIN_INTERVAL_S:
+            self.report(logs or {})
+
+    def commit(self) -> None:
+        from horovod.common.exceptions import HostsUpdatedInterrupt
+
+        try:
+            self.state.commit()
+        except HostsUpdatedInterrupt:
+            # commit() saved the state before checking hosts: these weights are the committed ones.
+            self.clock["interrupted"] = time.time()
+            self.clock["commit_sum"] = weights_checksum(self.model.get_weights())
+            if self.rank0():
+                emit(
+                    "EVENT",
+                    {
+                        "event": "interrupt",
+                        "time": self.clock["interrupted"],
+                        "world_size": self.hvd.size(),
+                        "weights_checksum": self.clock["commit_sum"],
+                        **_pos(self.state),
+                    },
+                )
+            # Always re-sync: Horovod skips the broadcast when it saw only removals, but a host
+            # added while workers were still starting (its notification lost) joins in the
+            # same reset and waits in the broadcast forever (observed).
+            raise HostsUpdatedInterrupt(False) from None
+
+    def report(self, epoch_metrics: dict[str, Any]) -> None:
+        self.clock["last_progress"] = time.time()
+        emit(
+            "PROGRESS",
+            {
+                "epoch": int(self.state.epoch),
+                "batch": int(self.state.batch),
+                "worldSize": self.hvd.size(),
+                "metrics": {k: float(v) for k, v in epoch_metrics.items()},
+                "history": self.state.history[-HISTORY_LIMIT:],
+                "checkpoint": self.state.checkpoint,
+                # this process is rank 0; in a pod the hostname is the pod's name
+                "rank0Pod": socket.gethostname(),
+            },
+        )
+
+    def loop(self, state: Any) -> None:
+        """What `hvd.elastic.run` (re)starts after every reset, with the synced `state`."""
+        size, rank = self.hvd.size(), self.hvd.rank()
+        metrics.WORLD_SIZE.set(size)
+        if self.rank0():
+            emit(
+                "EVENT",
+                {
+                    "event": "start",
+                    "world_size": size,
+                    "time": time.time(),
+                    "weights_checksum": weights_checksum(self.model.get_weights()),
+                    "last_commit_checksum": self.clock["commit_sum"],
+                    "learning_rate": float(self.opt.learning_rate.numpy()),
+                    **_pos(state),
+                },
+            )
+        while state.epoch < self.cfg.epochs:
+            self.epoch(state, size, rank)
+
+    def epoch(self, state: Any, size: int, rank: int) -> None:
+        """The rest of the current epoch: the samples not yet consumed, re-sharded for `size`."""
+        cfg = self.cfg
+        t_epoch = time.time()
+        order = epoch_order(len(self.ds.x_train), state.epoch, cfg.seed)
+        idx = shard_indices(order, state.samples, rank, size, cfg.batch_size)
+        fit_logs: dict[str, float] = {}
+        train_s, step_s = 0.0, 0.0
+        if len(idx):
+            fit_logs, train_s = self.fit(idx, size)
+        if fit_logs:
+            fit_logs = self.average(fit_logs)
+            step_s = fit_logs.pop("_step_s")
+            if not cfg.commit_batches:  # auto: the same value on every rank (allreduced)
+                state.commit_every = decide_commit_every(step_s)
+        val = self.model.evaluate(
+            self.ds.x_val, self.ds.y_val, batch_size=256, verbose=0, return_dict=True
+        )
+        epoch_logs = {**fit_logs, **{f"val_{k}": float(v) for k, v in val.items()}}
+        elapsed = time.time() - t_epoch
+        state.history = [
+            *state.history,
+            {
+                "epoch": int(state.epoch) + 1,
+                "worldSize": size,
+                "seconds": round(elapsed, 3),
+                # Training only (no validation), and the median step: for throughput.
+                "trainSeconds": round(train_s, 4),
+                "stepSeconds": round(step_s, 5),
+                "samples": len(idx) * size,
+                **epoch_logs,
+            },
+        ][-HISTORY_LIMIT:]
+        state.epoch += 1
+        state.samples = 0
+        state.batch = 0
+        _epoch_metrics(epoch_logs, len(idx) * size / max(elapsed, 1e-9), int(state.epoch))
+        if self.rank0():
+            self.log(
+                f"epoch {state.epoch}/{cfg.epochs} world_size={size} "
+                + " ".join(f"{k}={v:.4f}" for k, v in sorted(epoch_logs.items()))
+            )
+            ck = cfg.checkpoint_epochs
+            if ck and (state.epoch % ck == 0 or state.epoch == cfg.epochs):
+                state.checkpoint = write_checkpoint(self.store, state, self.model, self.opt)
+            self.report(epoch_logs)
+        self.commit()
+
+    def fit(self, idx: Any, size: int) -> tuple[dict[str, float], float]:
+        """Train on this rank's shard `idx`: its last metrics (and `_step_s`, the median step),
+        and the seconds it took."""
+        import tensorflow as tf
+
+        bs = self.cfg.batch_size
+        data = (
+            tf.data.Dataset.from_tensor_slices((self.ds.x_train[idx], self.ds.y_train[idx]))
+            .batch(bs)
+            .prefetch(tf.data.AUTOTUNE)
+        )
+        cb = self.progress(size)
+        t_fit = time.time()
+        h = self.model.fit(data, epochs=1, verbose=0, callbacks=[cb])
+        train_s = time.time() - t_fit
+        fit_logs = {k: float(v[-1]) for k, v in h.history.items()}
+        fit_logs["_step_s"] = float(np.median(cb.step_times)) if cb.step_times else 0.0
+        return fit_logs, train_s
+
+    def average(self, fit_logs: dict[str, float]) -> dict[str, float]:
+        """The per-rank training metrics averaged; every rank takes part in the allreduce."""
+        import tensorflow as tf
+
+        names = sorted(fit_logs)
+        avg = self.hvd.allreduce(tf.constant([fit_logs[k] for k in names]), name="epoch_logs")
+        return dict(zip(names, (float(v) for v in avg.numpy()), strict=True))
+
+    def finish(self) -> None:
+        """Rank 0, after the last epoch: the results, then the final event and progress line."""
+        state = self.state
+        save_results(self.cfg, self.store, self.model, state.history)
+        emit("EVENT", {"event": "done", **_pos(state), "resultsURI": self.store.uri})
+        emit(
+            "PROGRESS",
+            {
+                "epoch": int(state.epoch),
+                "batch": 0,
+                "worldSize": self.hvd.size(),
+                "metrics": {
+                    k: v
+                    for k, v in (state.history or [{}])[-1].items()
+                    if isinstance(v, float) and k not in TIMING_KEYS
+                },
+                "history": state.history,
+                "checkpoint": state.checkpoint,
+                "resultsURI": self.store.uri,
+            },
+        )
+
+
+def _progress_callback(job: _Job) -> type[Any]:
+    """The Keras callback class that times steps and drives `job`'s counting and commits
+    (defined here because TensorFlow is imported only in a training process)."""
+    import tensorflow as tf
 
     class Progress(tf.keras.callbacks.Callback):  # type: ignore[misc]
         """Count, then commit (in that order), time steps, report progress."""
@@ -236,165 +432,13 @@ def train(cfg: TrainConfig, t_boot: float | None = None) -> None:
             metrics.STEP_SECONDS.observe(now - self.t0)
             self.step_times.append(now - self.t0)
             metrics.STEPS.inc()
-            metrics.SAMPLES.inc(bs)
+            metrics.SAMPLES.inc(job.cfg.batch_size)
             if self.first:
                 self.first = False
-                since = time.time() - clock["interrupted"] if clock["interrupted"] else None
-                if since is not None:
-                    metrics.RESET_SECONDS.set(since)
-                    clock["interrupted"] = 0.0
-                if rank0():
-                    emit(
-                        "EVENT",
-                        {
-                            "event": "first_step",
-                            "world_size": self.size,
-                            "time": time.time(),
-                            "since_interrupt_s": since,
-                            **_pos(state),
-                        },
-                    )
-            state.samples += self.size * bs
-            state.batch += 1
-            if state.batch % state.commit_every == 0:
-                commit()
-            if rank0() and time.time() - clock["last_progress"] >= PROGRESS_MIN_INTERVAL_S:
-                report(logs or {})
+                job.first_step(self.size)
+            job.count_batch(self.size, logs)
 
-    def commit() -> None:
-        try:
-            state.commit()
-        except HostsUpdatedInterrupt:
-            # commit() saved the state before checking hosts: these weights are the committed ones.
-            clock["interrupted"] = time.time()
-            clock["commit_sum"] = weights_checksum(model.get_weights())
-            if rank0():
-                emit(
-                    "EVENT",
-                    {
-                        "event": "interrupt",
-                        "time": clock["interrupted"],
-                        "world_size": hvd.size(),
-                        "weights_checksum": clock["commit_sum"],
-                        **_pos(state),
-                    },
-                )
-            # Always re-sync: Horovod skips the broadcast when it saw only removals, but a host
-            # added while workers were still starting (its notification lost) joins in the
-            # same reset and waits in the broadcast forever (observed).
-            raise HostsUpdatedInterrupt(False) from None
-
-    def report(epoch_metrics: dict[str, Any]) -> None:
-        clock["last_progress"] = time.time()
-        emit(
-            "PROGRESS",
-            {
-                "epoch": int(state.epoch),
-                "batch": int(state.batch),
-                "worldSize": hvd.size(),
-                "metrics": {k: float(v) for k, v in epoch_metrics.items()},
-                "history": state.history[-HISTORY_LIMIT:],
-                "checkpoint": state.checkpoint,
-                # this process is rank 0; in a pod the hostname is the pod's name
-                "rank0Pod": socket.gethostname(),
-            },
-        )
-
-    @hvd.elastic.run  # type: ignore[untyped-decorator]
-    def loop(state: Any) -> None:
-        size, rank = hvd.size(), hvd.rank()
-        metrics.WORLD_SIZE.set(size)
-        if rank0():
-            emit(
-                "EVENT",
-                {
-                    "event": "start",
-                    "world_size": size,
-                    "time": time.time(),
-                    "weights_checksum": weights_checksum(model.get_weights()),
-                    "last_commit_checksum": clock["commit_sum"],
-                    "learning_rate": float(opt.learning_rate.numpy()),
-                    **_pos(state),
-                },
-            )
-        while state.epoch < cfg.epochs:
-            t_epoch = time.time()
-            order = epoch_order(n, state.epoch, cfg.seed)
-            idx = shard_indices(order, state.samples, rank, size, bs)
-            fit_logs: dict[str, float] = {}
-            train_s, step_s = 0.0, 0.0
-            if len(idx):
-                data = (
-                    tf.data.Dataset.from_tensor_slices((ds.x_train[idx], ds.y_train[idx]))
-                    .batch(bs)
-                    .prefetch(tf.data.AUTOTUNE)
-                )
-                cb = Progress(size)
-                t_fit = time.time()
-                h = model.fit(data, epochs=1, verbose=0, callbacks=[cb])
-                train_s = time.time() - t_fit
-                fit_logs = {k: float(v[-1]) for k, v in h.history.items()}
-                fit_logs["_step_s"] = float(np.median(cb.step_times)) if cb.step_times else 0.0
-            # Average the per-rank training metrics; every rank takes part in the allreduce.
-            names = sorted(fit_logs)
-            if names:
-                avg = hvd.allreduce(tf.constant([fit_logs[k] for k in names]), name="epoch_logs")
-                fit_logs = dict(zip(names, (float(v) for v in avg.numpy()), strict=True))
-                step_s = fit_logs.pop("_step_s")
-                if not cfg.commit_batches:  # auto: the same value on every rank (allreduced)
-                    state.commit_every = decide_commit_every(step_s)
-            val = model.evaluate(ds.x_val, ds.y_val, batch_size=256, verbose=0, return_dict=True)
-            epoch_logs = {**fit_logs, **{f"val_{k}": float(v) for k, v in val.items()}}
-            elapsed = time.time() - t_epoch
-            state.history = [
-                *state.history,
-                {
-                    "epoch": int(state.epoch) + 1,
-                    "worldSize": size,
-                    "seconds": round(elapsed, 3),
-                    # Training only (no validation), and the median step: for throughput.
-                    "trainSeconds": round(train_s, 4),
-                    "stepSeconds": round(step_s, 5),
-                    "samples": len(idx) * size,
-                    **epoch_logs,
-                },
-            ][-HISTORY_LIMIT:]
-            state.epoch += 1
-            state.samples = 0
-            state.batch = 0
-            _epoch_metrics(epoch_logs, len(idx) * size / max(elapsed, 1e-9), int(state.epoch))
-            if rank0():
-                log(
-                    f"epoch {state.epoch}/{cfg.epochs} world_size={size} "
-                    + " ".join(f"{k}={v:.4f}" for k, v in sorted(epoch_logs.items()))
-                )
-                ck = cfg.checkpoint_epochs
-                if ck and (state.epoch % ck == 0 or state.epoch == cfg.epochs):
-                    state.checkpoint = write_checkpoint(store, state, model, opt)
-                report(epoch_logs)
-            commit()
-
-    loop(state)
-
-    if rank0():
-        save_results(cfg, store, model, state.history)
-        emit("EVENT", {"event": "done", **_pos(state), "resultsURI": store.uri})
-        emit(
-            "PROGRESS",
-            {
-                "epoch": int(state.epoch),
-                "batch": 0,
-                "worldSize": hvd.size(),
-                "metrics": {
-                    k: v
-                    for k, v in (state.history or [{}])[-1].items()
-                    if isinstance(v, float) and k not in TIMING_KEYS
-                },
-                "history": state.history,
-                "checkpoint": state.checkpoint,
-                "resultsURI": store.uri,
-            },
-        )
+    return Progress
 
 
 def _pretrace(model: Any, ds: Dataset, batch_size: int) -> None:
@@ -432,45 +476,6 @@ def _epoch_metrics(logs: dict[str, float], samples_per_s: float, epoch: int) -> 
     ):
         if key in logs:
             gauge.set(logs[key])
-
-
-def write_checkpoint(store: Store, state: Any, model: Any, opt: Any) -> str:
-    t0 = time.perf_counter()
-    blob = checkpoint.serialize_weights(model.get_weights(), [v.numpy() for v in opt.variables])
-    doc = {"epoch": int(state.epoch), "samples": int(state.samples), "history": state.history}
-    cid = checkpoint.checkpoint_id(int(state.epoch), int(state.samples))
-    doc["checkpoint"] = f"{store.uri}/{checkpoint.PREFIX}/{cid}"
-    try:
-        size = checkpoint.write(store, int(state.epoch), int(state.samples), blob, doc)
-    except Exception as e:  # a failed upload must not kill training; the next one may succeed
-        print(f"[trainer] checkpoint {cid} failed: {e!r}", file=sys.stderr, flush=True)
-        return str(state.checkpoint)
-    metrics.CHECKPOINTS.inc()
-    metrics.CHECKPOINT_SECONDS.set(time.perf_counter() - t0)
-    metrics.CHECKPOINT_BYTES.set(size)
-    return str(doc["checkpoint"])
-
-
-def save_results(cfg: TrainConfig, store: Store, model: Any, history: list[Any]) -> None:
-    """Keras model (`model.keras`), SavedModel (`saved_model/`), `history.json`, and rank 0's
-    log (`logs/trainer.log`)."""
-    from tensorflow import keras
-
-    # A clean copy without the Horovod optimizer wrapper, which is not serializable.
-    clean = keras.models.clone_model(model)
-    clean.set_weights(model.get_weights())
-    clean.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    tmp = Path(tempfile.mkdtemp(prefix="accordion-results-"))
-    try:
-        clean.save(tmp / "model.keras")
-        clean.export(str(tmp / "saved_model"))
-        (tmp / "history.json").write_text(json.dumps(history, indent=1))
-        (tmp / "logs").mkdir()
-        (tmp / "logs" / "trainer.log").write_text("\n".join(LOG_LINES) + "\n")
-        for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
-            store.put_file(str(path.relative_to(tmp)), path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main(t_boot: float | None = None) -> int:

@@ -24,7 +24,12 @@ from accordion_dev.nodeagent.alloc import (
     split_devices,
     visible_devices,
 )
-from accordion_dev.nodeagent.envres import EnvError, command_line, parse_quantity, resolve_env
+from accordion_dev.nodeagent.container_env import (
+    EnvError,
+    command_line,
+    parse_quantity,
+    resolve_env,
+)
 from accordion_dev.nodeagent.kube import Kube, KubeError
 from accordion_dev.nodeagent.node import NodeConfig
 from accordion_dev.nodeagent.probes import ProbeState, run_probe

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from accordion_dev.nodeagent.envres import field_value, resource_value
+from accordion_dev.nodeagent.container_env import field_value, resource_value
 
 
 class VolumeError(RuntimeError):

@@ -1,0 +1,1 @@
+"""What both kinds share: the apiserver client, the cache mechanism, conditions, timestamps."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from accordion_operator.api.common import Condition
 from accordion_operator.core.timefmt import to_rfc3339
@@ -23,7 +23,7 @@ class Conditions:
         self.order = order
 
     def set(self, ctype: str, status: bool, reason: str, message: str = "") -> None:
-        value = "True" if status else "False"
+        value: Literal["True", "False"] = "True" if status else "False"
         old = self.old.get(ctype)
         since = (
             old.last_transition_time
@@ -45,9 +45,8 @@ class Conditions:
             old is None or (old.status, old.reason) != (new.status, new.reason)
         )
 
+    def ordered(self) -> list[Condition]:
+        return [self.new[t] for t in self.order if t in self.new]
+
     def dump(self) -> list[dict[str, Any]]:
-        return [
-            self.new[t].model_dump(by_alias=True, exclude_none=True)
-            for t in self.order
-            if t in self.new
-        ]
+        return [c.model_dump(by_alias=True, exclude_none=True) for c in self.ordered()]

@@ -1,0 +1,1 @@
+"""The CRDs, generated from the pydantic models of `accordion_operator.api`."""

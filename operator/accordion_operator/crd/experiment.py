@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from accordion_operator.api.common import cel
 from accordion_operator.api.experiment import (
     KIND,
     MAX_EXPERIMENT_NAME,
@@ -14,29 +13,18 @@ from accordion_operator.api.experiment import (
     ExperimentSpec,
     ExperimentStatus,
 )
-from accordion_operator.crd.schema import crd_document, model_schema
+from accordion_operator.crd.schema import Names, crd_document, object_schema
+
+NAMES = Names(KIND, PLURAL, SINGULAR, SHORT_NAMES)
 
 
 def open_api_schema() -> dict[str, Any]:
-    return {
-        "type": "object",
-        "description": "A hyperparameter search that runs TrainingRuns made from a template.",
-        "required": ["spec"],
-        "properties": {
-            "apiVersion": {"type": "string"},
-            "kind": {"type": "string"},
-            "metadata": {"type": "object"},
-            "spec": model_schema(ExperimentSpec),
-            "status": model_schema(ExperimentStatus, in_status=True),
-        },
-        "x-kubernetes-validations": [
-            cel(
-                f"size(self.metadata.name) <= {MAX_EXPERIMENT_NAME}",
-                f"Experiment names must be at most {MAX_EXPERIMENT_NAME} characters (its runs "
-                "are named <experiment>-<trial:03d>)",
-            ),
-        ],
-    }
+    return object_schema(
+        NAMES,
+        "A hyperparameter search that runs TrainingRuns made from a template.",
+        (ExperimentSpec, ExperimentStatus),
+        (MAX_EXPERIMENT_NAME, "its runs are named <experiment>-<trial:03d>"),
+    )
 
 
 PRINTER_COLUMNS: list[dict[str, Any]] = [
@@ -62,11 +50,8 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
 
 def build_crd() -> dict[str, Any]:
     return crd_document(
-        kind=KIND,
-        plural=PLURAL,
-        singular=SINGULAR,
-        short_names=SHORT_NAMES,
-        schema=open_api_schema(),
-        subresources={"status": {}},
-        printer_columns=PRINTER_COLUMNS,
+        NAMES,
+        open_api_schema(),
+        {"status": {}},
+        PRINTER_COLUMNS,
     )

@@ -9,11 +9,12 @@ so that the apiserver applies the nested defaults itself.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
 
-from accordion_operator.api.common import GROUP, VERSION
+from accordion_operator.api.common import GROUP, VERSION, cel
 
 _DROP = {"title", "propertyNames"}
 
@@ -73,17 +74,24 @@ def model_schema(model: type[Any], in_status: bool = False) -> dict[str, Any]:
     return schema
 
 
+@dataclass(frozen=True)
+class Names:
+    """A kind's names, as `spec.names` of its CRD wants them."""
+
+    kind: str
+    plural: str
+    singular: str
+    short_names: Sequence[str]
+
+
 def crd_document(
-    *,
-    kind: str,
-    plural: str,
-    singular: str,
-    short_names: Sequence[str],
+    names: Names,
     schema: dict[str, Any],
     subresources: dict[str, Any],
     printer_columns: list[dict[str, Any]],
 ) -> dict[str, Any]:
     """A namespaced CRD of `accordion.dev/v1alpha1` (one served and stored version)."""
+    kind, plural = names.kind, names.plural
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -98,8 +106,8 @@ def crd_document(
                 "kind": kind,
                 "listKind": f"{kind}List",
                 "plural": plural,
-                "singular": singular,
-                "shortNames": list(short_names),
+                "singular": names.singular,
+                "shortNames": list(names.short_names),
                 "categories": ["accordion"],
             },
             "versions": [
@@ -124,3 +132,33 @@ def render_crd(crd: dict[str, Any]) -> str:
         "drift).\n"
     )
     return header + yaml.safe_dump(crd, sort_keys=False, width=100)
+
+
+def object_schema(
+    names: Names,
+    description: str,
+    models: tuple[type[Any], type[Any]],
+    max_name: tuple[int, str],
+    rules: Sequence[dict[str, Any]] = (),
+) -> dict[str, Any]:
+    """The openAPIV3Schema of a kind: its (spec, status) models, a bound on its name's length
+    (the bound, and why, e.g. the names its children derive from it) and more CEL rules."""
+    spec, status = models
+    bound, why = max_name
+    name_rule = cel(
+        f"size(self.metadata.name) <= {bound}",
+        f"{names.kind} names must be at most {bound} characters ({why})",
+    )
+    return {
+        "type": "object",
+        "description": description,
+        "required": ["spec"],
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": {"type": "object"},
+            "spec": model_schema(spec),
+            "status": model_schema(status, in_status=True),
+        },
+        "x-kubernetes-validations": [name_rule, *rules],
+    }

@@ -14,7 +14,7 @@ from accordion_operator.api.trainingrun import (
     TrainingRunSpec,
     TrainingRunStatus,
 )
-from accordion_operator.crd.schema import crd_document, model_schema
+from accordion_operator.crd.schema import Names, crd_document, object_schema
 
 #: Run names end up in label values and child names (`<run>-worker-<i>`, `<run>-launcher`).
 MAX_RUN_NAME = 50
@@ -46,27 +46,17 @@ def immutable_rule() -> dict[str, Any]:
     )
 
 
+NAMES = Names(KIND, PLURAL, SINGULAR, SHORT_NAMES)
+
+
 def open_api_schema() -> dict[str, Any]:
-    return {
-        "type": "object",
-        "description": "An elastic Horovod + TensorFlow training run on GPUs.",
-        "required": ["spec"],
-        "properties": {
-            "apiVersion": {"type": "string"},
-            "kind": {"type": "string"},
-            "metadata": {"type": "object"},
-            "spec": model_schema(TrainingRunSpec),
-            "status": model_schema(TrainingRunStatus, in_status=True),
-        },
-        "x-kubernetes-validations": [
-            cel(
-                f"size(self.metadata.name) <= {MAX_RUN_NAME}",
-                f"TrainingRun names must be at most {MAX_RUN_NAME} characters (children are "
-                "named <run>-worker-<i>)",
-            ),
-            immutable_rule(),
-        ],
-    }
+    return object_schema(
+        NAMES,
+        "An elastic Horovod + TensorFlow training run on GPUs.",
+        (TrainingRunSpec, TrainingRunStatus),
+        (MAX_RUN_NAME, "children are named <run>-worker-<i>"),
+        [immutable_rule()],
+    )
 
 
 PRINTER_COLUMNS: list[dict[str, Any]] = [
@@ -92,12 +82,9 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
 
 def build_crd() -> dict[str, Any]:
     return crd_document(
-        kind=KIND,
-        plural=PLURAL,
-        singular=SINGULAR,
-        short_names=SHORT_NAMES,
-        schema=open_api_schema(),
-        subresources={
+        NAMES,
+        open_api_schema(),
+        {
             "status": {},
             "scale": {
                 "specReplicasPath": ".spec.workers.replicas",
@@ -105,5 +92,5 @@ def build_crd() -> dict[str, Any]:
                 "labelSelectorPath": ".status.selector",
             },
         },
-        printer_columns=PRINTER_COLUMNS,
+        PRINTER_COLUMNS,
     )

@@ -1,0 +1,1 @@
+"""Experiments: the hyperparameter search, its decisions, trial bodies, the controller."""

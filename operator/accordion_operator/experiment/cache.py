@@ -2,26 +2,34 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from accordion_operator.api.common import API_VERSION
+from accordion_operator.api.experiment import PLURAL as EXPERIMENT_PLURAL
+from accordion_operator.api.trainingrun import PLURAL as RUN_PLURAL
+from accordion_operator.core.cache import Store, Watch
 from accordion_operator.core.objects import LABEL_EXPERIMENT, object_key, resource_version
 
 Key = tuple[str, str]
 
 
+#: what the cache watches: Experiments, and only the TrainingRuns that are some Experiment's trials
+#: (a server-side label selector: the 10,000 runs that are no experiment's never reach it)
+WATCHES = (
+    Watch("experiment", API_VERSION, EXPERIMENT_PLURAL),
+    Watch("run", API_VERSION, RUN_PLURAL, selector=LABEL_EXPERIMENT),
+)
+
+
 @dataclass
-class ExperimentCache:
+class ExperimentCache(Store):
     """Experiments and the TrainingRuns labelled as their trials, as the watches report them."""
 
     experiments: dict[Key, dict[str, Any]] = field(default_factory=dict)
     #: (namespace, experiment) -> run name -> body
     trials: dict[Key, dict[str, dict[str, Any]]] = field(default_factory=dict)
-    dirty: asyncio.Event = field(default_factory=asyncio.Event)
-    #: namespaces ("" = all) whose trial runs have been listed once
-    trials_listed: set[str] = field(default_factory=set)
 
     def apply(
         self, kind: str, event_type: str | None, body: Mapping[str, Any], wake: bool = True
@@ -49,54 +57,30 @@ class ExperimentCache:
         if wake:
             self.dirty.set()
 
-    def replace_all(
-        self, kind: str, items: Iterable[Mapping[str, Any]], namespace: str | None = None
+    def forget_missing(
+        self, kind: str, seen: set[tuple[str, str]], namespace: str | None, newest: int
     ) -> None:
-        """A full LIST (of one namespace, or of all). Entries newer than the listing (a watch
-        event that overtook it) are kept; entries missing from it are dropped unless they are
-        newer than all it holds."""
-        items = list(items)
-        newest = max((resource_version(i) for i in items), default=0)
-        listed = {object_key(i) for i in items}
+        """After a full LIST: entries missing from it are dropped unless they are newer than all
+        it held (a trial this controller created after the LIST's snapshot)."""
+
+        def gone(ns: str, name: str, body: Mapping[str, Any]) -> bool:
+            in_scope = namespace is None or ns == namespace
+            return in_scope and (ns, name) not in seen and resource_version(body) <= newest
+
         if kind == "experiment":
             for key, body in list(self.experiments.items()):
-                if key not in listed and resource_version(body) <= newest:
+                if gone(*key, body):
                     del self.experiments[key]
-        else:
-            for exp_key, runs in list(self.trials.items()):
-                if namespace is not None and exp_key[0] != namespace:
-                    continue
-                for name, body in list(runs.items()):
-                    if (exp_key[0], name) not in listed and resource_version(body) <= newest:
-                        del runs[name]
-                if not runs:
-                    del self.trials[exp_key]
-        for item in items:
-            self.apply(kind, None, item, wake=False)
-        self.dirty.set()
+            return
+        for exp_key, runs in list(self.trials.items()):
+            for name, body in list(runs.items()):
+                if gone(exp_key[0], name, body):
+                    del runs[name]
+            if not runs:
+                del self.trials[exp_key]
 
     def trials_of(self, namespace: str, experiment: str) -> list[dict[str, Any]]:
         return list(self.trials.get((namespace, experiment), {}).values())
-
-
-@dataclass
-class TrialSink:
-    """Trial runs of one namespace (None: all) from `Kube.list_watch` into the cache."""
-
-    cache: ExperimentCache
-    namespace: str | None
-    items: list[dict[str, Any]] = field(default_factory=list)
-
-    def page(self, items: list[dict[str, Any]]) -> None:
-        self.items.extend(items)  # trials are few: the whole LIST is applied at its end
-
-    def listed(self) -> None:
-        self.cache.replace_all("run", self.items, self.namespace)
-        self.items = []
-        self.cache.trials_listed.add(self.namespace or "")
-
-    def event(self, event_type: str, body: dict[str, Any]) -> None:
-        self.cache.apply("run", event_type, body)
 
 
 def fingerprint(exp: Mapping[str, Any], trials: Iterable[Mapping[str, Any]]) -> tuple[Any, ...]:

@@ -1,8 +1,10 @@
 """The Experiment controller: one loop that decides every Experiment whose observations changed
 and executes the plans (create trial TrainingRuns, stop pruned ones, write status).
 
-Watch events only copy objects into the cache (`experiment.cache`) and wake the loop; each pass
-runs the pure `decide_experiment` off the event loop. The trials are ordinary TrainingRuns: the
+Watch events only copy objects into the cache (`experiment.cache`) and wake the loop. Each pass
+takes the experiments whose observations changed from the cache on the event loop, decides them
+off it (`decide.decide_all`, pure), then keeps its books (what was decided on, the pruners'
+memos, the metrics) and executes the plans back on it. The trials are ordinary TrainingRuns: the
 TrainingRun controller admits them through the same GPU allocator as any run.
 """
 
@@ -15,27 +17,39 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from accordion_operator.api.common import API_VERSION
-from accordion_operator.api.experiment import KIND, PLURAL, Experiment
-from accordion_operator.api.trainingrun import PLURAL as RUN_PLURAL
+from accordion_operator.api.experiment import Experiment
 from accordion_operator.config import Config
-from accordion_operator.core.kube import ApiError, Kube
+from accordion_operator.core.cache import expected_syncs, run_watched
+from accordion_operator.core.kube import Kube
 from accordion_operator.core.objects import (
     EXPERIMENTS,
-    LABEL_EXPERIMENT,
     TRAININGRUNS,
     object_key,
     object_ref,
 )
-from accordion_operator.core.timefmt import to_rfc3339
-from accordion_operator.experiment.cache import ExperimentCache, Key, TrialSink, fingerprint
-from accordion_operator.experiment.decide import ExperimentPlan, best_child, decide_experiment
-from accordion_operator.experiment.observe import ChildRun, observe_child
+from accordion_operator.experiment.cache import WATCHES, ExperimentCache, Key, fingerprint
+from accordion_operator.experiment.decide import (
+    Decision,
+    ExperimentPlan,
+    Observed,
+    best_child,
+    decide_all,
+)
+from accordion_operator.experiment.observe import ChildRun
 from accordion_operator.experiment.search import RungMemo, max_trials
 from accordion_operator.experiment.trials import stop_patch
 from accordion_operator.metrics import OperatorMetrics
 
 log = logging.getLogger("accordion.experiments")
+
+
+@dataclass(frozen=True)
+class Changed:
+    """An experiment whose observations changed since it was last decided on."""
+
+    key: Key
+    fingerprint: tuple[Any, ...]
+    observed: Observed
 
 
 @dataclass
@@ -56,42 +70,48 @@ class ExperimentController:
     exported: set[Key] = field(default_factory=set)
 
     def plans(self, now: float) -> list[tuple[Experiment | Mapping[str, Any], ExperimentPlan]]:
-        """Decide every experiment whose observations changed (pure, no I/O)."""
-        out: list[tuple[Experiment | Mapping[str, Any], ExperimentPlan]] = []
-        for key, body in list(self.cache.experiments.items()):
+        """Decide every experiment whose observations changed and keep the books (no I/O; a
+        pass runs the decisions off the event loop instead, see `reconcile_all`)."""
+        changed = self.changed()
+        return self.record(changed, decide_all([c.observed for c in changed], now))
+
+    def changed(self) -> list[Changed]:
+        """The experiments to decide, as the cache holds them now: decisions off the event loop
+        read this snapshot while watch events go on changing the cache."""
+        out: list[Changed] = []
+        for key, body in self.cache.experiments.items():
             trials = self.cache.trials_of(*key)
             fp = fingerprint(body, trials)
-            if self.seen.get(key) == fp:
-                continue
-            try:
-                exp = Experiment.model_validate(body)
-            except ValueError as exc:
-                out.append((body, invalid_plan(body, str(exc).splitlines()[:3], now)))
-                continue
-            uid = exp.metadata.uid
-            children = [
-                c
-                for t in trials
-                if _owned_by(t, uid)
-                and (c := observe_child(t, exp.metadata.name, exp.spec.objective.metric))
-                is not None
-            ]
-            memo = self.memos.setdefault(key, {})
-            out.append((exp, decide_experiment(exp, children, now, memo)))
-            self.seen[key] = fp
-            self.export_metrics(exp, children, trials)
-        for key in list(self.seen):
-            if key not in self.cache.experiments:
-                del self.seen[key]
-        for key in list(self.memos):
-            if key not in self.cache.experiments:
-                del self.memos[key]
-        for key in list(self.exported):
-            if key not in self.cache.experiments:
-                self.exported.discard(key)
-                if self.metrics is not None:
-                    self.metrics.forget_experiment(*key)
+            if self.seen.get(key) != fp:
+                memo = dict(self.memos.get(key, {}))
+                out.append(Changed(key, fp, Observed(body, tuple(trials), memo)))
         return out
+
+    def record(
+        self, changed: Sequence[Changed], decisions: Sequence[Decision]
+    ) -> list[tuple[Experiment | Mapping[str, Any], ExperimentPlan]]:
+        """The books of a pass's decisions: what each was decided on (not decided again until it
+        changes), the rung values its rebuild replayed, its metrics; deleted ones are forgotten."""
+        for c, d in zip(changed, decisions, strict=True):
+            if not isinstance(d.target, Experiment):
+                continue  # rejected by the models: decided on every pass (Failed is written once)
+            self.seen[c.key] = c.fingerprint
+            self.memos.setdefault(c.key, {}).update(d.plan.rungs)
+            self.export_metrics(d.target, d.children, c.observed.trials)
+        self.forget_deleted()
+        return [(d.target, d.plan) for d in decisions]
+
+    def forget_deleted(self) -> None:
+        """Experiments gone from the cache: their fingerprints, memos and metric series."""
+        live = self.cache.experiments
+        for key in [k for k in self.seen if k not in live]:
+            del self.seen[key]
+        for key in [k for k in self.memos if k not in live]:
+            del self.memos[key]
+        for key in [k for k in self.exported if k not in live]:
+            self.exported.discard(key)
+            if self.metrics is not None:
+                self.metrics.forget_experiment(*key)
 
     def export_metrics(
         self, exp: Experiment, children: Sequence[ChildRun], trials: Iterable[Mapping[str, Any]]
@@ -120,9 +140,12 @@ class ExperimentController:
 
     async def reconcile_all(self) -> None:
         t0 = time.perf_counter()
+        changed = self.changed()
         # Deciding can take a while (rebuilding a study of hundreds of trials): off the event
         # loop, so kopf's watches and the TrainingRun controller keep going meanwhile.
-        plans = await asyncio.to_thread(self.plans, self.clock())
+        observed = [c.observed for c in changed]
+        decisions = await asyncio.to_thread(decide_all, observed, self.clock())
+        plans = self.record(changed, decisions)
         self.last_decide_seconds = time.perf_counter() - t0
         await asyncio.gather(*(self._execute(e, p) for e, p in plans))
         self.passes += 1
@@ -169,49 +192,21 @@ class ExperimentController:
             log.exception("reconciling experiment %s/%s failed; retrying", ns, name)
             self.seen.pop(key, None)
 
-    async def seed(self) -> None:
-        ns = self.cfg.namespaces
-        self.cache.replace_all("experiment", await self.kube.list_all(API_VERSION, PLURAL, ns))
-
     async def run_forever(self, stop: asyncio.Event) -> None:
-        # Trial runs by our own LIST+WATCH with a server-side label selector, not kopf's: kopf
-        # watches every TrainingRun and filters labels itself, a per-object worker for each of
-        # 10,000 runs that are no experiment's.
-        scopes: tuple[str | None, ...] = self.cfg.namespaces or (None,)
-        watches = [
-            asyncio.create_task(
-                self.kube.list_watch(
-                    TrialSink(self.cache, ns), API_VERSION, RUN_PLURAL, ns, stop, LABEL_EXPERIMENT
-                ),
-                name=f"watch-trials-{ns or 'all'}",
-            )
-            for ns in scopes
-        ]
-        try:
-            await self._loop(stop, {ns or "" for ns in scopes})
-        finally:
-            for task in watches:
-                task.cancel()
-            await asyncio.gather(*watches, return_exceptions=True)
+        await run_watched(self._loop(stop), self.kube, self.cache, WATCHES, stop)
 
-    async def _loop(self, stop: asyncio.Event, scopes: set[str]) -> None:
+    async def _loop(self, stop: asyncio.Event) -> None:
         cfg = self.cfg
-        last_list: float | None = None
+        # Decide only on a complete view: with its trials not yet listed, every experiment
+        # would look as if it had no runs yet.
+        expected = expected_syncs(cfg, WATCHES)
         while not stop.is_set():
             try:
-                if last_list is None or time.monotonic() - last_list > cfg.relist_seconds:
-                    await self.seed()  # also retried until the CRD exists
-                    last_list = time.monotonic()
                 self.cache.dirty.clear()
-                # Decide only once the trials are known: with none seen, every experiment
-                # would look as if it had no runs yet.
-                if scopes <= self.cache.trials_listed:
+                if expected <= self.cache.synced:
                     await self.reconcile_all()
-            except Exception as e:
-                if isinstance(e, ApiError) and e.transient:  # e.g. the CRD just installed
-                    log.warning("experiment pass: %s; retrying", e)
-                else:
-                    log.exception("experiment pass failed; retrying")
+            except Exception:
+                log.exception("experiment pass failed; retrying")
                 if self.metrics is not None:
                     self.metrics.observe_reconcile("experiments", 0.0, failed=True)
                 self.seen.clear()
@@ -220,41 +215,3 @@ class ExperimentController:
                 await asyncio.sleep(cfg.debounce_seconds)  # batch a burst of events
             except TimeoutError:
                 self.seen.clear()  # periodic full re-decision: the level-based safety net
-
-
-def _owned_by(body: Mapping[str, Any], uid: str) -> bool:
-    """Only the experiment's own children count (a run labelled by hand does not)."""
-    refs = (body.get("metadata") or {}).get("ownerReferences") or ()
-    return any(r.get("uid") == uid and r.get("kind") == KIND for r in refs)
-
-
-def invalid_plan(body: Mapping[str, Any], errors: list[str], now: float) -> ExperimentPlan:
-    """An Experiment the models reject (something the schema let through): Failed, once."""
-    status = body.get("status") or {}
-    message = "invalid spec: " + "; ".join(errors)
-    if status.get("phase") == "Failed":
-        return ExperimentPlan()
-    t = to_rfc3339(now)
-    gen = (body.get("metadata") or {}).get("generation", 0)
-    cond = {
-        "type": "Failed",
-        "status": "True",
-        "reason": "InvalidSpec",
-        "message": message[:1024],
-        "lastTransitionTime": t,
-        "observedGeneration": gen,
-    }
-    return ExperimentPlan(
-        status_patch={
-            "phase": "Failed",
-            "conditions": [cond],
-            "message": message[:256],
-            "observedGeneration": gen,
-        },
-        events=[("Warning", "InvalidSpec", message)],
-    )
-
-
-def trial_streams(cfg: Config) -> int:
-    """How many watch streams the Experiment controller keeps open (trial runs, per scope)."""
-    return max(1, len(cfg.namespaces))

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from accordion_operator.api.experiment import (
-    Outcome,
-)
+from accordion_operator.api.experiment import KIND, Experiment, Outcome
 from accordion_operator.core.objects import LABEL_EXPERIMENT
 from accordion_operator.experiment import search
 from accordion_operator.experiment.trials import (
@@ -163,3 +161,20 @@ def observe_child(body: Mapping[str, Any], experiment: str, metric: str) -> Chil
         grid_id=grid_id,
         stop_requested=stopped is not None,
     )
+
+
+def _owned_by(body: Mapping[str, Any], uid: str) -> bool:
+    """Only the experiment's own children count (a run labelled by hand does not)."""
+    refs = (body.get("metadata") or {}).get("ownerReferences") or ()
+    return any(r.get("uid") == uid and r.get("kind") == KIND for r in refs)
+
+
+def owned_children(exp: Experiment, trials: Iterable[Mapping[str, Any]]) -> list[ChildRun]:
+    """The experiment's trials among the runs labelled with its name."""
+    meta = exp.metadata
+    return [
+        c
+        for t in trials
+        if _owned_by(t, meta.uid)
+        and (c := observe_child(t, meta.name, exp.spec.objective.metric)) is not None
+    ]

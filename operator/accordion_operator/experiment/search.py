@@ -186,6 +186,15 @@ def _stateful(spec: ExperimentSpec) -> bool:
 # --- the study -----------------------------------------------------------------------------------
 
 
+#: a finished trial's (fingerprint of the finished trials up to it, its successive-halving rung
+#: values)
+RungEntry = tuple[int, dict[str, object]]
+#: trial number -> RungEntry: lets a rebuild skip replaying the pruner over unchanged finished
+#: trials.
+RungMemo = dict[int, RungEntry]
+_RUNG_PREFIX = "completed_rung_"
+
+
 @dataclass
 class Study:
     """An Optuna study rebuilt from observations, plus what the rebuild decided."""
@@ -195,6 +204,8 @@ class Study:
     dists: dict[str, BaseDistribution]
     #: running trials the pruner says to stop
     prune: list[int] = field(default_factory=list)
+    #: the rung values this rebuild replayed, for the caller to merge into its memo
+    rungs: RungMemo = field(default_factory=dict)
 
 
 def _grid_attrs(spec: ExperimentSpec, grid_id: int | None) -> dict[str, object]:
@@ -203,17 +214,11 @@ def _grid_attrs(spec: ExperimentSpec, grid_id: int | None) -> dict[str, object]:
     return {"grid_id": grid_id, "search_space": grid_space(spec)}
 
 
-#: trial number -> (fingerprint of the finished trials up to it, its successive-halving rung
-#: values): lets a rebuild skip replaying the pruner over unchanged finished trials.
-RungMemo = dict[int, tuple[int, dict[str, object]]]
-_RUNG_PREFIX = "completed_rung_"
-
-
 def build_study(
     spec: ExperimentSpec,
     trials: Sequence[TrialRecord],
     study_name: str,
-    memo: RungMemo | None = None,
+    memo: Mapping[int, RungEntry] | None = None,
 ) -> Study:
     """Rebuild the study: every trial is added RUNNING in trial order with its intermediate
     values, finished trials are told their outcome, then the pruner judges the running ones.
@@ -223,7 +228,9 @@ def build_study(
     before telling it, which is what a live pruner would have recorded had it been asked at that
     epoch. A finished trial's rung values depend only on the finished trials before it, so
     `memo` (kept by the caller between rebuilds) holds them per fingerprint of that prefix: the
-    replay (O(n^2) in Optuna's Hyperband) then only runs over trials that finished since.
+    replay (O(n^2) in Optuna's Hyperband) then only runs over trials that finished since. The
+    rebuild only reads `memo` (it may run off the caller's thread); what it replayed comes back
+    in `Study.rungs`.
     """
     dists = distributions(spec)
     study = optuna.create_study(
@@ -271,9 +278,11 @@ def build_study(
         t = by_number[n]
         if stateful and t.intermediate and n not in known:
             optuna.trial.Trial(study, _trial_id(study, n)).should_prune()
-            if memo is not None:
-                attrs = study.get_trials(deepcopy=False)[n].system_attrs
-                memo[n] = (chain[n], {k: v for k, v in attrs.items() if k.startswith(_RUNG_PREFIX)})
+            attrs = study.get_trials(deepcopy=False)[n].system_attrs
+            built.rungs[n] = (
+                chain[n],
+                {k: v for k, v in attrs.items() if k.startswith(_RUNG_PREFIX)},
+            )
         if t.state == "complete" and t.value is not None and math.isfinite(t.value):
             study.tell(n, t.value)
         elif t.state == "pruned" and t.intermediate:

@@ -1,0 +1,1 @@
+"""TrainingRuns: observation, checks, GPU allocation, decisions, child bodies, the controller."""

@@ -7,9 +7,8 @@ pass never acts on a view older than its own writes.
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,11 +17,10 @@ import orjson
 from accordion_operator.api.common import API_VERSION, ObjectMeta
 from accordion_operator.api.trainingrun import PLURAL, TrainingRun
 from accordion_operator.config import Config
-from accordion_operator.core.kube import Kube
+from accordion_operator.core.cache import Store, Watch
 from accordion_operator.core.objects import (
     LABEL_MANAGED_BY,
     MANAGED_BY,
-    object_key,
     resource_version,
 )
 from accordion_operator.trainingrun import builders
@@ -35,12 +33,12 @@ from accordion_operator.trainingrun.observe import (
     wants_gpus,
 )
 
-#: what the cache watches: kind -> (apiVersion, plural, namespaced)
-WATCHED = {
-    "node": ("v1", "nodes", False),
-    "pod": ("v1", "pods", True),
-    "run": (API_VERSION, PLURAL, True),
-}
+#: what the cache watches
+WATCHES = (
+    Watch("node", "v1", "nodes", namespaced=False),
+    Watch("pod", "v1", "pods"),
+    Watch("run", API_VERSION, PLURAL),
+)
 
 
 def node_from(body: Mapping[str, Any], gpu_resource: str) -> Node:
@@ -183,7 +181,7 @@ class CachedRun:
 
 
 @dataclass
-class ClusterCache:
+class ClusterCache(Store):
     """What the controller knows about runs, their pods, all GPU pods and the nodes."""
 
     cfg: Config
@@ -198,9 +196,6 @@ class ClusterCache:
     #: arrive after the watch's DELETED event (a process that is already dead goes at once),
     #: and must not bring the pod back into the cache.
     _pod_gone: dict[tuple[str, str], int] = field(default_factory=dict)
-    dirty: asyncio.Event = field(default_factory=asyncio.Event)
-    #: (kind, namespace or "") whose initial LIST has been loaded
-    synced: set[tuple[str, str]] = field(default_factory=set)
     #: runs seen for the first time so far (a long pass yields to new arrivals)
     arrivals: int = 0
 
@@ -275,19 +270,11 @@ class ClusterCache:
         else:
             self.nodes[name] = node_from(body, self.cfg.gpu_resource)
 
-    def replace_all(
-        self, kind: str, items: Iterable[Mapping[str, Any]], namespace: str | None = None
-    ) -> None:
-        """A full LIST (of one namespace, or of all): forget what is gone, apply what is there."""
-        items = list(items)
-        self.forget_missing(kind, {object_key(i) for i in items}, namespace)
-        for item in items:
-            self.apply(kind, None, item)
-
     def forget_missing(
-        self, kind: str, seen: set[tuple[str, str]], namespace: str | None = None
+        self, kind: str, seen: set[tuple[str, str]], namespace: str | None, newest: int
     ) -> None:
-        """After a full LIST of `namespace` (None: all) whose objects were `seen`: drop the rest."""
+        """After a full LIST of `namespace` (None: all) whose objects were `seen`: drop the rest
+        (the list is the truth for runs, pods and nodes, so `newest` is not needed)."""
 
         def in_scope(ns: str) -> bool:
             return namespace is None or ns == namespace
@@ -322,54 +309,3 @@ class ClusterCache:
 
     def pods_of(self, namespace: str, run: str) -> list[PodState]:
         return list(self.run_pods.get((namespace, run), {}).values())
-
-
-@dataclass
-class CacheSink:
-    """One kind in one namespace (None: all) of the ClusterCache, fed by LIST+WATCH."""
-
-    cache: ClusterCache
-    kind: str
-    namespace: str | None
-    seen: set[tuple[str, str]] = field(default_factory=set)
-
-    def page(self, items: list[dict[str, Any]]) -> None:
-        for item in items:
-            self.cache.apply(self.kind, None, item, wake=False)
-            self.seen.add(object_key(item))
-
-    def listed(self) -> None:
-        self.cache.forget_missing(self.kind, self.seen, self.namespace)
-        self.seen = set()
-        self.cache.synced.add((self.kind, self.namespace or ""))
-        self.cache.dirty.set()
-
-    def event(self, event_type: str, body: dict[str, Any]) -> None:
-        self.cache.apply(self.kind, event_type, body)
-
-
-def watch_scopes(cfg: Config, kind: str) -> tuple[str | None, ...]:
-    """The namespaces (None: all) one kind is watched in."""
-    namespaced = WATCHED[kind][2]
-    return cfg.namespaces if namespaced and cfg.namespaces else (None,)
-
-
-def watch_streams(cfg: Config) -> int:
-    """How many watch streams the controller keeps open (the connection pool makes room)."""
-    return sum(len(watch_scopes(cfg, kind)) for kind in WATCHED)
-
-
-def expected_syncs(cfg: Config) -> set[tuple[str, str]]:
-    """(kind, namespace or "") of every initial LIST the first pass waits for."""
-    return {(kind, ns or "") for kind in WATCHED for ns in watch_scopes(cfg, kind)}
-
-
-async def watch(kube: Kube, cache: ClusterCache, kind: str, stop: asyncio.Event) -> None:
-    """Keep `cache` current for one kind, in every watched namespace (`Kube.list_watch`)."""
-    version, plural, _ = WATCHED[kind]
-    await asyncio.gather(
-        *(
-            kube.list_watch(CacheSink(cache, kind, ns), version, plural, ns, stop)
-            for ns in watch_scopes(kube.cfg, kind)
-        )
-    )

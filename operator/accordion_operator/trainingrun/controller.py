@@ -13,27 +13,28 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from accordion_operator.api.trainingrun import FINISHED_PHASES, REASON_PREEMPTED, TrainingRun
 from accordion_operator.config import Config
+from accordion_operator.core.cache import expected_syncs, run_watched
 from accordion_operator.core.kube import Kube
 from accordion_operator.core.objects import LABEL_EXPERIMENT, TRAININGRUNS, object_ref
-from accordion_operator.core.timefmt import from_rfc3339, to_rfc3339
+from accordion_operator.core.timefmt import from_rfc3339
 from accordion_operator.metrics import OperatorMetrics
 from accordion_operator.trainingrun import builders
-from accordion_operator.trainingrun.allocator import RunRequest, decide_allocation
-from accordion_operator.trainingrun.cache import (
-    WATCHED,
-    CachedRun,
-    ClusterCache,
-    expected_syncs,
-    watch,
-)
+from accordion_operator.trainingrun.allocator import Grant, RunRequest, decide_allocation
+from accordion_operator.trainingrun.cache import WATCHES, CachedRun, ClusterCache
 from accordion_operator.trainingrun.checks import check_run
-from accordion_operator.trainingrun.decide import Plan, decide_run
+from accordion_operator.trainingrun.decide import (
+    NO_GRANT,
+    Plan,
+    decide_run,
+    rescale_reason,
+    unparsable_plan,
+)
 from accordion_operator.trainingrun.observe import EXIT_REASONS, Children, PodState, SecretInfo
 
 log = logging.getLogger("accordion.controller")
@@ -48,6 +49,18 @@ class PassStats:
     act_seconds: float = 0.0
     #: the pass ended early for runs created while it acted (cfg.pass_yield_seconds)
     yielded: bool = False
+
+
+@dataclass
+class _Tally:
+    """What the decide loop of one pass did (PassStats' inputs)."""
+
+    acted: int = 0
+    decide_seconds: float = 0.0
+    act_seconds: float = 0.0
+    yielded: bool = False
+    #: the requeue delays the plans asked for
+    delays: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -89,9 +102,42 @@ class Controller:
         """One pass. Returns the earliest requeue delay any run asked for."""
         t0 = time.perf_counter()
         now = self.clock()
-        cache, cfg = self.cache, self.cfg
-        invalid: dict[str, tuple[str, str] | None] = {}
+        cache = self.cache
         views = [v for v in list(cache.runs.values()) if v.invalid is None]
+        invalid, requests = await self._check_runs(views, now)
+        alloc = decide_allocation(
+            list(cache.nodes.values()),
+            list(cache.gpu_pods.values()),
+            requests,
+            now,
+            self.cfg.scale_cooldown_seconds,
+        )
+        tally = _Tally(decide_seconds=time.perf_counter() - t0)
+        await self._decide_runs(views, alloc.grants, invalid, now, tally)
+        t = time.perf_counter()
+        for view in list(cache.runs.values()):
+            if view.invalid is not None:
+                await self._report_unparsable(view)
+        tally.act_seconds += time.perf_counter() - t
+        self.passes += 1
+        if self.metrics is not None:
+            self._export_pass(time.perf_counter() - t0)
+        self.last = PassStats(
+            runs=len(views),
+            admitted=sum(1 for g in alloc.grants.values() if g.admitted),
+            actions=tally.acted,
+            decide_seconds=tally.decide_seconds,
+            act_seconds=tally.act_seconds,
+            yielded=tally.yielded,
+        )
+        return min(tally.delays) if tally.delays else None
+
+    async def _check_runs(
+        self, views: list[CachedRun], now: float
+    ) -> tuple[dict[str, tuple[str, str] | None], list[RunRequest]]:
+        """check_run's verdict on each run (key -> (reason, message) or None) and the
+        allocation requests of the runs that want GPUs and passed."""
+        invalid: dict[str, tuple[str, str] | None] = {}
         requests: list[RunRequest] = []
         checks: dict[str, tuple[object, tuple[str, str] | None]] = {}
         for v in views:
@@ -101,51 +147,38 @@ class Controller:
                 seen = (v.resource_version, tuple(sorted(secrets.items())))
                 check = self._checks.get(v.key)
                 if check is None or check[0] != seen:
-                    check = (seen, check_run(v.model(), secrets, cfg))
+                    check = (seen, check_run(v.model(), secrets, self.cfg))
                 checks[v.key] = check
                 invalid[v.key] = check[1]
             if v.wants_gpus and v.request is not None and invalid.get(v.key) is None:
                 requests.append(v.request)
         self._checks = checks
-        alloc = decide_allocation(
-            list(cache.nodes.values()),
-            list(cache.gpu_pods.values()),
-            requests,
-            now,
-            cfg.scale_cooldown_seconds,
-        )
+        return invalid, requests
+
+    async def _decide_runs(
+        self,
+        views: list[CachedRun],
+        grants: Mapping[str, Grant],
+        invalid: Mapping[str, tuple[str, str] | None],
+        now: float,
+        tally: _Tally,
+    ) -> None:
+        """Decides the runs whose inputs changed and acts on the plans in batches, until done
+        or until it yields to runs created meanwhile (`_yield_now`)."""
+        overhead = tally.decide_seconds  # so far only the pass's fixed cost: checks, allocation
         settled: dict[str, tuple[object, ...]] = {}
         batch: list[tuple[TrainingRun, Plan]] = []
-        delays: list[float] = []
-        acted = 0
-        decide_s = overhead = time.perf_counter() - t0
-        act_s = 0.0
-
-        async def flush() -> None:
-            # Acting in batches bounds the memory of a pass (10,000 new runs would otherwise hold
-            # 10,000 plans with their pod bodies) and lets the first pods start sooner.
-            nonlocal act_s
-            t = time.perf_counter()
-            await asyncio.gather(*(self._execute(r, p) for r, p in batch))
-            batch.clear()
-            act_s += time.perf_counter() - t
-
         # Highest priority first, so that under load its pods are created first; within a
         # priority, runs whose current spec was never acted on (new runs, `kubectl scale`) before
         # the status refreshes of runs already decided: a burst of 10,000 arrivals otherwise
         # waits behind thousands of "worker became ready" updates.
         ordered = sorted(views, key=lambda v: (-v.priority, v.decided, v.created))
-        arrivals, yielded = cache.arrivals, False
+        arrivals = self.cache.arrivals
         for i, v in enumerate(ordered):
             t = time.perf_counter()
-            grant = alloc.grants.get(v.key)
-            pods = cache.pods_of(v.namespace, v.name)
-            inputs = (
-                v.resource_version,
-                tuple(sorted(pods, key=lambda p: p.name)),
-                grant,
-                invalid.get(v.key),
-            )
+            grant, verdict = grants.get(v.key, NO_GRANT), invalid.get(v.key)
+            pods = self.cache.pods_of(v.namespace, v.name)
+            inputs = (v.resource_version, tuple(sorted(pods, key=lambda p: p.name)), grant, verdict)
             # decide_run is a pure function of these inputs (and of time only when it asked to
             # be requeued): a run whose inputs did not change since its last no-op decision
             # needs no new one. This keeps a pass at 10,000 quiet runs cheap.
@@ -153,54 +186,38 @@ class Controller:
                 settled[v.key] = inputs
                 continue
             run = v.model()
-            plan = decide_run(
-                run,
-                Children(pods, auth_ready=v.uid in self.auth_done),
-                grant.workers if grant else 0,
-                grant.reason if grant else "",
-                grant.message if grant else "",
-                invalid.get(v.key),
-                cfg,
-                now,
-            )
+            children = Children(pods, auth_ready=v.uid in self.auth_done)
+            plan = decide_run(run, children, grant, invalid=verdict, cfg=self.cfg, now=now)
             if plan.requeue_after is not None:
-                delays.append(plan.requeue_after)
+                tally.delays.append(plan.requeue_after)
             if _has_work(plan):
                 batch.append((run, plan))
-                acted += 1
+                tally.acted += 1
             elif plan.requeue_after is None:
                 settled[v.key] = inputs
-            decide_s += time.perf_counter() - t
-            if len(batch) >= cfg.batch_runs:
-                await flush()
-                if self._yield_now(act_s, overhead, arrivals):
+            tally.decide_seconds += time.perf_counter() - t
+            if len(batch) >= self.cfg.batch_runs:
+                tally.act_seconds += await self._act(batch)
+                if self._yield_now(tally.act_seconds, overhead, arrivals):
                     # The rest keep their settled state and are decided next pass, with the
                     # newcomers (in creation order, before any status refresh).
                     for rest in ordered[i + 1 :]:
                         if rest.key in self._settled:
                             settled[rest.key] = self._settled[rest.key]
-                    yielded = True
-                    delays.append(0.0)
+                    tally.yielded = True
+                    tally.delays.append(0.0)
                     break
-        await flush()
+        tally.act_seconds += await self._act(batch)
         self._settled = settled
+
+    async def _act(self, batch: list[tuple[TrainingRun, Plan]]) -> float:
+        """Executes a batch of plans and empties it; returns the seconds it took. Acting in
+        batches bounds the memory of a pass (10,000 new runs would otherwise hold 10,000 plans
+        with their pod bodies) and lets the first pods start sooner."""
         t = time.perf_counter()
-        for view in list(cache.runs.values()):
-            if view.invalid is not None:
-                await self._report_unparsable(view)
-        act_s += time.perf_counter() - t
-        self.passes += 1
-        if self.metrics is not None:
-            self._export_pass(time.perf_counter() - t0)
-        self.last = PassStats(
-            runs=len(views),
-            admitted=sum(1 for g in alloc.grants.values() if g.admitted),
-            actions=acted,
-            decide_seconds=decide_s,
-            act_seconds=act_s,
-            yielded=yielded,
-        )
-        return min(delays) if delays else None
+        await asyncio.gather(*(self._execute(r, p) for r, p in batch))
+        batch.clear()
+        return time.perf_counter() - t
 
     def _yield_now(self, acted: float, overhead: float, arrivals: int) -> bool:
         """Whether a pass should end early: runs were created since it began (`arrivals` was
@@ -271,21 +288,10 @@ class Controller:
             gpus_allocated=status.get("gpus") or 0,
         )
         old, new = run.status.desired_workers or 0, status.get("desiredWorkers") or 0
-        reasons = {reason for _, reason, _ in plan.events}
-        if REASON_PREEMPTED in reasons:
+        preempted = any(reason == REASON_PREEMPTED for _, reason, _ in plan.events)
+        if preempted:
             m.count_preemption(ns, "HigherPriority")
-        why = (
-            "Admitted"
-            if old == 0
-            else "Preempted"
-            if REASON_PREEMPTED in reasons
-            # a user's `kubectl scale` (or edit of workers) below the current grant
-            else "SpecChanged"
-            if new < old and new >= min(run.spec.workers.requested, run.spec.workers.max)
-            else "Preempted"
-            if new < old
-            else "CapacityAvailable"
-        )
+        why = rescale_reason(run, old, new, preempted=preempted)
         m.count_rescale(ns, old=old, new=new, reason=why)
         if run.status.admitted_time is None and status.get("admittedTime"):
             created = from_rfc3339(run.metadata.creation_timestamp) or self.clock()
@@ -298,37 +304,31 @@ class Controller:
 
     async def _report_unparsable(self, view: CachedRun) -> None:
         """A run whose spec the models reject (e.g. a hyperparameter that is an object)."""
-        body = view.body()
-        meta = body.get("metadata") or {}
-        status = body.get("status") or {}
         assert view.invalid is not None
-        reason, message = view.invalid
-        conds = status.get("conditions") or []
-        if any(c.get("type") == "Admitted" and c.get("reason") == reason for c in conds):
+        body = view.body()
+        plan = unparsable_plan(body, view.invalid, self.clock())
+        if plan is None:
             return
-        now = to_rfc3339(self.clock())
-        patch = {
-            "phase": "Pending",
-            "observedGeneration": meta.get("generation", 0),
-            "conditions": [
-                {
-                    "type": "Admitted",
-                    "status": "False",
-                    "reason": reason,
-                    "message": message[:1024],
-                    "lastTransitionTime": now,
-                    "observedGeneration": meta.get("generation", 0),
-                }
-            ],
-            "message": message[:256],
-        }
-        code, data = await self.kube.patch_status(
-            TRAININGRUNS, meta["namespace"], meta["name"], patch
-        )
+        meta = body["metadata"]
+        ns, name = meta["namespace"], meta["name"]
+        if plan.status_patch is not None:
+            await self._patch_status(f"{ns}/{name}", ns, name, plan.status_patch)
+        ref = object_ref(TRAININGRUNS, ns, name, meta.get("uid", ""))
+        for etype, reason, message in plan.events:
+            await self.kube.event(ref, etype, reason, message)
+
+    async def _patch_status(
+        self, key: str, ns: str, name: str, patch: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """Writes a status patch and takes the answer into the cache; the run as written, or
+        None when the write failed (a run deleted meanwhile, 404, needs no retry)."""
+        code, data = await self.kube.patch_status(TRAININGRUNS, ns, name, patch)
         if code == 200:
             self.cache.apply("run", "MODIFIED", data, wake=False)
-        ref = object_ref(TRAININGRUNS, meta["namespace"], meta["name"], meta.get("uid", ""))
-        await self.kube.event(ref, "Warning", reason, message)
+            return data
+        if code != 404:
+            log.warning("%s: status patch: %s %s", key, code, data.get("message"))
+        return None
 
     async def _execute(self, run: TrainingRun, plan: Plan) -> None:
         ns, name = run.metadata.namespace, run.metadata.name
@@ -362,12 +362,9 @@ class Controller:
                 elif code not in (200, 202, 404):
                     log.warning("%s: deleting pod %s: %s", run.key, pod, data.get("message"))
             if plan.status_patch is not None:
-                code, data = await self.kube.patch_status(TRAININGRUNS, ns, name, plan.status_patch)
-                if code == 200:
-                    self.cache.apply("run", "MODIFIED", data, wake=False)
-                    self._export_run(run, plan, data.get("status") or {}, replaced)
-                elif code != 404:
-                    log.warning("%s: status patch: %s %s", run.key, code, data.get("message"))
+                written = await self._patch_status(run.key, ns, name, plan.status_patch)
+                if written is not None:
+                    self._export_run(run, plan, written.get("status") or {}, replaced)
             ref = object_ref(TRAININGRUNS, ns, name, run.metadata.uid)
             for etype, reason, message in plan.events:
                 await self.kube.event(ref, etype, reason, message)
@@ -399,20 +396,11 @@ class Controller:
         self.auth_done.add(run.metadata.uid)
 
     async def run_forever(self, stop: asyncio.Event) -> None:
-        watches = [
-            asyncio.create_task(watch(self.kube, self.cache, kind, stop), name=f"watch-{kind}")
-            for kind in WATCHED
-        ]
-        try:
-            await self._loop(stop)
-        finally:
-            for task in watches:
-                task.cancel()
-            await asyncio.gather(*watches, return_exceptions=True)
+        await run_watched(self._loop(stop), self.kube, self.cache, WATCHES, stop)
 
     async def _loop(self, stop: asyncio.Event) -> None:
         cfg = self.cfg
-        expected = expected_syncs(self.cfg)
+        expected = expected_syncs(self.cfg, WATCHES)
         # Act only on a complete view: a run seen before its pods would get duplicate creations
         # refused by name, but an incomplete view of the GPU pods could over-admit.
         while not stop.is_set() and not expected <= self.cache.synced:

@@ -3,14 +3,22 @@
 Pure functions only. `decide_run` re-derives everything from what it is given (level-based), so
 calling it again after a crash, with the same observations, gives the same plan; creations use
 deterministic names (the apiserver refuses duplicates) and deletions are by name.
+
+The decision runs in named phases, each a function of typed inputs to a typed result:
+admission (the grant, an invalid spec, spec.suspend); for an admitted run the phases of
+`trainingrun.phases` (launcher lifecycle, worker failures, children to create and delete,
+below-minimum deadline, Running condition); the release of every pod of a run that must not
+run; the conditions every active run carries; and the status, a `TrainingRunStatus` that
+becomes the status merge patch in one place (`status_patch`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from accordion_operator.api.common import Condition
 from accordion_operator.api.trainingrun import (
     COND_ADMITTED,
     COND_FAILED,
@@ -20,35 +28,38 @@ from accordion_operator.api.trainingrun import (
     COND_SUSPENDED,
     CONDITION_TYPES,
     FINISHED_PHASES,
-    PERMANENT_TRAINER_REASONS,
-    REASON_BACKOFF_LIMIT,
-    REASON_BELOW_MIN,
-    REASON_COMPLETED,
     REASON_GANG_ADMITTED,
-    REASON_IMAGE_PULL,
     REASON_IN_PROGRESS,
-    REASON_LAUNCHER_BACKOFF,
     REASON_NOT_RUNNING,
     REASON_NOT_SUSPENDED,
     REASON_QUEUED,
     REASON_SCALING_DOWN,
     REASON_SCALING_UP,
     REASON_STABLE,
-    REASON_STARTING,
     REASON_SUSPENDED,
-    REASON_TRAINING,
+    Phase,
     TrainingRun,
+    TrainingRunStatus,
 )
 from accordion_operator.config import Config
 from accordion_operator.core.conditions import Conditions
+from accordion_operator.core.status import merge_patch
 from accordion_operator.core.timefmt import from_rfc3339, to_rfc3339
 from accordion_operator.trainingrun import builders
-from accordion_operator.trainingrun.observe import (
-    EXIT_REASONS,
-    IMAGE_PULL_REASONS,
-    Children,
-    PodState,
+from accordion_operator.trainingrun.allocator import Grant
+from accordion_operator.trainingrun.observe import Children
+from accordion_operator.trainingrun.phases import (
+    Changes,
+    Cond,
+    Event,
+    Pods,
+    Progress,
+    running,
 )
+
+#: The grant of a run the allocator did not see. Only runs that are suspended, finished, being
+#: deleted or invalid take no part in allocation, and they are decided before the grant is read.
+NO_GRANT = Grant(0, REASON_QUEUED, "")
 
 
 @dataclass
@@ -64,305 +75,331 @@ class Plan:
     #: merge patch for the status subresource (None: unchanged)
     status_patch: dict[str, Any] | None = None
     #: (type, reason, message) Events on the run
-    events: list[tuple[str, str, str]] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
     #: the run outlived ttlSecondsAfterFinished: delete it (children cascade)
     delete_run: bool = False
     #: check again after this many seconds even without any event (backoff, TTL, timeouts)
     requeue_after: float | None = None
 
 
-def _owned_status(run: TrainingRun) -> dict[str, Any]:
-    """The operator-owned part of the current status (everything but `training`)."""
-    return run.status.model_dump(by_alias=True, exclude_none=True, exclude={"training"})
+# --- inputs and results --------------------------------------------------------------------------
 
 
-def _finish_patch(run: TrainingRun, new: dict[str, Any]) -> dict[str, Any] | None:
-    old = _owned_status(run)
-    if old == new:
-        return None
-    patch: dict[str, Any] = dict(new)
-    for key in old:
-        if key not in new:
-            patch[key] = None  # merge patch: null removes
-    return patch
+@dataclass(frozen=True)
+class Book:
+    """The timestamps and counters the status carries from pass to pass."""
+
+    admitted_time: str | None
+    start_time: str | None
+    completion_time: str | None
+    last_scale_time: str | None
+    launcher_restarts: int
+    launcher_failed_time: str | None
+    #: re-derived each pass: set only while fewer than `min` workers are ready
+    below_min_since: str | None
 
 
-def _pick_victims(live: Sequence[PodState], count: int, rank0: str | None) -> list[PodState]:
-    """Workers to remove when scaling down: never-scheduled first, then not ready, then the
-    highest index, so the workers that are training keep training; rank 0's pod (it writes the
-    checkpoints and the final model) last of all."""
-    order = sorted(
-        live, key=lambda p: (p.name == rank0, p.node is not None, p.ready, -(p.index or 0))
-    )
-    return order[:count]
+@dataclass(frozen=True)
+class Counts:
+    """The worker counts the status reports."""
+
+    current: int = 0
+    desired: int = 0
+    ready: int = 0
+    gpus: int = 0
 
 
-def _free_indices(pods: Sequence[PodState], count: int) -> list[int]:
-    taken = {p.index for p in pods if p.index is not None}
-    out: list[int] = []
-    i = 0
-    while len(out) < count:
-        if i not in taken:
-            out.append(i)
-        i += 1
-    return out
+@dataclass(frozen=True)
+class Admission:
+    """What the grant (or an invalid spec, or spec.suspend) makes of the run."""
+
+    phase: Phase
+    message: str
+    #: workers granted; 0 unless the phase is Running
+    workers: int
+    conditions: tuple[Cond, ...]
+
+
+# --- the decision --------------------------------------------------------------------------------
 
 
 def decide_run(
     run: TrainingRun,
     children: Children,
-    grant_workers: int,
-    grant_reason: str,
-    grant_message: str,
+    grant: Grant,
+    *,
     invalid: tuple[str, str] | None,
     cfg: Config,
     now: float,
 ) -> Plan:
-    """Observed run + children + grant -> plan (children to create/delete, status, events)."""
-    plan = Plan()
+    """Observed run + children + grant -> plan (children to create/delete, status, events).
+    `invalid` is check_run's verdict: (reason, message) keeps the run from starting."""
     if run.metadata.deletion_timestamp:
-        return plan  # garbage collection removes the children
-    spec, st = run.spec, run.status
-    conds = Conditions(run.status.conditions, run.metadata.generation, now, CONDITION_TYPES)
-    workers = [p for p in children.pods if p.role == builders.ROLE_WORKER]
-    launchers = [p for p in children.pods if p.role == builders.ROLE_LAUNCHER]
-    live = [p for p in workers if p.live]
-    ready = [p for p in live if p.ready]
-    launcher = launchers[0] if launchers else None
-    new: dict[str, Any] = {}
-    for key in ("admittedTime", "startTime", "completionTime", "lastScaleTime", "resultsURI"):
-        value = _owned_status(run).get(key)
-        if value is not None:
-            new[key] = value
-    restarts = st.launcher_restarts or 0
-    if restarts:
-        new["launcherRestarts"] = restarts
-    if st.launcher_failed_time:
-        new["launcherFailedTime"] = st.launcher_failed_time
-    if st.training and st.training.results_uri:
-        new["resultsURI"] = st.training.results_uri
-    phase = st.phase or "Pending"
-    desired = 0
-    message = ""
+        return Plan()  # garbage collection removes the children
+    pods = Pods.of(children)
+    if run.status.phase in FINISHED_PHASES:
+        return _decide_finished(run, pods, now)
+    return _decide_active(run, pods, admission(run, grant, invalid), cfg, now)
 
-    def finish(ok: bool, reason: str, msg: str) -> None:
-        nonlocal phase, message
-        phase = "Succeeded" if ok else "Failed"
-        message = msg
-        new["completionTime"] = new.get("completionTime") or to_rfc3339(now)
-        conds.set(COND_SUCCEEDED, ok, reason if ok else REASON_IN_PROGRESS, msg if ok else "")
-        conds.set(COND_FAILED, not ok, reason if not ok else REASON_IN_PROGRESS, "" if ok else msg)
-        plan.events.append(("Normal" if ok else "Warning", reason, msg))
 
-    finished = st.phase in FINISHED_PHASES
-    if finished:
-        for c in st.conditions:
-            conds.new[c.type] = c
-        message = st.message or ""
-    elif invalid is not None:
-        reason, msg = invalid
-        phase, message = "Pending", msg
-        conds.set(COND_ADMITTED, False, reason, msg)
-    elif spec.suspend:
-        phase, message = "Suspended", "spec.suspend is true: all GPUs released, checkpoints kept"
-        conds.set(COND_ADMITTED, False, REASON_SUSPENDED, message)
-        conds.set(COND_SUSPENDED, True, REASON_SUSPENDED, message)
-    elif grant_workers <= 0:
-        phase, message = "Queued", grant_message
-        conds.set(COND_ADMITTED, False, grant_reason, grant_message)
-    else:
-        desired = grant_workers
-        conds.set(COND_ADMITTED, True, REASON_GANG_ADMITTED, grant_message)
-        new["admittedTime"] = new.get("admittedTime") or to_rfc3339(now)
-        new["startTime"] = new.get("startTime") or to_rfc3339(now)
-        phase = "Running"
-        # launcher lifecycle
-        if launcher is not None and launcher.phase == "Succeeded":
-            finish(True, REASON_COMPLETED, "training finished; results written")
-        elif launcher is not None and launcher.phase == "Failed" and not launcher.deleting:
-            reason = EXIT_REASONS.get(launcher.exit_code or 1, "TrainingError")
-            detail = launcher.message or f"launcher exited with code {launcher.exit_code}"
-            if reason in PERMANENT_TRAINER_REASONS:
-                finish(False, reason, f"{reason}: {detail}")
-            elif restarts >= spec.backoff_limit:
-                finish(
-                    False,
-                    REASON_BACKOFF_LIMIT,
-                    f"launcher failed {restarts + 1} times (backoffLimit {spec.backoff_limit}); "
-                    f"last: {reason}: {detail}",
-                )
-            else:
-                delay = min(
-                    cfg.launcher_backoff_seconds * 2**restarts, cfg.launcher_backoff_max_seconds
-                )
-                failed_at = launcher.finished_at or from_rfc3339(st.launcher_failed_time) or now
-                new["launcherFailedTime"] = to_rfc3339(failed_at)
-                wait = failed_at + delay - now
-                if wait <= 0:
-                    plan.delete_pods.append(launcher.name)
-                    new["launcherRestarts"] = restarts + 1
-                    plan.events.append(
-                        (
-                            "Warning",
-                            "LauncherRestart",
-                            f"restart {restarts + 1}/{spec.backoff_limit} "
-                            f"after {reason}: {detail}; resuming from the last checkpoint",
-                        )
-                    )
-                else:
-                    plan.requeue_after = wait
-                conds.set(
-                    COND_RUNNING,
-                    False,
-                    REASON_LAUNCHER_BACKOFF,
-                    f"launcher failed ({reason}: {detail}); restart in {max(0.0, wait):.0f} s",
-                )
-        # a worker that failed its data stage-in or model load fails the run: replacing it would
-        # fail the same way (contract: such a worker exits with the code and is never Ready)
-        doomed = next(
-            (
-                p
-                for p in workers
-                if p.phase == "Failed"
-                and EXIT_REASONS.get(p.exit_code or 0) in PERMANENT_TRAINER_REASONS
-            ),
-            None,
-        )
-        if phase == "Running" and doomed is not None:
-            reason = EXIT_REASONS[doomed.exit_code or 0]
-            detail = doomed.message or f"exit code {doomed.exit_code}"
-            finish(False, reason, f"{reason}: worker {doomed.name}: {detail}")
-        if phase == "Running":
-            if launcher is None:
-                plan.ensure_auth = not children.auth_ready
-                plan.create.append(builders.build_launcher_pod(run, cfg))
-            # workers: replace failed ones, scale to the grant
-            for p in workers:
-                if p.terminal and not p.deleting:
-                    plan.delete_pods.append(p.name)
-                    plan.events.append(
-                        (
-                            "Warning",
-                            "WorkerReplaced",
-                            f"worker {p.name} ended ({p.phase}, exit {p.exit_code}): replacing it",
-                        )
-                    )
-            if len(live) > desired:
-                rank0 = st.training.rank0_pod if st.training else None
-                for p in _pick_victims(live, len(live) - desired, rank0):
-                    plan.delete_pods.append(p.name)
-            elif len(live) < desired:
-                plan.ensure_auth = not children.auth_ready
-                for i in _free_indices(workers, desired - len(live)):
-                    plan.create.append(builders.build_worker_pod(run, i, cfg))
-            # below min for too long -> fail with a clear reason
-            since = from_rfc3339(st.below_min_since)
-            if len(ready) < spec.workers.min:
-                since = since if since is not None else now
-                new["belowMinSince"] = to_rfc3339(since)
-                timeout = spec.workers.min_available_timeout_seconds
-                if now - since >= timeout:
-                    finish(
-                        False,
-                        REASON_BELOW_MIN,
-                        f"only {len(ready)} of the minimum {spec.workers.min} workers were ready "
-                        f"for {timeout} s; check pod events (image pull, scheduling, stage-in)",
-                    )
-                else:
-                    plan.requeue_after = min(plan.requeue_after or timeout, since + timeout - now)
-            if COND_RUNNING not in conds.new and phase == "Running":
-                pulling = next(
-                    (p for p in [*live, *launchers] if p.waiting_reason in IMAGE_PULL_REASONS),
-                    None,
-                )
-                if pulling is not None:
-                    conds.set(
-                        COND_RUNNING,
-                        False,
-                        REASON_IMAGE_PULL,
-                        f"pod {pulling.name}: {pulling.waiting_reason}: {pulling.waiting_message}",
-                    )
-                elif (
-                    launcher is not None
-                    and launcher.phase == "Running"
-                    and len(ready) >= spec.workers.min
-                ):
-                    conds.set(COND_RUNNING, True, REASON_TRAINING, f"{len(ready)} workers ready")
-                else:
-                    conds.set(
-                        COND_RUNNING,
-                        False,
-                        REASON_STARTING,
-                        f"{len(ready)} of {desired} workers ready; launcher "
-                        f"{launcher.phase if launcher else 'being created'}",
-                    )
-
-    if phase in ("Queued", "Suspended", "Pending") or (phase in FINISHED_PHASES and not finished):
-        # nothing runs: free every GPU (checkpoints stay in the results bucket)
-        for p in children.pods:
-            if not p.deleting and p.name not in plan.delete_pods:
-                if phase in FINISHED_PHASES and p.role == builders.ROLE_LAUNCHER:
-                    continue  # keep the finished launcher for its logs until the TTL
-                plan.delete_pods.append(p.name)
-        plan.create = []
-        plan.ensure_auth = False
-    elif finished:
-        for p in workers:
-            if p.live:
-                plan.delete_pods.append(p.name)
-        if spec.ttl_seconds_after_finished is not None:
-            done = from_rfc3339(st.completion_time) or now
-            left = done + spec.ttl_seconds_after_finished - now
-            if left <= 0:
-                plan.delete_run = True
-            else:
-                plan.requeue_after = left
-
-    if phase in FINISHED_PHASES:
-        desired = 0
-    if not finished:
-        if phase != "Running":
-            conds.set(COND_RUNNING, False, REASON_NOT_RUNNING, message)
-        if COND_SUSPENDED not in conds.new:
-            conds.set(COND_SUSPENDED, False, REASON_NOT_SUSPENDED)
-        if phase not in FINISHED_PHASES:
-            conds.set(COND_SUCCEEDED, False, REASON_IN_PROGRESS)
-            conds.set(COND_FAILED, False, REASON_IN_PROGRESS)
-        current = len(live)
-        if phase == "Running" and current != desired:
-            conds.set(
-                COND_SCALING,
-                True,
-                REASON_SCALING_UP if desired > current else REASON_SCALING_DOWN,
-                f"{current} -> {desired} workers",
-            )
-        else:
-            conds.set(COND_SCALING, False, REASON_STABLE)
-
-    # A Warning Event when admission turns bad (invalid input, preempted, no nodes). Being
-    # admitted or queued is visible in status and the printer columns; an Event each would be
-    # 10,000 writes when 10,000 runs arrive at once.
-    if conds.changed(COND_ADMITTED):
-        adm = conds.new[COND_ADMITTED]
-        if adm.status == "False" and adm.reason not in (REASON_SUSPENDED, REASON_QUEUED):
-            plan.events.append(("Warning", adm.reason, adm.message))
-
-    if desired != (st.desired_workers or 0) and not finished:
-        new["lastScaleTime"] = to_rfc3339(now)
-    new.update(
-        {
-            "phase": phase,
-            "conditions": conds.dump(),
-            "observedGeneration": run.metadata.generation,
-            "currentWorkers": len(live) if not finished else 0,
-            "desiredWorkers": desired,
-            "readyWorkers": len(ready) if not finished else 0,
-            "workerSummary": f"{len(live) if not finished else 0}/{desired}",
-            "gpus": sum(p.gpus for p in live if p.node) if not finished else 0,
-            "selector": builders.selector(run.metadata.name),
-        }
+def _decide_finished(run: TrainingRun, pods: Pods, now: float) -> Plan:
+    """A finished run keeps its conditions and its launcher (for its logs) until
+    ttlSecondsAfterFinished; workers still alive are freed."""
+    st = run.status
+    assert st.phase is not None  # a finished phase
+    status = _status(
+        run,
+        phase=st.phase,
+        conditions=_ordered({c.type: c for c in st.conditions}),
+        message=st.message or "",
+        counts=Counts(),
+        book=bookkeeping(run, Progress(), runs=False, rescaled=False, now=now),
     )
-    if message:
-        new["message"] = message[:256]
-    plan.status_patch = _finish_patch(run, new)
+    plan = Plan(delete_pods=[p.name for p in pods.live], status_patch=status_patch(run, status))
+    if run.spec.ttl_seconds_after_finished is not None:
+        done = from_rfc3339(st.completion_time) or now
+        left = done + run.spec.ttl_seconds_after_finished - now
+        if left <= 0:
+            plan.delete_run = True
+        else:
+            plan.requeue_after = left
     return plan
+
+
+def _decide_active(run: TrainingRun, pods: Pods, adm: Admission, cfg: Config, now: float) -> Plan:
+    """A run not finished: after its admission, the phases of an admitted run (`running`), the
+    release of the pods of a run that must not run, the conditions no phase set, the status."""
+    st = run.status
+    runs = adm.phase == "Running"
+    progress = running(run, pods, adm.workers, cfg, now) if runs else Progress()
+    phase, message, desired = adm.phase, adm.message, adm.workers
+    changes, conds = progress.changes, [*adm.conditions, *progress.conditions]
+    if progress.outcome is not None:
+        outcome = progress.outcome
+        phase, message, desired = outcome.phase, outcome.message, 0
+        conds += outcome.conditions
+        changes += Changes(events=(outcome.event,))
+    if phase != "Running":
+        changes = release(pods, changes, keep_launcher=progress.outcome is not None)
+    counts = Counts(
+        current=len(pods.live),
+        desired=desired,
+        ready=len(pods.ready),
+        gpus=sum(p.gpus for p in pods.live if p.node),
+    )
+    conds += closing_conditions(phase, message, counts, suspended=adm.phase == "Suspended")
+    tracked = Conditions(st.conditions, run.metadata.generation, now, CONDITION_TYPES)
+    for c in conds:
+        tracked.set(c.type, c.status, c.reason, c.message)
+    rescaled = desired != (st.desired_workers or 0)
+    status = _status(
+        run,
+        phase=phase,
+        conditions=_ordered(tracked.new),
+        message=message,
+        counts=counts,
+        book=bookkeeping(run, progress, runs=runs, rescaled=rescaled, now=now),
+    )
+    return Plan(
+        create=list(changes.create),
+        ensure_auth=changes.ensure_auth,
+        delete_pods=list(changes.delete),
+        status_patch=status_patch(run, status),
+        events=[*changes.events, *admission_events(tracked)],
+        requeue_after=progress.requeue_after,
+    )
+
+
+# --- admission -----------------------------------------------------------------------------------
+
+
+def admission(run: TrainingRun, grant: Grant, invalid: tuple[str, str] | None) -> Admission:
+    """Whether the run may run: not with an invalid spec, nor suspended, nor without a grant."""
+    if invalid is not None:
+        reason, msg = invalid
+        return Admission("Pending", msg, 0, (Cond(COND_ADMITTED, False, reason, msg),))
+    if run.spec.suspend:
+        msg = "spec.suspend is true: all GPUs released, checkpoints kept"
+        return Admission(
+            "Suspended",
+            msg,
+            0,
+            (
+                Cond(COND_ADMITTED, False, REASON_SUSPENDED, msg),
+                Cond(COND_SUSPENDED, True, REASON_SUSPENDED, msg),
+            ),
+        )
+    if grant.workers <= 0:
+        return Admission(
+            "Queued", grant.message, 0, (Cond(COND_ADMITTED, False, grant.reason, grant.message),)
+        )
+    admitted = Cond(COND_ADMITTED, True, REASON_GANG_ADMITTED, grant.message)
+    return Admission("Running", "", grant.workers, (admitted,))
+
+
+def admission_events(conds: Conditions) -> list[Event]:
+    """A Warning Event when admission turns bad (invalid input, preempted, no nodes). Being
+    admitted or queued is visible in status and the printer columns; an Event each would be
+    10,000 writes when 10,000 runs arrive at once."""
+    if not conds.changed(COND_ADMITTED):
+        return []
+    adm = conds.new[COND_ADMITTED]
+    if adm.status != "False" or adm.reason in (REASON_SUSPENDED, REASON_QUEUED):
+        return []
+    return [("Warning", adm.reason, adm.message)]
+
+
+# --- a run that must not run, and what every active run carries ----------------------------------
+
+
+def release(pods: Pods, changes: Changes, *, keep_launcher: bool) -> Changes:
+    """Nothing runs: free every GPU (checkpoints stay in the results bucket) and create nothing.
+    A run that just finished keeps its launcher, for its logs, until the TTL."""
+    freed = tuple(
+        p.name
+        for p in pods.all
+        if not p.deleting
+        and p.name not in changes.delete
+        and not (keep_launcher and p.role == builders.ROLE_LAUNCHER)
+    )
+    return Changes(delete=changes.delete + freed, events=changes.events)
+
+
+def closing_conditions(
+    phase: Phase, message: str, counts: Counts, *, suspended: bool
+) -> list[Cond]:
+    """The conditions of an active run that no phase set: Running, Suspended, Succeeded and
+    Failed at rest, and Scaling while current workers differ from the grant."""
+    conds: list[Cond] = []
+    if phase != "Running":
+        conds.append(Cond(COND_RUNNING, False, REASON_NOT_RUNNING, message))
+    if not suspended:
+        conds.append(Cond(COND_SUSPENDED, False, REASON_NOT_SUSPENDED))
+    if phase not in FINISHED_PHASES:
+        conds.append(Cond(COND_SUCCEEDED, False, REASON_IN_PROGRESS))
+        conds.append(Cond(COND_FAILED, False, REASON_IN_PROGRESS))
+    current, desired = counts.current, counts.desired
+    if phase == "Running" and current != desired:
+        direction = REASON_SCALING_UP if desired > current else REASON_SCALING_DOWN
+        conds.append(Cond(COND_SCALING, True, direction, f"{current} -> {desired} workers"))
+    else:
+        conds.append(Cond(COND_SCALING, False, REASON_STABLE))
+    return conds
+
+
+# --- status --------------------------------------------------------------------------------------
+
+
+def bookkeeping(
+    run: TrainingRun, progress: Progress, *, runs: bool, rescaled: bool, now: float
+) -> Book:
+    """The status' timestamps and counters: carried over, the admission and start stamped once
+    the run `runs`, the completion once it finished, the last scale when the grant changed
+    (`rescaled`), and what the phases of an admitted run noted."""
+    st, stamp = run.status, to_rfc3339(now)
+    finished = progress.outcome is not None
+    return Book(
+        admitted_time=(st.admitted_time or stamp) if runs else st.admitted_time,
+        start_time=(st.start_time or stamp) if runs else st.start_time,
+        completion_time=(st.completion_time or stamp) if finished else st.completion_time,
+        last_scale_time=stamp if rescaled else st.last_scale_time,
+        launcher_restarts=(st.launcher_restarts or 0) + (1 if progress.restarted else 0),
+        launcher_failed_time=progress.launcher_failed_time or st.launcher_failed_time or None,
+        below_min_since=progress.below_min_since,
+    )
+
+
+def _ordered(conds: Mapping[str, Condition]) -> list[Condition]:
+    return [conds[t] for t in CONDITION_TYPES if t in conds]
+
+
+def _status(
+    run: TrainingRun,
+    *,
+    phase: Phase,
+    conditions: list[Condition],
+    message: str,
+    counts: Counts,
+    book: Book,
+) -> TrainingRunStatus:
+    """The operator-owned status (`training` is the trainer's)."""
+    st = run.status
+    reported = st.training.results_uri if st.training else None
+    return TrainingRunStatus(
+        phase=phase,
+        conditions=conditions,
+        observed_generation=run.metadata.generation,
+        current_workers=counts.current,
+        desired_workers=counts.desired,
+        ready_workers=counts.ready,
+        worker_summary=f"{counts.current}/{counts.desired}",
+        gpus=counts.gpus,
+        selector=builders.selector(run.metadata.name),
+        admitted_time=book.admitted_time,
+        start_time=book.start_time,
+        completion_time=book.completion_time,
+        last_scale_time=book.last_scale_time,
+        below_min_since=book.below_min_since,
+        launcher_restarts=book.launcher_restarts or None,
+        launcher_failed_time=book.launcher_failed_time,
+        results_uri=reported or st.results_uri,
+        message=message[:256] or None,
+    )
+
+
+def _owned(status: TrainingRunStatus) -> dict[str, Any]:
+    return status.model_dump(by_alias=True, exclude_none=True, exclude={"training"})
+
+
+def status_patch(run: TrainingRun, status: TrainingRunStatus) -> dict[str, Any] | None:
+    """The status merge patch from the run's status to `status`, over the operator-owned fields:
+    `training` belongs to the trainer and stays out of it (None: nothing to write)."""
+    return merge_patch(_owned(run.status), _owned(status))
+
+
+# --- what the controller decides outside decide_run ----------------------------------------------
+
+
+def unparsable_plan(body: Mapping[str, Any], invalid: tuple[str, str], now: float) -> Plan | None:
+    """A run whose spec the models reject (e.g. a hyperparameter that is an object): Pending with
+    Admitted=False and a Warning Event, once (None when its status already says so). Written from
+    the raw body: there is no model of it."""
+    meta = body.get("metadata") or {}
+    status = body.get("status") or {}
+    reason, message = invalid
+    conds = status.get("conditions") or []
+    if any(c.get("type") == COND_ADMITTED and c.get("reason") == reason for c in conds):
+        return None
+    generation = meta.get("generation", 0)
+    admitted = {
+        "type": COND_ADMITTED,
+        "status": "False",
+        "reason": reason,
+        "message": message[:1024],
+        "lastTransitionTime": to_rfc3339(now),
+        "observedGeneration": generation,
+    }
+    return Plan(
+        status_patch={
+            "phase": "Pending",
+            "observedGeneration": generation,
+            "conditions": [admitted],
+            "message": message[:256],
+        },
+        events=[("Warning", reason, message)],
+    )
+
+
+def rescale_reason(run: TrainingRun, old: int, new: int, *, preempted: bool) -> str:
+    """Why a run's desired workers went from `old` to `new` (the `reason` of the rescale
+    metric); `preempted`: the plan reported the run preempted by a higher priority."""
+    if old == 0:
+        return "Admitted"
+    if preempted:
+        return "Preempted"
+    if new < old:
+        # a user's `kubectl scale` (or edit of workers) below the current grant, else the GPUs
+        # went to others
+        workers = run.spec.workers
+        return "SpecChanged" if new >= min(workers.requested, workers.max) else "Preempted"
+    return "CapacityAvailable"

@@ -11,36 +11,20 @@ from typing import Any
 
 from merge_patch import merge
 
+from accordion_dev.simulated_runs import experiment_body
 from accordion_operator.api.experiment import Experiment
 from accordion_operator.experiment.decide import ExperimentPlan, decide_experiment
 from accordion_operator.experiment.observe import ChildRun, observe_child
 from accordion_operator.experiment.trials import ANNOTATION_STOPPED
 
-BASE: dict[str, Any] = {
-    "apiVersion": "accordion.dev/v1alpha1",
-    "kind": "Experiment",
-    "metadata": {"name": "mnist-lr", "namespace": "team-a", "uid": "exp-uid", "generation": 1},
-    "spec": {
-        "template": {
-            "model": {"builtin": "mnist-cnn"},
-            "results": {
-                "endpoint": "minio:9000",
-                "bucket": "results",
-                "credentialsSecret": {"name": "s3"},
-            },
-            "epochs": 9,
-            "hyperparameters": {"dropout": 0.25},
-        },
-        "parameters": [
-            {"name": "learning_rate", "type": "double", "min": 1e-4, "max": 1e-1, "log": True}
-        ],
-        "algorithm": "random",
-        "seed": 42,
-        "objective": {"metric": "val_accuracy", "direction": "maximize"},
-        "maxRuns": 8,
-        "parallelism": 2,
-    },
-}
+BASE = experiment_body(
+    "mnist-lr",
+    metadata={"namespace": "team-a", "uid": "exp-uid", "generation": 1},
+    template={"epochs": 9},
+    seed=42,
+    maxRuns=8,
+    parallelism=2,
+)
 
 
 def make_exp(**spec: Any) -> Experiment:

@@ -9,9 +9,11 @@ from experiment_factory import BASE
 from prometheus_client import generate_latest
 
 from accordion_operator.config import Config
+from accordion_operator.core.objects import LABEL_EXPERIMENT
 from accordion_operator.experiment.cache import ExperimentCache, fingerprint
 from accordion_operator.experiment.controller import ExperimentController
-from accordion_operator.experiment.trials import ANNOTATION_STOPPED, LABEL_EXPERIMENT
+from accordion_operator.experiment.decide import decide_all
+from accordion_operator.experiment.trials import ANNOTATION_STOPPED
 from accordion_operator.metrics import OperatorMetrics
 
 NOW = 1_700_000_000.0
@@ -144,3 +146,31 @@ def test_no_metrics_no_export() -> None:
     ctl = ExperimentController(Config(), None, cache)  # type: ignore[arg-type]
     ctl.plans(NOW)
     assert ctl.exported == set()
+
+
+def test_deciding_changes_nothing_of_the_controller_the_books_do() -> None:
+    """The decisions (run off the event loop) only read their snapshot; what the pass decided
+    on, the pruner's rung values and the metrics are kept afterwards, on the loop."""
+    cache = ExperimentCache()
+    body = exp_body()
+    body["spec"]["earlyStopping"] = {"algorithm": "successiveHalving"}
+    cache.apply("experiment", "ADDED", body)
+    history = [{"epoch": e, "val_accuracy": 0.5 + e / 10} for e in (1, 2, 3)]
+    training = {"epoch": 3, "history": history, "metrics": {"val_accuracy": 0.8}}
+    cache.apply("run", "ADDED", run_body("mnist-lr-000", 2, phase="Succeeded", training=training))
+    cache.apply("run", "ADDED", run_body("mnist-lr-001", 3, phase="Running"))
+    metrics = OperatorMetrics()
+    ctl = ExperimentController(Config(), None, cache, metrics=metrics)  # type: ignore[arg-type]
+    changed = ctl.changed()
+    cache.apply("run", "DELETED", run_body("mnist-lr-001", 4))  # a watch event meanwhile
+    (decision,) = decide_all([c.observed for c in changed], NOW)
+    assert (ctl.seen, ctl.memos, ctl.exported) == ({}, {}, set())
+    assert [o["metadata"]["name"] for o in decision.plan.create] == ["mnist-lr-002"]
+    assert set(decision.plan.rungs) == {0}  # the finished trial's rung values, replayed
+    ctl.record(changed, [decision])
+    key = ("team-a", "mnist-lr")
+    assert ctl.memos[key] == decision.plan.rungs
+    assert ctl.exported == {key}
+    # decided on the snapshot: the deletion is a change, decided on the next pass
+    assert [c.key for c in ctl.changed()] == [key]
+    assert ctl.changed()[0].observed.memo == decision.plan.rungs

@@ -17,13 +17,13 @@ from experiment_factory import (
 )
 
 from accordion_operator.api.experiment import MAX_STATUS_RUNS
+from accordion_operator.core.objects import LABEL_EXPERIMENT
 from accordion_operator.experiment.decide import decide_experiment
 from accordion_operator.experiment.observe import observe_child
 from accordion_operator.experiment.trials import (
     ANNOTATION_PARAMETERS,
     ANNOTATION_SAMPLER,
     ANNOTATION_STOPPED,
-    LABEL_EXPERIMENT,
     STOP_ENDED,
     STOP_PRUNED,
 )

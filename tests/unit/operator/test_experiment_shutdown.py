@@ -11,22 +11,21 @@ from typing import Any
 import kopf
 
 from accordion_operator.config import Config
-from accordion_operator.experiment.cache import ExperimentCache, TrialSink
+from accordion_operator.core.cache import StoreSink
+from accordion_operator.experiment.cache import ExperimentCache
 from accordion_operator.experiment.controller import ExperimentController
 from accordion_operator.handlers import Running, cleanup
 
 
 class EmptyCluster:
-    """The only I/O of an idle pass: the LIST of experiments and the (empty) LIST+WATCH of
-    trial runs, which then waits for events until stopped."""
+    """The only I/O of an idle pass: the (empty) LIST+WATCH of experiments and of trial runs,
+    which then wait for events until stopped."""
 
-    def __init__(self) -> None:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
         self.seeded = asyncio.Event()
 
-    async def list_all(self, *_: Any, **__: Any) -> list[dict[str, Any]]:
-        return []
-
-    async def list_watch(self, sink: TrialSink, *_: Any) -> None:
+    async def list_watch(self, sink: StoreSink, *_: Any) -> None:
         sink.page([])
         sink.listed()
         self.seeded.set()
@@ -38,11 +37,12 @@ class EmptyCluster:
 
 async def test_cleanup_wakes_the_idle_loop_at_once() -> None:
     cache = ExperimentCache()
-    cluster = EmptyCluster()
-    ctl = ExperimentController(Config(resync_seconds=60.0), cluster, cache)  # type: ignore[arg-type]
+    cfg = Config(resync_seconds=60.0)
+    cluster = EmptyCluster(cfg)
+    ctl = ExperimentController(cfg, cluster, cache)  # type: ignore[arg-type]
     stop = asyncio.Event()
     task = asyncio.create_task(ctl.run_forever(stop))
-    running = Running(cluster, stop, cache, loops=[(task, cache.dirty)])  # type: ignore[arg-type]
+    running = Running(cluster, stop, loops=[(task, cache.dirty)])  # type: ignore[arg-type]
     memo = kopf.Memo(running=running)
     await asyncio.wait_for(cluster.seeded.wait(), 5)
     async with asyncio.timeout(5):  # the first pass, once the trials are listed

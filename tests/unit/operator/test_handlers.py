@@ -16,8 +16,6 @@ def test_kopf_settings() -> None:
     settings = kopf.OperatorSettings()
     configure(settings)
     assert not settings.posting.enabled  # our Events are explicit
-    assert settings.watching.server_timeout == 300  # the Experiment watch is renewed in time
-    assert settings.watching.client_timeout > settings.watching.server_timeout
 
 
 def test_in_cluster_login_uses_the_service_env_not_cluster_dns(

@@ -224,9 +224,17 @@ def test_rung_memo_saves_replays_and_never_changes_a_decision(algorithm: str) ->
         return out
 
     memo: dict[int, tuple[int, dict[str, object]]] = {}
-    for finished, twist in ((20, 0.0), (20, 0.0), (25, 0.0), (25, 0.3)):
+    passes = (  # (finished, twist of trial 3, the finished trials the rebuild replays)
+        (20, 0.0, range(20)),
+        (20, 0.0, range(0)),  # nothing changed
+        (25, 0.0, range(20, 25)),
+        (25, 0.3, range(3, 25)),  # trial 3 changed: it and every later one
+    )
+    for finished, twist, replayed in passes:
         trials = records(finished, twist)
-        with_memo = build_study(sp, trials, "team-a/exp", memo).prune
-        assert with_memo == build_study(sp, trials, "team-a/exp").prune
+        with_memo = build_study(sp, trials, "team-a/exp", memo)
+        assert set(with_memo.rungs) == set(replayed)
+        memo.update(with_memo.rungs)  # what the controller keeps between passes
+        assert with_memo.prune == build_study(sp, trials, "team-a/exp").prune
     assert set(memo) == set(range(25))
     assert any(attrs for _, attrs in memo.values())

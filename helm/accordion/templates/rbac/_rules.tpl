@@ -7,13 +7,13 @@ The operator's permissions, least privilege: exactly the calls in operator/accor
 
 {{/* Rules within the watched namespaces (a Role each, or part of the ClusterRole). */}}
 {{- define "accordion.rbac.namespacedRules" -}}
-# Application: watch TrainingRuns (kopf event handler + periodic LIST); delete finished ones
+# Application: watch TrainingRuns (the controllers' LIST+WATCH streams); delete finished ones
 # after spec.ttlSecondsAfterFinished. An Experiment creates its trials as TrainingRuns and
 # patches a trial's spec to stop it (pruning).
 - apiGroups: [accordion.dev]
   resources: [trainingruns]
   verbs: [list, watch, create, patch, delete]
-# Application: watch Experiments (kopf event handler + periodic LIST).
+# Application: watch Experiments (the Experiment controller's LIST+WATCH stream).
 - apiGroups: [accordion.dev]
   resources: [experiments]
   verbs: [list, watch]

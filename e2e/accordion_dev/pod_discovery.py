@@ -63,7 +63,7 @@ def targets(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(prog="python -m accordion_dev.podsd")
+    ap = argparse.ArgumentParser(prog="python -m accordion_dev.pod_discovery")
     ap.add_argument("--state-dir", required=True)
     ap.add_argument("--base-port", type=int, required=True)
     ap.add_argument("--interval", type=float, default=1.0)

@@ -1,5 +1,6 @@
-"""Fixtures and helpers for the TrainingRun cluster tests: the CRD, the operator as a
-subprocess (`python -m accordion_operator`, cluster-wide) against the session cluster."""
+"""Helpers of the operator cluster tests (their fixtures are in conftest.py): the operator as a
+subprocess (`python -m accordion_operator`, cluster-wide) and small clients for TrainingRuns,
+Experiments and their pods."""
 
 from __future__ import annotations
 
@@ -8,28 +9,16 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from accordion_dev.cluster import Cluster
 from accordion_dev.polling import poll
 
-REPO = Path(__file__).resolve().parents[2]
-CRD = REPO / "crds" / "trainingruns.accordion.dev.yaml"
 TR = "/apis/accordion.dev/v1alpha1/namespaces/{ns}/trainingruns"
-
-
-@pytest.fixture(scope="session")
-def trainingrun_crd(cluster: Cluster) -> str:
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    cluster.kubectl(
-        "wait", "--for=condition=Established", "--timeout=30s", "crd/trainingruns.accordion.dev"
-    )
-    return "trainingruns.accordion.dev"
+EXP = "/apis/accordion.dev/v1alpha1/namespaces/{ns}/experiments"
 
 
 def _free_port() -> int:
@@ -114,18 +103,6 @@ class Operator:
         return self.log.read_text()[-4000:] if self.log.exists() else ""
 
 
-@pytest.fixture
-def operator(cluster: Cluster, trainingrun_crd: str, tmp_path: Path) -> Iterator[Operator]:
-    op = Operator(cluster, tmp_path, {})
-    op.start()
-    try:
-        yield op
-    finally:
-        alive = op.alive()
-        op.stop()
-        assert alive, f"the operator died during the test:\n{op.tail()}"
-
-
 class ResourceApi:
     """Synchronous helpers over the admin client for one kind of object in one namespace."""
 
@@ -200,10 +177,30 @@ class Api(ResourceApi):
         return self.pods(f"accordion.dev/run={run},accordion.dev/role=worker")
 
 
-@pytest.fixture
-def api(cluster: Cluster, trainingrun_crd: str, namespace: str) -> Iterator[Api]:
-    a = Api(cluster, namespace)
-    try:
-        yield a
-    finally:
-        a.close()
+class ExpApi(ResourceApi):
+    """Experiments and their trial runs."""
+
+    collection = EXP
+
+    def runs(self, experiment: str) -> dict[str, dict[str, Any]]:
+        r = self.http.get(
+            TR.format(ns=self.ns),
+            params={"labelSelector": f"accordion.dev/experiment={experiment}"},
+        )
+        r.raise_for_status()
+        return {i["metadata"]["name"]: i for i in r.json()["items"]}
+
+    def run_status(self, run: str) -> dict[str, Any]:
+        r = self.http.get(TR.format(ns=self.ns) + f"/{run}")
+        r.raise_for_status()
+        status: dict[str, Any] = r.json().get("status") or {}
+        return status
+
+    def patch_run_status(self, run: str, status: dict[str, Any]) -> None:
+        """Play the trainer/launcher: merge-patch the run's status subresource."""
+        r = self.http.patch(
+            TR.format(ns=self.ns) + f"/{run}/status",
+            json={"status": status},
+            headers={"content-type": "application/merge-patch+json"},
+        )
+        assert r.status_code == 200, r.text

@@ -1,4 +1,5 @@
-"""decide_run and friends: observed run + children + grant -> plan, without a cluster."""
+"""decide_run and friends: observed run + children + grant -> plan, without a cluster (the
+lifecycle as a table of transitions: test_trainingrun_transitions.py)."""
 
 from __future__ import annotations
 
@@ -6,13 +7,14 @@ from typing import Any
 
 import pytest
 from merge_patch import merge
-from trainingrun_factory import make_body, make_run
+from trainingrun_factory import launcher, make_body, make_run, worker
 
 from accordion_operator.api.trainingrun import TrainingRun
 from accordion_operator.config import Config
 from accordion_operator.core.timefmt import to_rfc3339
+from accordion_operator.trainingrun.allocator import Grant
 from accordion_operator.trainingrun.checks import check_run
-from accordion_operator.trainingrun.decide import Plan, decide_run
+from accordion_operator.trainingrun.decide import Plan, decide_run, rescale_reason, unparsable_plan
 from accordion_operator.trainingrun.observe import (
     Children,
     PodState,
@@ -27,18 +29,6 @@ NOW = 1_800_000_000.0
 OK_SECRET = {"s3": SecretInfo(frozenset({"accessKey", "secretKey"}))}
 
 
-def worker(
-    i: int, *, ready: bool = True, node: str | None = "n1", phase: str = "Running", **kw: Any
-) -> PodState:
-    return PodState(f"mnist-worker-{i}", "mnist", "worker", i, phase, ready, node, False, 1, **kw)
-
-
-def launcher(phase: str = "Running", **kw: Any) -> PodState:
-    return PodState(
-        "mnist-launcher", "mnist", "launcher", None, phase, phase == "Running", "n1", False, 0, **kw
-    )
-
-
 def decide(
     run: TrainingRun,
     pods: list[PodState],
@@ -49,7 +39,12 @@ def decide(
     now: float = NOW,
 ) -> Plan:
     return decide_run(
-        run, Children(pods, auth_ready=True), grant, reason, message, invalid, CFG, now
+        run,
+        Children(pods, auth_ready=True),
+        Grant(grant, reason, message),
+        invalid=invalid,
+        cfg=CFG,
+        now=now,
     )
 
 
@@ -72,7 +67,12 @@ def names(objs: list[dict[str, Any]]) -> list[str]:
 def test_admitted_run_gets_launcher_and_workers() -> None:
     run = make_run()
     plan = decide_run(
-        run, Children([], auth_ready=False), 2, "MinimumWorkersFit", "granted 2", None, CFG, NOW
+        run,
+        Children([], auth_ready=False),
+        Grant(2, "MinimumWorkersFit", "granted 2"),
+        invalid=None,
+        cfg=CFG,
+        now=NOW,
     )
     assert plan.ensure_auth
     assert names(plan.create) == ["mnist-launcher", "mnist-worker-0", "mnist-worker-1"]
@@ -182,23 +182,21 @@ def test_failed_worker_is_replaced_at_a_free_index() -> None:
 
 def test_launcher_success_finishes_the_run_and_ttl_deletes_it() -> None:
     run = make_run(spec={"ttlSecondsAfterFinished": 60})
-    plan = decide(run, [launcher("Succeeded", exit_code=0), worker(0), worker(1)])
+    plan = decide(run, [launcher(phase="Succeeded", exit_code=0), worker(0), worker(1)])
     assert plan.status_patch is not None
     assert plan.status_patch["phase"] == "Succeeded"
     assert cond(plan, "Succeeded")["status"] == "True"
     assert sorted(plan.delete_pods) == ["mnist-worker-0", "mnist-worker-1"]  # launcher kept
     done = with_status(run, plan)
-    later = decide(done, [launcher("Succeeded", exit_code=0)], now=NOW + 30)
+    later = decide(done, [launcher(phase="Succeeded", exit_code=0)], now=NOW + 30)
     assert not later.delete_run
     assert later.requeue_after == pytest.approx(30)
-    assert decide(done, [launcher("Succeeded", exit_code=0)], now=NOW + 61).delete_run
+    assert decide(done, [launcher(phase="Succeeded", exit_code=0)], now=NOW + 61).delete_run
 
 
 def test_permanent_trainer_error_fails_at_once() -> None:
-    plan = decide(
-        make_run(),
-        [launcher("Failed", exit_code=12, message="bucket data not found"), worker(0), worker(1)],
-    )
+    failed = launcher(phase="Failed", exit_code=12, message="bucket data not found")
+    plan = decide(make_run(), [failed, worker(0), worker(1)])
     assert plan.status_patch is not None
     assert plan.status_patch["phase"] == "Failed"
     failed = cond(plan, "Failed")
@@ -218,7 +216,7 @@ def test_worker_data_error_fails_the_run_but_unreachable_is_retried() -> None:
 
 
 def test_launcher_restarts_with_exponential_backoff_then_gives_up() -> None:
-    pods = [launcher("Failed", exit_code=1, finished_at=NOW - 5), worker(0), worker(1)]
+    pods = [launcher(phase="Failed", exit_code=1, finished_at=NOW - 5), worker(0), worker(1)]
     run = make_run(spec={"backoffLimit": 2}, status={"launcherRestarts": 1})
     waiting = decide(run, pods)  # second restart waits 10 * 2**1 = 20 s
     assert waiting.delete_pods == []
@@ -370,3 +368,66 @@ def test_run_request_uses_the_previous_grant_only_when_admitted() -> None:
     )
     assert req.last_scale == pytest.approx(1767225660.0)
     assert run_request(make_run(status={"desiredWorkers": 4})).previous == 0
+
+
+def test_the_status_patch_leaves_the_trainers_progress_alone() -> None:
+    """`training` is written by the launcher; the operator copies only its resultsURI."""
+    run = make_run(
+        status={"phase": "Running", "training": {"epoch": 3, "resultsURI": "s3://results/mnist"}}
+    )
+    plan = decide(run, [launcher(), worker(0), worker(1)])
+    assert plan.status_patch is not None
+    assert "training" not in plan.status_patch
+    assert plan.status_patch["resultsURI"] == "s3://results/mnist"
+
+
+def test_an_unparsable_run_is_reported_once_per_reason() -> None:
+    body = make_body(
+        metadata={"generation": 3}, spec={"hyperparameters": {"opt": {"name": "adam"}}}
+    )
+    message = "spec.hyperparameters.opt: " + "x" * 300
+    plan = unparsable_plan(body, ("InvalidHyperparameters", message), NOW)
+    assert plan is not None
+    assert plan.status_patch == {
+        "phase": "Pending",
+        "observedGeneration": 3,
+        "conditions": [
+            {
+                "type": "Admitted",
+                "status": "False",
+                "reason": "InvalidHyperparameters",
+                "message": message,
+                "lastTransitionTime": to_rfc3339(NOW),
+                "observedGeneration": 3,
+            }
+        ],
+        "message": message[:256],
+    }
+    assert plan.events == [("Warning", "InvalidHyperparameters", message)]
+    assert (plan.create, plan.delete_pods, plan.delete_run) == ([], [], False)
+    reported = merge(body, {"status": plan.status_patch})
+    assert unparsable_plan(reported, ("InvalidHyperparameters", message), NOW + 60) is None
+    # another reason (one value fixed, another broken) is reported again
+    again = unparsable_plan(reported, ("InvalidSpec", "spec.epochs: not an integer"), NOW + 60)
+    assert again is not None
+    assert again.events == [("Warning", "InvalidSpec", "spec.epochs: not an integer")]
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "preempted", "replicas", "reason"),
+    [
+        (0, 2, False, None, "Admitted"),
+        (3, 0, True, None, "Preempted"),  # a higher priority took the minimum
+        (3, 1, False, 1, "SpecChanged"),  # `kubectl scale --replicas 1`: the grant follows
+        (3, 2, False, None, "Preempted"),  # below what the run asks for: GPUs went to others
+        (2, 3, False, None, "CapacityAvailable"),
+    ],
+)
+def test_rescale_reason(
+    old: int, new: int, preempted: bool, replicas: int | None, reason: str
+) -> None:
+    workers: dict[str, Any] = {"min": 1, "max": 3}
+    if replicas is not None:
+        workers["replicas"] = replicas
+    run = make_run(spec={"workers": workers})
+    assert rescale_reason(run, old, new, preempted=preempted) == reason

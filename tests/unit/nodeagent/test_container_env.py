@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 import pytest
 
-from accordion_dev.nodeagent.envres import (
+from accordion_dev.nodeagent.container_env import (
     EnvError,
     command_line,
     expand,

@@ -1,4 +1,4 @@
-"""`python -m accordion_trainer.hvdrun ARGS`: horovodrun with a faster host-discovery poll.
+"""`python -m accordion_trainer.horovod_run ARGS`: horovodrun with a faster host-discovery poll.
 
 Horovod's elastic driver polls the discovery script once a second (a module constant, not an
 option); every host change waits for that poll before workers are told. Polling `cat hosts` is

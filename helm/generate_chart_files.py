@@ -1,7 +1,7 @@
 """Keep the chart's generated files in step with their sources.
 
-    python helm/sync.py           # rewrite them
-    python helm/sync.py --check   # exit 1 if any is stale (tests/chart runs this)
+    python helm/generate_chart_files.py           # rewrite them
+    python helm/generate_chart_files.py --check   # exit 1 if any is stale (tests/chart runs this)
 
 - `helm/accordion/files/crds/*.yaml`: byte-for-byte copies of the repository's `crds/`
   (themselves generated from the operator's pydantic models by `python -m accordion_operator.crd`).
@@ -484,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         stale = stale_files()
         for s in stale:
-            print(f"stale: {s}  (run: python helm/sync.py)", file=sys.stderr)
+            print(f"stale: {s}  (run: python helm/generate_chart_files.py)", file=sys.stderr)
         return 1 if stale else 0
     for path in (CHART / "files" / "crds").glob("*.yaml"):
         path.unlink()

@@ -1,0 +1,375 @@
+"""The phases of deciding an admitted TrainingRun (pure), each a function of typed inputs to a
+typed result: the launcher's lifecycle and the workers' failures (either may finish the run),
+the children to create and delete (launcher, replacements of ended workers, scaling to the
+grant), the below-minimum deadline and the Running condition. `running` runs them in order;
+`decide.decide_run` turns the result into a plan.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from accordion_operator.api.trainingrun import (
+    COND_FAILED,
+    COND_RUNNING,
+    COND_SUCCEEDED,
+    PERMANENT_TRAINER_REASONS,
+    REASON_BACKOFF_LIMIT,
+    REASON_BELOW_MIN,
+    REASON_COMPLETED,
+    REASON_IMAGE_PULL,
+    REASON_IN_PROGRESS,
+    REASON_LAUNCHER_BACKOFF,
+    REASON_STARTING,
+    REASON_TRAINING,
+    Phase,
+    TrainingRun,
+)
+from accordion_operator.config import Config
+from accordion_operator.core.timefmt import from_rfc3339, to_rfc3339
+from accordion_operator.trainingrun import builders
+from accordion_operator.trainingrun.observe import (
+    EXIT_REASONS,
+    IMAGE_PULL_REASONS,
+    Children,
+    PodState,
+)
+
+#: (type, reason, message) of an Event on the run
+Event = tuple[str, str, str]
+
+
+# --- inputs and results --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Pods:
+    """A run's child pods, by role and state."""
+
+    all: tuple[PodState, ...]
+    workers: tuple[PodState, ...]
+    launchers: tuple[PodState, ...]
+    #: workers neither ended nor being deleted
+    live: tuple[PodState, ...]
+    ready: tuple[PodState, ...]
+    #: the ssh Secret, ServiceAccount, Role and RoleBinding exist
+    auth_ready: bool
+
+    @classmethod
+    def of(cls, children: Children) -> Pods:
+        workers = tuple(p for p in children.pods if p.role == builders.ROLE_WORKER)
+        live = tuple(p for p in workers if p.live)
+        return cls(
+            all=tuple(children.pods),
+            workers=workers,
+            launchers=tuple(p for p in children.pods if p.role == builders.ROLE_LAUNCHER),
+            live=live,
+            ready=tuple(p for p in live if p.ready),
+            auth_ready=children.auth_ready,
+        )
+
+    @property
+    def launcher(self) -> PodState | None:
+        return self.launchers[0] if self.launchers else None
+
+
+@dataclass(frozen=True)
+class Cond:
+    """A condition a phase sets."""
+
+    type: str
+    status: bool
+    reason: str
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The run finishes in this pass: Succeeded (`ok`) or Failed, for a reason."""
+
+    ok: bool
+    reason: str
+    message: str
+
+    @property
+    def phase(self) -> Phase:
+        return "Succeeded" if self.ok else "Failed"
+
+    @property
+    def conditions(self) -> tuple[Cond, Cond]:
+        ok, reason, msg = self.ok, self.reason, self.message
+        return (
+            Cond(COND_SUCCEEDED, ok, reason if ok else REASON_IN_PROGRESS, msg if ok else ""),
+            Cond(COND_FAILED, not ok, REASON_IN_PROGRESS if ok else reason, "" if ok else msg),
+        )
+
+    @property
+    def event(self) -> Event:
+        return ("Normal" if self.ok else "Warning", self.reason, self.message)
+
+
+@dataclass(frozen=True)
+class Changes:
+    """Children to create and delete, and Events, that a phase asks for."""
+
+    create: tuple[dict[str, Any], ...] = ()
+    delete: tuple[str, ...] = ()
+    events: tuple[Event, ...] = ()
+    #: the pods created need the ssh Secret/SA/Role/RoleBinding, which are not there yet
+    ensure_auth: bool = False
+
+    def __add__(self, other: Changes) -> Changes:
+        return Changes(
+            self.create + other.create,
+            self.delete + other.delete,
+            self.events + other.events,
+            self.ensure_auth or other.ensure_auth,
+        )
+
+
+@dataclass(frozen=True)
+class LauncherStep:
+    """What the launcher's state asks for: the run's outcome, or a restart after a backoff."""
+
+    outcome: Outcome | None = None
+    changes: Changes = Changes()
+    restarted: bool = False
+    #: when the failed launcher ended (the backoff counts from there)
+    failed_time: str | None = None
+    #: Running=False while the launcher waits for its restart
+    running: Cond | None = None
+    requeue_after: float | None = None
+
+
+@dataclass(frozen=True)
+class BelowMin:
+    """The below-minimum deadline: when it started, and the outcome once it passed."""
+
+    since: str | None = None
+    outcome: Outcome | None = None
+    requeue_after: float | None = None
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What the phases of an admitted run decided (nothing, for a run not admitted)."""
+
+    changes: Changes = Changes()
+    conditions: tuple[Cond, ...] = ()
+    outcome: Outcome | None = None
+    requeue_after: float | None = None
+    #: the failed launcher is deleted for a restart
+    restarted: bool = False
+    #: when the failed launcher ended (the backoff counts from there)
+    launcher_failed_time: str | None = None
+    #: since when fewer than `min` workers are ready
+    below_min_since: str | None = None
+
+
+# --- the phases ----------------------------------------------------------------------------------
+
+
+def running(run: TrainingRun, pods: Pods, workers: int, cfg: Config, now: float) -> Progress:
+    """The phases of a run granted `workers`, in order: the launcher's lifecycle and the workers'
+    failures (either may finish the run, which ends the phases here), then the children to
+    create and delete, the below-minimum deadline and the Running condition."""
+    step = launcher_lifecycle(run, pods.launcher, cfg, now)
+    conds: tuple[Cond, ...] = () if step.running is None else (step.running,)
+    outcome = step.outcome or worker_failure(pods.workers)
+    if outcome is not None:
+        return Progress(
+            step.changes, conds, outcome, step.requeue_after, step.restarted, step.failed_time
+        )
+    changes = (
+        step.changes
+        + launcher_creation(run, pods, cfg)
+        + worker_replacement(pods)
+        + scaling(run, pods, workers, cfg)
+    )
+    below = below_minimum(run, pods, now, step.requeue_after)
+    if below.outcome is None and step.running is None:
+        conds = (running_condition(pods, workers, run.spec.workers.min),)
+    return Progress(
+        changes,
+        conds,
+        below.outcome,
+        below.requeue_after,
+        step.restarted,
+        step.failed_time,
+        below.since,
+    )
+
+
+def launcher_lifecycle(
+    run: TrainingRun, launcher: PodState | None, cfg: Config, now: float
+) -> LauncherStep:
+    """A launcher that exited 0 finishes the run; one that failed fails it for a permanent
+    trainer error or past spec.backoffLimit, else it is restarted after an exponential backoff
+    (the trainer resumes from the last checkpoint)."""
+    if launcher is None:
+        return LauncherStep()
+    if launcher.phase == "Succeeded":
+        return LauncherStep(Outcome(True, REASON_COMPLETED, "training finished; results written"))
+    if launcher.phase != "Failed" or launcher.deleting:
+        return LauncherStep()
+    spec, restarts = run.spec, run.status.launcher_restarts or 0
+    reason = EXIT_REASONS.get(launcher.exit_code or 1, "TrainingError")
+    detail = launcher.message or f"launcher exited with code {launcher.exit_code}"
+    cause = f"{reason}: {detail}"
+    if reason in PERMANENT_TRAINER_REASONS:
+        return LauncherStep(Outcome(False, reason, cause))
+    if restarts >= spec.backoff_limit:
+        return LauncherStep(
+            Outcome(
+                False,
+                REASON_BACKOFF_LIMIT,
+                f"launcher failed {restarts + 1} times (backoffLimit {spec.backoff_limit}); "
+                f"last: {cause}",
+            )
+        )
+    delay = min(cfg.launcher_backoff_seconds * 2**restarts, cfg.launcher_backoff_max_seconds)
+    failed_at = launcher.finished_at or from_rfc3339(run.status.launcher_failed_time) or now
+    wait = failed_at + delay - now
+    backoff = Cond(
+        COND_RUNNING,
+        False,
+        REASON_LAUNCHER_BACKOFF,
+        f"launcher failed ({cause}); restart in {max(0.0, wait):.0f} s",
+    )
+    if wait > 0:
+        return LauncherStep(failed_time=to_rfc3339(failed_at), running=backoff, requeue_after=wait)
+    restart = (
+        "Warning",
+        "LauncherRestart",
+        f"restart {restarts + 1}/{spec.backoff_limit} after {cause}; "
+        "resuming from the last checkpoint",
+    )
+    return LauncherStep(
+        changes=Changes(delete=(launcher.name,), events=(restart,)),
+        restarted=True,
+        failed_time=to_rfc3339(failed_at),
+        running=backoff,
+    )
+
+
+def worker_failure(workers: Iterable[PodState]) -> Outcome | None:
+    """A worker that failed its data stage-in or model load fails the run: replacing it would
+    fail the same way (contract: such a worker exits with the code and is never Ready)."""
+    for p in workers:
+        reason = EXIT_REASONS.get(p.exit_code or 0)
+        if reason is not None and reason in PERMANENT_TRAINER_REASONS and p.phase == "Failed":
+            detail = p.message or f"exit code {p.exit_code}"
+            return Outcome(False, reason, f"{reason}: worker {p.name}: {detail}")
+    return None
+
+
+def launcher_creation(run: TrainingRun, pods: Pods, cfg: Config) -> Changes:
+    """The launcher, when there is none: at admission, or once a restarted one is gone."""
+    if pods.launcher is not None:
+        return Changes()
+    return Changes(create=(builders.build_launcher_pod(run, cfg),), ensure_auth=not pods.auth_ready)
+
+
+def worker_replacement(pods: Pods) -> Changes:
+    """Workers that ended are deleted; scaling then creates their replacements."""
+    ended = [p for p in pods.workers if p.terminal and not p.deleting]
+    return Changes(
+        delete=tuple(p.name for p in ended),
+        events=tuple(
+            (
+                "Warning",
+                "WorkerReplaced",
+                f"worker {p.name} ended ({p.phase}, exit {p.exit_code}): replacing it",
+            )
+            for p in ended
+        ),
+    )
+
+
+def scaling(run: TrainingRun, pods: Pods, desired: int, cfg: Config) -> Changes:
+    """Live workers to the grant: the surplus deleted, the missing created at free indices."""
+    live = pods.live
+    if len(live) > desired:
+        rank0 = run.status.training.rank0_pod if run.status.training else None
+        victims = _pick_victims(live, len(live) - desired, rank0)
+        return Changes(delete=tuple(p.name for p in victims))
+    if len(live) < desired:
+        return Changes(
+            create=tuple(
+                builders.build_worker_pod(run, i, cfg)
+                for i in _free_indices(pods.workers, desired - len(live))
+            ),
+            ensure_auth=not pods.auth_ready,
+        )
+    return Changes()
+
+
+def _pick_victims(live: Sequence[PodState], count: int, rank0: str | None) -> list[PodState]:
+    """Workers to remove when scaling down: never-scheduled first, then not ready, then the
+    highest index, so the workers that are training keep training; rank 0's pod (it writes the
+    checkpoints and the final model) last of all."""
+    order = sorted(
+        live, key=lambda p: (p.name == rank0, p.node is not None, p.ready, -(p.index or 0))
+    )
+    return order[:count]
+
+
+def _free_indices(pods: Sequence[PodState], count: int) -> list[int]:
+    taken = {p.index for p in pods if p.index is not None}
+    out: list[int] = []
+    i = 0
+    while len(out) < count:
+        if i not in taken:
+            out.append(i)
+        i += 1
+    return out
+
+
+def below_minimum(
+    run: TrainingRun, pods: Pods, now: float, requeue_after: float | None
+) -> BelowMin:
+    """Fewer than `min` workers ready for longer than minAvailableTimeoutSeconds fails the run
+    with a clear reason; until then the run is checked again at the deadline (or sooner, when
+    `requeue_after`, what the run already asked for, is sooner)."""
+    workers = run.spec.workers
+    if len(pods.ready) >= workers.min:
+        return BelowMin(requeue_after=requeue_after)
+    since = from_rfc3339(run.status.below_min_since)
+    since = since if since is not None else now
+    timeout = workers.min_available_timeout_seconds
+    if now - since >= timeout:
+        failed = Outcome(
+            False,
+            REASON_BELOW_MIN,
+            f"only {len(pods.ready)} of the minimum {workers.min} workers were ready "
+            f"for {timeout} s; check pod events (image pull, scheduling, stage-in)",
+        )
+        return BelowMin(to_rfc3339(since), failed, requeue_after)
+    return BelowMin(to_rfc3339(since), None, min(requeue_after or timeout, since + timeout - now))
+
+
+def running_condition(pods: Pods, desired: int, minimum: int) -> Cond:
+    """Running=True once the launcher runs with at least `min` workers ready; until then why not
+    (a pod that cannot pull its image first)."""
+    pulling = next(
+        (p for p in (*pods.live, *pods.launchers) if p.waiting_reason in IMAGE_PULL_REASONS), None
+    )
+    if pulling is not None:
+        return Cond(
+            COND_RUNNING,
+            False,
+            REASON_IMAGE_PULL,
+            f"pod {pulling.name}: {pulling.waiting_reason}: {pulling.waiting_message}",
+        )
+    launcher, ready = pods.launcher, len(pods.ready)
+    if launcher is not None and launcher.phase == "Running" and ready >= minimum:
+        return Cond(COND_RUNNING, True, REASON_TRAINING, f"{ready} workers ready")
+    return Cond(
+        COND_RUNNING,
+        False,
+        REASON_STARTING,
+        f"{ready} of {desired} workers ready; launcher "
+        f"{launcher.phase if launcher else 'being created'}",
+    )

@@ -1,0 +1,80 @@
+"""Fixtures of the operator cluster tests: the CRDs applied to the session cluster, the operator
+as a subprocess and the clients for TrainingRuns and Experiments (`operator_support`)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from pathlib import Path
+
+import pytest
+from operator_support import Api, ExpApi, Operator
+
+from accordion_dev.cluster import Cluster
+from accordion_dev.polling import poll
+
+CRDS = Path(__file__).resolve().parents[2] / "crds"
+
+
+def _apply_crd(cluster: Cluster, name: str) -> str:
+    """Apply crds/`name`.yaml and wait until the apiserver serves it."""
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRDS / f"{name}.yaml"))
+    # (not `kubectl wait` right after apply: it errors while status.conditions is still unset)
+    with cluster.http() as http:
+
+        def established() -> bool:
+            crd = http.get(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")
+            conds = (crd.json().get("status") or {}).get("conditions") or []
+            return any(c["type"] == "Established" and c["status"] == "True" for c in conds)
+
+        poll(established, 30, what=f"CRD {name} established")
+    return name
+
+
+@pytest.fixture(scope="session")
+def trainingrun_crd(cluster: Cluster) -> str:
+    return _apply_crd(cluster, "trainingruns.accordion.dev")
+
+
+@pytest.fixture(scope="session")
+def experiment_crd(cluster: Cluster) -> str:
+    return _apply_crd(cluster, "experiments.accordion.dev")
+
+
+@contextmanager
+def _running_operator(cluster: Cluster, log_dir: Path) -> Iterator[Operator]:
+    """The operator for one test; the test fails if it died before the end."""
+    op = Operator(cluster, log_dir, {})
+    op.start()
+    try:
+        yield op
+    finally:
+        alive = op.alive()
+        op.stop()
+        assert alive, f"the operator died during the test:\n{op.tail()}"
+
+
+@pytest.fixture
+def operator(cluster: Cluster, trainingrun_crd: str, tmp_path: Path) -> Iterator[Operator]:
+    with _running_operator(cluster, tmp_path) as op:
+        yield op
+
+
+@pytest.fixture
+def exp_operator(
+    cluster: Cluster, trainingrun_crd: str, experiment_crd: str, tmp_path: Path
+) -> Iterator[Operator]:
+    with _running_operator(cluster, tmp_path) as op:
+        yield op
+
+
+@pytest.fixture
+def api(cluster: Cluster, trainingrun_crd: str, namespace: str) -> Iterator[Api]:
+    with closing(Api(cluster, namespace)) as a:
+        yield a
+
+
+@pytest.fixture
+def exp_api(cluster: Cluster, experiment_crd: str, namespace: str) -> Iterator[ExpApi]:
+    with closing(ExpApi(cluster, namespace)) as a:
+        yield a
