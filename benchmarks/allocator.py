@@ -62,6 +62,7 @@ def workload(
         reqs.append(
             RunRequest(
                 key=f"ns-{i % 50}/run-{i:05d}",
+                uid=f"uid-{i:05d}",
                 priority=rng.choice([0, 0, 0, 1, 2, 3]),
                 created=float(i),
                 min=lo,

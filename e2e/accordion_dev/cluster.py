@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import secrets
@@ -354,7 +355,7 @@ class Cluster:
         )
         for proc, port in ((kcm, self.ports.controller_manager), (sched, self.ports.scheduler)):
             url = f"https://127.0.0.1:{port}/healthz"
-            self._wait(proc.name, lambda u=url: self._get_ok(u, verify=False), proc)  # type: ignore[misc]
+            self._wait(proc.name, functools.partial(self._get_ok, url, verify=False), proc)
         # The controller-manager creates `default` service accounts; pods need one.
         self._wait(
             "default service account",

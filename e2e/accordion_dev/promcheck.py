@@ -80,7 +80,7 @@ def dashboards() -> dict[str, dict[str, Any]]:
 
 def panels(dashboard: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Panels with queries, in order; collapsed rows hold theirs inside."""
-    out = []
+    out: list[dict[str, Any]] = []
     for p in dashboard.get("panels", []):
         out.extend(q for q in p.get("panels", []) if q.get("targets"))
         if p.get("type") != "row" and p.get("targets"):

@@ -39,6 +39,7 @@ POD_FAILURE_REASONS: Final = frozenset(
         "DataNotFound",
         "DataUnreadable",
         "ModelInvalid",
+        "TrainingDiverged",
         "TrainingError",
         "OOMKilled",
         "Evicted",

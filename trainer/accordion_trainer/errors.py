@@ -16,6 +16,7 @@ class Reason(enum.Enum):
     DataNotFound = 12
     DataUnreadable = 13
     ModelInvalid = 14
+    TrainingDiverged = 15
     TrainingError = 1
 
 

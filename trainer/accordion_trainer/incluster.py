@@ -324,7 +324,8 @@ def host_source(env: Mapping[str, str]) -> Callable[[], list[str]]:
 
     api = ApiClient.in_cluster(dict(env))
     ns, run = env["ACCORDION_NAMESPACE"], env["ACCORDION_RUN_NAME"]
-    return lambda: ready_worker_ips(api.list_pods(ns, worker_selector(run)))
+    owner = env.get("ACCORDION_RUN_UID") or None
+    return lambda: ready_worker_ips(api.list_pods(ns, worker_selector(run)), owner)
 
 
 def status_sender(env: Mapping[str, str]) -> Callable[[dict[str, Any]], None]:

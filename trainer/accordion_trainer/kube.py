@@ -82,13 +82,25 @@ def worker_selector(run: str) -> str:
     return f"accordion.dev/run={run},accordion.dev/role=worker"
 
 
-def ready_worker_ips(pod_list: dict[str, Any]) -> list[str]:
-    """Pod IPs of Ready, not-terminating worker pods, in worker-index order (pure)."""
+def controlled_by(meta: dict[str, Any], uid: str) -> bool:
+    """Whether the object's controller ownerReference is `uid`."""
+    refs = meta.get("ownerReferences") or []
+    return any(r.get("controller") is True and r.get("uid") == uid for r in refs)
+
+
+def ready_worker_ips(pod_list: dict[str, Any], owner_uid: str | None = None) -> list[str]:
+    """Pod IPs of Ready, not-terminating worker pods, in worker-index order (pure), so that
+    before rank 0 is published the lowest index holds it (and a shrink, which removes the
+    highest index first, never hits it). With `owner_uid` (the run's uid), only pods the run
+    controls: the labels alone can be copied onto any pod in the namespace, and horovodrun
+    would then ssh into it."""
     out: list[tuple[int, str, str]] = []
     for pod in pod_list.get("items") or []:
         meta = pod.get("metadata") or {}
         status = pod.get("status") or {}
         if meta.get("deletionTimestamp") or status.get("phase") != "Running":
+            continue
+        if owner_uid is not None and not controlled_by(meta, owner_uid):
             continue
         ip = status.get("podIP")
         ready = any(

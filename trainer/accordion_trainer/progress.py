@@ -5,6 +5,7 @@ on every epoch change)."""
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -22,13 +23,22 @@ def decide_report(now: float, last_sent: float | None, last_epoch: int | None, e
     return now - last_sent >= REPORT_MIN_INTERVAL_S
 
 
+def _finite(values: dict[str, Any]) -> dict[str, float]:
+    """The numeric values, without NaN and infinities: JSON cannot carry them, so one would make
+    the apiserver refuse this patch and, as the history repeats it, every later one. A diverged
+    run fails on its own (`TrainingDiverged`); its last finite metrics stay in the status."""
+    return {
+        k: float(v) for k, v in values.items() if isinstance(v, int | float) and math.isfinite(v)
+    }
+
+
 def _epoch_record(entry: dict[str, Any]) -> dict[str, Any]:
     """One history entry in the CRD's shape `{epoch, metrics: {...}}` (the trainer keeps flat
     `{epoch, loss, ...}` records; the apiserver would prune unknown flat keys)."""
-    if "metrics" in entry:
-        return entry
-    metrics = {k: float(v) for k, v in entry.items() if k != "epoch" and isinstance(v, int | float)}
-    return {"epoch": int(entry.get("epoch", 0)), "metrics": metrics}
+    metrics = entry.get("metrics")
+    if not isinstance(metrics, dict):
+        metrics = {k: v for k, v in entry.items() if k != "epoch"}
+    return {"epoch": int(entry.get("epoch", 0)), "metrics": _finite(metrics)}
 
 
 def build_training_status(progress: dict[str, Any], now: float) -> dict[str, Any]:
@@ -37,11 +47,7 @@ def build_training_status(progress: dict[str, Any], now: float) -> dict[str, Any
         "epoch": int(progress.get("epoch", 0)),
         "batch": int(progress.get("batch", 0)),
         "worldSize": int(progress.get("worldSize", 0)),
-        "metrics": {
-            k: float(v)
-            for k, v in (progress.get("metrics") or {}).items()
-            if isinstance(v, int | float)
-        },
+        "metrics": _finite(progress.get("metrics") or {}),
         "history": [_epoch_record(h) for h in list(progress.get("history") or [])[-50:]],
         "updatedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
     }

@@ -15,6 +15,7 @@ and benchmarks (`ACCORDION_EVENT {json}`).
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import time
@@ -53,6 +54,24 @@ def decide_commit_every(step_seconds: float, target_s: float = COMMIT_TARGET_S) 
     if step_seconds <= 0:
         return 1
     return max(1, min(COMMIT_MAX_BATCHES, int(target_s / step_seconds)))
+
+
+def divergence(logs: dict[str, float], epoch: int, learning_rate: float) -> TrainerError | None:
+    """`TrainingDiverged` when an epoch ends with a NaN or infinite metric, else None (pure).
+
+    Every later step would compute on NaN weights: going on only burns the GPUs, a checkpoint
+    would keep the broken weights, and progress could not be reported (JSON has no NaN). The
+    training metrics are allreduced and validation runs on the same weights everywhere, so every
+    rank stops here together instead of leaving the others waiting in a collective."""
+    bad = sorted(k for k, v in logs.items() if not math.isfinite(v))
+    if not bad:
+        return None
+    return TrainerError(
+        Reason.TrainingDiverged,
+        f"epoch {epoch}: {', '.join(f'{k}={logs[k]}' for k in bad)}; lower learning_rate "
+        f"({learning_rate:g}, multiplied by the number of workers) or check the data for NaN "
+        "or infinite values",
+    )
 
 
 def weights_checksum(weights: list[Any]) -> float:
@@ -330,6 +349,10 @@ class _Job:
             self.ds.x_val, self.ds.y_val, batch_size=256, verbose=0, return_dict=True
         )
         epoch_logs = {**fit_logs, **{f"val_{k}": float(v) for k, v in val.items()}}
+        # before the epoch is recorded or checkpointed: the last checkpoint stays a sound one
+        diverged = divergence(epoch_logs, int(state.epoch) + 1, cfg.learning_rate)
+        if diverged is not None:
+            raise diverged
         elapsed = time.time() - t_epoch
         state.history = [
             *state.history,

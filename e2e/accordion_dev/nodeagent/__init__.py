@@ -66,8 +66,20 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 DEFAULT_GPU_PRODUCT = "NVIDIA-H100-80GB-HBM3"
+
+
+class AgentOptions(TypedDict, total=False):
+    """The optional keyword arguments of `agent_argv`, which `start_agent` passes on."""
+
+    gpu_product: str
+    cpu: str
+    memory: str
+    taints: list[str] | None
+    heartbeat_seconds: float | None
+    backoff_base: float | None
 
 
 def agent_argv(
@@ -122,7 +134,7 @@ def start_agent(
     index: int,
     *,
     log_file: Path | None = None,
-    **options: object,
+    **options: Unpack[AgentOptions],
 ) -> subprocess.Popen[bytes]:
     """Start one node agent in its own session with its own log file (default
     `<state_dir>/agent.log`); the caller records the pid (`cluster down` SIGTERMs it)."""
@@ -130,7 +142,7 @@ def start_agent(
     state_dir.mkdir(parents=True, exist_ok=True)
     log = Path(log_file) if log_file else state_dir / "agent.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    argv = agent_argv(Path(kubeconfig), name, gpus, state_dir, index, **options)  # type: ignore[arg-type]
+    argv = agent_argv(Path(kubeconfig), name, gpus, state_dir, index, **options)
     with log.open("ab") as out:
         return subprocess.Popen(
             argv,

@@ -154,12 +154,15 @@ def _cond(
 ) -> Obj:
     status = "True" if ok else "False"
     old = prev.get(ctype)
-    changed = old is None or old.get("status") != status
+    if old is None or old.get("status") != status:
+        transition = rfc3339(now)
+    else:
+        transition = old["lastTransitionTime"]
     c: Obj = {
         "type": ctype,
         "status": status,
         "lastProbeTime": None,
-        "lastTransitionTime": rfc3339(now) if changed else old["lastTransitionTime"],  # type: ignore[index]
+        "lastTransitionTime": transition,
         "reason": None if ok else (reason or None),
         "message": None if ok else (message or None),
     }

@@ -11,9 +11,10 @@ from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field
 
-from accordion_operator.api.common import ApiModel, Condition, ObjectMeta, ShortText, cel
+from accordion_operator.api.common import ApiModel, Condition, ObjectMeta, ShortText, Text, cel
 from accordion_operator.api.trainingrun import (
     HPARAM_NAME_PATTERN,
+    LEARNING_RATE_HPARAMS,
     HParamValue,
     Timestamp,
     TrainingRunSpec,
@@ -114,6 +115,12 @@ class Parameter(ApiModel):
                     "continuously)",
                 ),
                 cel("!has(self.step) || self.step > 0.0", "step must be > 0"),
+                # every trial of a range reaching 0 would be refused before it starts (checks.py)
+                cel(
+                    f"!(self.name in {list(LEARNING_RATE_HPARAMS)}) || self.type == 'categorical' "
+                    "|| !has(self.min) || self.min > 0.0",
+                    f"{' and '.join(LEARNING_RATE_HPARAMS)} must be > 0: set min > 0",
+                ),
                 cel(
                     "self.type != 'int' || ("
                     "(!has(self.min) || double(int(self.min)) == self.min) && "
@@ -140,13 +147,13 @@ class Parameter(ApiModel):
         description="grid spacing: values min, min+step, ... <= max (required by algorithm grid)",
     )
     log: bool = Field(default=False, description="sample on a log scale (min > 0)")
-    values: Annotated[list[Annotated[str, Field(max_length=256)]], Field(max_length=64)] | None = (
+    values: Annotated[list[Annotated[Text, Field(max_length=256)]], Field(max_length=64)] | None = (
         Field(default=None, description="choices of a categorical parameter")
     )
 
 
 class Objective(ApiModel):
-    metric: Annotated[str, Field(min_length=1, max_length=63)] = Field(
+    metric: Annotated[Text, Field(min_length=1, max_length=63)] = Field(
         description="a metric the trainer reports per epoch, e.g. val_accuracy"
     )
     direction: Literal["maximize", "minimize"] = "maximize"

@@ -12,6 +12,8 @@ from typing import Annotated, Literal
 from pydantic import ConfigDict, Field
 
 from accordion_operator.api.common import (
+    COMMAND_PATTERN,
+    CONTROL_CHARS,
     DNS_SUBDOMAIN_PATTERN,
     ApiModel,
     Condition,
@@ -21,7 +23,9 @@ from accordion_operator.api.common import (
     ObjectMeta,
     Quantity,
     ShortText,
+    Text,
     cel,
+    object_path_pattern,
 )
 
 KIND = "TrainingRun"
@@ -90,8 +94,10 @@ REASON_BACKOFF_LIMIT = "BackoffLimitExceeded"
 #: ... fewer than `min` workers ready for longer than spec.workers.minAvailableTimeoutSeconds, ...
 REASON_BELOW_MIN = "BelowMinimumWorkers"
 #: ... or the trainer reported a permanent error (exit codes of the contract, e.g. DataNotFound).
+#: TrainingDiverged too: a restart resumes from the last checkpoint with the same hyperparameters
+#: and data order, and diverges again.
 PERMANENT_TRAINER_REASONS = frozenset(
-    {"DataAccessDenied", "DataNotFound", "DataUnreadable", "ModelInvalid"}
+    {"DataAccessDenied", "DataNotFound", "DataUnreadable", "ModelInvalid", "TrainingDiverged"}
 )
 #: Succeeded/Failed=False while the run is not finished.
 REASON_IN_PROGRESS = "InProgress"
@@ -125,7 +131,16 @@ class ObjectStore(ApiModel):
     bucket: Annotated[
         str, Field(min_length=3, max_length=63, pattern=r"^[a-z0-9][a-z0-9.-]*[a-z0-9]$")
     ]
-    prefix: Annotated[str, Field(max_length=512, pattern=r"^[^\s]*$")] = ""
+    prefix: Annotated[
+        str,
+        Field(
+            max_length=512,
+            # a leading or trailing `/` is harmless: the trainer strips both off a prefix;
+            # `\x20` (space) rather than " ": YAML would fold the long pattern at a space
+            pattern=object_path_pattern(r"\x20" + CONTROL_CHARS, leading_slash=True),
+            description="key prefix; no spaces, control characters, `.` or `..` segments",
+        ),
+    ] = ""
     secure: bool = Field(default=False, description="use https")
     credentials_secret: SecretRef
 
@@ -150,16 +165,30 @@ class ModelSource(ApiModel):
     )
 
     builtin: DnsLabel | None = Field(default=None, description="built-in model, e.g. mnist-cnn")
-    bucket_object: Annotated[str, Field(min_length=1, max_length=1024)] | None = Field(
+    # A leading `/` would leave the trainer an empty bucket name (it reads `<bucket>/<key>`).
+    bucket_object: (
+        Annotated[
+            str,
+            Field(
+                min_length=1,
+                max_length=1024,
+                pattern=object_path_pattern(CONTROL_CHARS, leading_slash=False),
+            ),
+        ]
+        | None
+    ) = Field(
         default=None,
-        description="object key of the user's code archive in the data bucket (spec.data)",
+        description="object key of the user's code archive in the data bucket (spec.data); "
+        "no leading `/`, control characters, `.` or `..` segments",
     )
-    path: Annotated[str, Field(min_length=2, max_length=1024, pattern=r"^/")] | None = Field(
-        default=None, description="absolute path of the user's code inside the trainer image"
-    )
-    command: Annotated[str, Field(min_length=1, max_length=4096)] | None = Field(
-        default=None, description="command that runs the user's training code"
-    )
+    # The image is the user's own: `..` in it reaches nothing the image does not hold.
+    path: (
+        Annotated[str, Field(min_length=2, max_length=1024, pattern=rf"^/[^{CONTROL_CHARS}]*$")]
+        | None
+    ) = Field(default=None, description="absolute path of the user's code inside the trainer image")
+    command: (
+        Annotated[str, Field(min_length=1, max_length=4096, pattern=COMMAND_PATTERN)] | None
+    ) = Field(default=None, description="command that runs the user's training code")
 
 
 class Workers(ApiModel):
@@ -252,6 +281,12 @@ LABEL_MAP_RULE = cel(
     "self.all(k, size(k) <= 317)", "node selector keys must be at most 317 characters"
 )
 HPARAM_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]*$"
+#: Hyperparameters the trainer reads itself (trainer/README.md), so a bad value would fail the run
+#: only once its pods run; `trainingrun/checks.py` refuses one before the run starts. The learning
+#: rate (`lr` is the trainer's fallback name for it) is a number > 0, the optimizer one it builds.
+LEARNING_RATE_HPARAMS = ("learning_rate", "lr")
+OPTIMIZER_HPARAM = "optimizer"
+OPTIMIZERS = ("adam", "rmsprop", "sgd")
 
 
 class TrainingRunSpec(ApiModel):
@@ -268,7 +303,7 @@ class TrainingRunSpec(ApiModel):
         }
     )
 
-    image: Annotated[str, Field(min_length=1, max_length=512)] | None = Field(
+    image: Annotated[Text, Field(min_length=1, max_length=512)] | None = Field(
         default=None,
         description="trainer image; defaults to the operator's ACCORDION_TRAINER_IMAGE",
     )
@@ -294,7 +329,7 @@ class TrainingRunSpec(ApiModel):
     results: ObjectStore = Field(description="where checkpoints and the model go")
     workers: Workers = Workers()
     node_selector: Annotated[
-        dict[str, LabelValue],
+        dict[LabelKey, LabelValue],
         Field(max_length=32, json_schema_extra={"x-kubernetes-validations": [LABEL_MAP_RULE]}),
     ] = {}
     tolerations: Annotated[list[Toleration], Field(max_length=32)] = []

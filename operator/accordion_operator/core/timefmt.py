@@ -31,12 +31,12 @@ def from_rfc3339(s: object) -> float | None:
     year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
     fraction = float(f"0.{m.group(7)}") if m.group(7) else 0.0
     offset = m.group(8)
-    if offset in ("Z", "z"):
-        tz = UTC
-    else:
-        sign = 1 if offset[0] == "+" else -1
-        tz = timezone(sign * timedelta(hours=int(offset[1:3]), minutes=int(offset[4:6])))
     try:
+        if offset in ("Z", "z"):
+            tz = UTC
+        else:  # an offset of 24 h or more (+99:99) raises: unusable too
+            sign = 1 if offset[0] == "+" else -1
+            tz = timezone(sign * timedelta(hours=int(offset[1:3]), minutes=int(offset[4:6])))
         # a leap second (:60) is the next second's first instant
         leap = 1 if second == 60 else 0
         dt = datetime(year, month, day, hour, minute, second - leap, tzinfo=tz)

@@ -132,16 +132,20 @@ class Node:
 
 @dataclass(frozen=True)
 class PodUse:
-    """A bound, non-terminal pod that requests GPUs; ``run`` is its run's key if Accordion's."""
+    """A bound, non-terminal pod that requests GPUs; ``run`` is its run's key if Accordion's,
+    ``owner`` the uid of its controller (a pod counts as a run's worker only if both match)."""
 
     node: str
     gpus: int
     run: str | None = None
+    owner: str = ""
 
 
 @dataclass(frozen=True)
 class RunRequest:
     key: str
+    #: the run's uid: its workers are the pods it controls (PodUse.owner)
+    uid: str
     priority: int
     created: float
     min: int
@@ -294,116 +298,134 @@ def decide_allocation(
     cooldown: float = 30.0,
 ) -> Allocation:
     """Target worker count per run (see the module docstring for the rules)."""
-    keys = {r.key for r in runs}
+    owners = {(r.key, r.uid) for r in runs}
     foreign: dict[str, int] = {}
     for pod in pods:
-        # Accordion's own workers are re-planned from scratch; everything else is fixed load.
-        if pod.gpus > 0 and (pod.run is None or pod.run not in keys):
+        # Accordion's own workers are re-planned from scratch; everything else is fixed load,
+        # a pod that only carries a run's labels included.
+        if pod.gpus > 0 and (pod.run is None or (pod.run, pod.owner) not in owners):
             foreign[pod.node] = foreign.get(pod.node, 0) + pod.gpus
-    cap = _Capacity(nodes, foreign)
-    granted: dict[str, int] = {}
-    placements: dict[str, dict[str, int]] = {}
+    plan = _Planner(_Capacity(nodes, foreign), runs)
+    order = sorted(runs, key=lambda r: (-r.priority, r.previous < r.min, r.created, r.key))
+    # 1. gang minimums, highest priority first
+    for run in order:
+        if plan.place_gang(run, run.min):
+            plan.granted[run.key] = run.min
+    # 2.-4. surplus per priority level: cooldown-frozen counts first, then fair water-filling
+    levels: dict[int, list[RunRequest]] = {}
+    for run in order:
+        if run.key in plan.granted:
+            levels.setdefault(run.priority, []).append(run)
+    for priority in sorted(levels, reverse=True):
+        plan.keep_in_cooldown(levels[priority], now, cooldown)
+        plan.grow_fairly(levels[priority])
+    cap = plan.cap
+    node_used = {n: cap.used[n] + cap.initial_free[n] - cap.free[n] for n in cap.used}
+    return Allocation(
+        grants={run.key: plan.grant(run) for run in runs},
+        node_used=node_used,
+        placements=plan.placements,
+    )
 
-    classes_of = {r.key: cap.eligible(r.placement) for r in runs}
-    for classes in classes_of.values():
-        for cid in classes:
-            cap.demand[cid] += 1
-    order_of = {cid: (cap.demand[cid], cid) for cid in range(len(cap.demand))}
-    sorted_classes: dict[tuple[int, ...], list[int]] = {}
-    for key, classes in classes_of.items():
-        # runs share few distinct class lists: sort each distinct list once
-        t = tuple(classes)
-        got = sorted_classes.get(t)
-        if got is None:
-            got = sorted_classes[t] = sorted(classes, key=order_of.__getitem__)
-        classes_of[key] = got
 
-    def place(run: RunRequest, count: int) -> int:
-        classes = classes_of[run.key]
-        per = placements.setdefault(run.key, {})
+class _Planner:
+    """One decision's working state: the capacity left, and the workers granted and placed."""
+
+    def __init__(self, cap: _Capacity, runs: Sequence[RunRequest]) -> None:
+        self.cap = cap
+        self.granted: dict[str, int] = {}
+        self.placements: dict[str, dict[str, int]] = {}
+        classes_of = {r.key: cap.eligible(r.placement) for r in runs}
+        for classes in classes_of.values():
+            for cid in classes:
+                cap.demand[cid] += 1
+        order_of = {cid: (cap.demand[cid], cid) for cid in range(len(cap.demand))}
+        sorted_classes: dict[tuple[int, ...], list[int]] = {}
+        for key, classes in classes_of.items():
+            # runs share few distinct class lists: sort each distinct list once
+            t = tuple(classes)
+            got = sorted_classes.get(t)
+            if got is None:
+                got = sorted_classes[t] = sorted(classes, key=order_of.__getitem__)
+            classes_of[key] = got
+        #: per run: the node classes it may use, least contended first
+        self.classes_of = classes_of
+
+    def place(self, run: RunRequest, count: int) -> int:
+        """Place up to `count` more workers of `run`; returns how many fit."""
+        classes = self.classes_of[run.key]
+        per = self.placements.setdefault(run.key, {})
         done = 0
         while done < count:
-            got = cap.take(classes, run.gpus_per_worker)
+            got = self.cap.take(classes, run.gpus_per_worker)
             if got is None:
                 break
             per[got[1]] = per.get(got[1], 0) + 1
             done += 1
         return done
 
-    def place_gang(run: RunRequest, count: int) -> bool:
-        classes = classes_of[run.key]
+    def place_gang(self, run: RunRequest, count: int) -> bool:
+        """Place `count` workers of `run` all at once, or none."""
+        classes = self.classes_of[run.key]
         taken: list[tuple[int, str]] = []
         for _ in range(count):
-            got = cap.take(classes, run.gpus_per_worker)
+            got = self.cap.take(classes, run.gpus_per_worker)
             if got is None:
                 for cid, node in reversed(taken):
-                    cap.give_back(cid, node, run.gpus_per_worker)
+                    self.cap.give_back(cid, node, run.gpus_per_worker)
                 return False
             taken.append(got)
-        per = placements.setdefault(run.key, {})
+        per = self.placements.setdefault(run.key, {})
         for _, node in taken:
             per[node] = per.get(node, 0) + 1
         return True
 
-    order = sorted(runs, key=lambda r: (-r.priority, r.previous < r.min, r.created, r.key))
-    # 1. gang minimums, highest priority first
-    for run in order:
-        if place_gang(run, run.min):
-            granted[run.key] = run.min
-
-    # 2.-4. surplus per priority level: cooldown-frozen counts first, then fair water-filling
-    levels: dict[int, list[RunRequest]] = {}
-    for run in order:
-        if run.key in granted:
-            levels.setdefault(run.priority, []).append(run)
-    for priority in sorted(levels, reverse=True):
-        level = levels[priority]
+    def keep_in_cooldown(self, level: Sequence[RunRequest], now: float, cooldown: float) -> None:
+        """Runs whose count changed less than `cooldown` ago keep it (hysteresis). A
+        `lastScaleTime` in the future is not a recent change: status is writable by the run's
+        own launcher token, and a forged future time must not pin surplus workers forever."""
         for run in level:
-            in_cooldown = run.last_scale is not None and now - run.last_scale < cooldown
-            keep = min(run.previous, run.cap) - granted[run.key]
-            if in_cooldown and keep > 0:
-                granted[run.key] += place(run, keep)
+            since = None if run.last_scale is None else now - run.last_scale
+            keep = min(run.previous, run.cap) - self.granted[run.key]
+            if since is not None and 0 <= since < cooldown and keep > 0:
+                self.granted[run.key] += self.place(run, keep)
+
+    def grow_fairly(self, level: Sequence[RunRequest]) -> None:
+        """Water-filling: one worker at a time to the run of this level that has fewest."""
+        granted = self.granted
         heap = [(granted[r.key], i) for i, r in enumerate(level) if granted[r.key] < r.cap]
         heapq.heapify(heap)
         while heap:
             count, i = heapq.heappop(heap)
             run = level[i]
-            if place(run, 1) == 0:
+            if self.place(run, 1) == 0:
                 continue  # nothing more fits this run's nodes; others may still grow
             granted[run.key] = count + 1
             if count + 1 < run.cap:
                 heapq.heappush(heap, (count + 1, i))
 
-    grants: dict[str, Grant] = {}
-    for run in runs:
-        n = granted.get(run.key, 0)
-        gpus = n * run.gpus_per_worker
+    def grant(self, run: RunRequest) -> Grant:
+        """The run's grant, with the reason and message its status shows."""
+        n = self.granted.get(run.key, 0)
         if n:
-            grants[run.key] = Grant(
-                n, REASON_GANG_ADMITTED, f"granted {n} of {run.cap} requested workers ({gpus} GPUs)"
-            )
-            continue
-        classes = classes_of[run.key]
+            gpus = n * run.gpus_per_worker
+            msg = f"granted {n} of {run.cap} requested workers ({gpus} GPUs)"
+            return Grant(n, REASON_GANG_ADMITTED, msg)
         need = run.min * run.gpus_per_worker
-        if not cap.could_ever_fit(classes, run.gpus_per_worker, run.min):
-            grants[run.key] = Grant(
+        if not self.cap.could_ever_fit(self.classes_of[run.key], run.gpus_per_worker, run.min):
+            return Grant(
                 0,
                 REASON_UNSCHEDULABLE,
                 f"no schedulable nodes can ever hold {run.min} workers of "
                 f"{run.gpus_per_worker} GPUs matching the run's nodeSelector/tolerations/affinity",
             )
-        elif run.previous >= run.min:
-            grants[run.key] = Grant(
+        if run.previous >= run.min:
+            return Grant(
                 0,
                 REASON_PREEMPTED,
                 f"preempted: runs of priority above {run.priority} need the GPUs of this run's "
                 f"minimum ({need} GPUs); it waits to be re-admitted",
             )
-        else:
-            grants[run.key] = Grant(
-                0,
-                REASON_QUEUED,
-                f"waiting for {need} free GPUs for the minimum of {run.min} workers",
-            )
-    node_used = {n: cap.used[n] + cap.initial_free[n] - cap.free[n] for n in cap.used}
-    return Allocation(grants=grants, node_used=node_used, placements=placements)
+        return Grant(
+            0, REASON_QUEUED, f"waiting for {need} free GPUs for the minimum of {run.min} workers"
+        )

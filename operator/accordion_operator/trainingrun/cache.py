@@ -257,7 +257,8 @@ class ClusterCache(Store):
             return
         self._pod_rv[key] = rv
         if state.gpus and state.node and not state.terminal:
-            self.gpu_pods[key] = PodUse(state.node, state.gpus, f"{key[0]}/{run}" if ours else None)
+            owner = f"{key[0]}/{run}" if ours else None
+            self.gpu_pods[key] = PodUse(state.node, state.gpus, owner, state.owner_uid)
         else:
             self.gpu_pods.pop(key, None)
         if ours:

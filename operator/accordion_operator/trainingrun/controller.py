@@ -35,7 +35,13 @@ from accordion_operator.trainingrun.decide import (
     rescale_reason,
     unparsable_plan,
 )
-from accordion_operator.trainingrun.observe import EXIT_REASONS, Children, PodState, SecretInfo
+from accordion_operator.trainingrun.observe import (
+    EXIT_REASONS,
+    Children,
+    PodState,
+    SecretInfo,
+    owned,
+)
 
 log = logging.getLogger("accordion.controller")
 
@@ -85,6 +91,8 @@ class Controller:
     #: per run not yet started: (resourceVersion and Secrets seen, check_run's verdict)
     _checks: dict[str, tuple[object, tuple[str, str] | None]] = field(default_factory=dict)
     passes: int = 0
+    #: (namespace, pod, owner uid) of lookalike pods already reported
+    _lookalikes: set[tuple[str, str, str]] = field(default_factory=set)
 
     async def _secrets_for(self, view: CachedRun, now: float) -> dict[str, SecretInfo | None]:
         out: dict[str, SecretInfo | None] = {}
@@ -177,7 +185,9 @@ class Controller:
         for i, v in enumerate(ordered):
             t = time.perf_counter()
             grant, verdict = grants.get(v.key, NO_GRANT), invalid.get(v.key)
-            pods = self.cache.pods_of(v.namespace, v.name)
+            pods, lookalikes = owned(self.cache.pods_of(v.namespace, v.name), v.uid)
+            if lookalikes:
+                await self._report_lookalikes(v, lookalikes)
             inputs = (v.resource_version, tuple(sorted(pods, key=lambda p: p.name)), grant, verdict)
             # decide_run is a pure function of these inputs (and of time only when it asked to
             # be requeued): a run whose inputs did not change since its last no-op decision
@@ -209,6 +219,25 @@ class Controller:
                     break
         tally.act_seconds += await self._act(batch)
         self._settled = settled
+
+    async def _report_lookalikes(self, view: CachedRun, pods: list[PodState]) -> None:
+        """A Warning Event, once per pod, for pods that carry a run's labels but whose controller
+        is not the run: they are not counted as its launcher or workers."""
+        for pod in pods:
+            key = (view.namespace, pod.name, pod.owner_uid)
+            if key in self._lookalikes:
+                continue
+            self._lookalikes.add(key)
+            log.warning("%s: pod %s is not controlled by the run; ignored", view.key, pod.name)
+            ref = object_ref(TRAININGRUNS, view.namespace, view.name, view.uid)
+            await self.kube.event(
+                ref,
+                "Warning",
+                "IgnoredPod",
+                f"pod {pod.name} carries this run's labels but its controller is not this run "
+                "(created by someone else, or left by a deleted run of the same name): it is "
+                "not counted as the run's launcher or worker",
+            )
 
     async def _act(self, batch: list[tuple[TrainingRun, Plan]]) -> float:
         """Executes a batch of plans and empties it; returns the seconds it took. Acting in

@@ -3,7 +3,7 @@ model parsed from its body, and the allocator's view of the run (`run_request`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +26,7 @@ EXIT_REASONS = {
     12: "DataNotFound",
     13: "DataUnreadable",
     14: "ModelInvalid",
+    15: "TrainingDiverged",
 }
 
 
@@ -52,6 +53,9 @@ class PodState:
     waiting_reason: str | None = None
     waiting_message: str = ""
     finished_at: float | None = None
+    #: uid of the pod's controller ownerReference ("" when none): only a pod whose controller is
+    #: the run itself counts as the run's child; labels alone can be copied by anyone
+    owner_uid: str = ""
 
     @property
     def terminal(self) -> bool:
@@ -117,7 +121,26 @@ def pod_state(body: Mapping[str, Any], gpu_resource: str = "nvidia.com/gpu") -> 
         waiting_reason=waiting_reason,
         waiting_message=waiting_message[:512],
         finished_at=finished_at,
+        owner_uid=controller_uid(meta),
     )
+
+
+def controller_uid(meta: Mapping[str, Any]) -> str:
+    """The uid of an object's controller ownerReference, or "" when it has none."""
+    for ref in meta.get("ownerReferences") or ():
+        if isinstance(ref, Mapping) and ref.get("controller") is True:
+            return str(ref.get("uid") or "")
+    return ""
+
+
+def owned(pods: Iterable[PodState], uid: str) -> tuple[list[PodState], list[PodState]]:
+    """(the run's own children, lookalikes): pods carrying the run's labels whose controller is
+    not the run (created by someone else, or left behind by a deleted run of the same name)."""
+    mine: list[PodState] = []
+    others: list[PodState] = []
+    for p in pods:
+        (mine if uid and p.owner_uid == uid else others).append(p)
+    return mine, others
 
 
 @dataclass(frozen=True)
@@ -184,6 +207,7 @@ def run_request(run: TrainingRun) -> RunRequest:
     previous = st.desired_workers or 0 if admitted and admitted.status == "True" else 0
     return RunRequest(
         key=run.key,
+        uid=run.metadata.uid,
         priority=run.spec.priority,
         created=from_rfc3339(run.metadata.creation_timestamp) or 0.0,
         min=w.min,

@@ -48,6 +48,7 @@ def run(
 ) -> RunRequest:
     return RunRequest(
         key=key,
+        uid=f"uid-{key}",
         priority=priority,
         created=created,
         min=lo,
@@ -134,11 +135,30 @@ def test_cooldown_keeps_previous_count_instead_of_fair_trim() -> None:
     }
 
 
+def test_a_future_last_scale_time_is_no_cooldown() -> None:
+    """status.lastScaleTime is writable by the run's launcher token: a forged time in the future
+    must not keep a run's surplus workers through the cooldown for ever."""
+    forged = run("a", lo=1, hi=8, previous=8, last_scale=10_000.0)
+    other = run("b", lo=1, hi=8)
+    assert workers(decide_allocation(nodes(1), [], [forged, other], now=110, cooldown=30)) == {
+        "a": 4,
+        "b": 4,
+    }
+
+
 def test_foreign_pods_and_unschedulable_nodes_reduce_capacity() -> None:
     ns = [Node("n0", 8), Node("n1", 8, unschedulable=True)]
-    pods = [PodUse("n0", 5, None), PodUse("n0", 1, "ns/a")]  # ns/a's own pod is re-planned
+    pods = [PodUse("n0", 5, None), PodUse("n0", 1, "ns/a", "uid-ns/a")]  # re-planned: its own
     got = workers(decide_allocation(ns, pods, [run("ns/a", lo=1, hi=8)], 0))
     assert got == {"ns/a": 3}
+
+
+def test_a_pod_with_a_runs_labels_but_another_controller_is_fixed_load() -> None:
+    """A lookalike (a tenant's pod labelled as the run's, or one left by a deleted run of the
+    same name) is not one of the run's workers: its GPUs are taken, not re-planned."""
+    pods = [PodUse("n0", 6, "ns/a", "uid-of-an-older-ns/a")]
+    got = workers(decide_allocation([Node("n0", 8)], pods, [run("ns/a", lo=1, hi=8)], 0))
+    assert got == {"ns/a": 2}
 
 
 def test_pods_of_runs_not_in_the_input_count_as_used() -> None:
@@ -217,6 +237,7 @@ def run_st(draw: st.DrawFn, i: int) -> RunRequest:
     hi = draw(st.integers(lo, 8))
     return RunRequest(
         key=f"r{i}",
+        uid=f"uid-r{i}",
         priority=draw(st.integers(0, 2)),
         created=float(draw(st.integers(0, 5))),
         min=lo,
@@ -292,6 +313,7 @@ def plain_world(draw: st.DrawFn) -> tuple[list[Node], list[PodUse], list[RunRequ
     runs = [
         RunRequest(
             r.key,
+            r.uid,
             r.priority,
             r.created,
             r.min,

@@ -73,8 +73,8 @@ class Apiserver:
         self.runs[name] = body
         return 200, body
 
-    async def event(self, *_: Any) -> None:
-        return None
+    async def event(self, _ref: Any, _type: str, reason: str, _message: str) -> None:
+        self.writes.append((f"event {reason}", _ref["name"]))
 
 
 @pytest.fixture
@@ -160,3 +160,38 @@ async def test_a_long_pass_yields_to_runs_created_while_it_acts(yield_seconds: f
     else:
         assert first == {"a", "b"}  # c waits for the next pass
         assert not ctl.last.yielded
+
+
+def lookalike(run: str, owner_uid: str) -> dict[str, Any]:
+    """A pod with a run's launcher labels, controlled by something else."""
+    return {
+        "metadata": {
+            "name": f"{run}-launcher-copy",
+            "namespace": "team-a",
+            "resourceVersion": "50",
+            "labels": {
+                "accordion.dev/run": run,
+                "accordion.dev/role": "launcher",
+                "app.kubernetes.io/managed-by": "accordion-operator",
+            },
+            "ownerReferences": [{"kind": "ReplicaSet", "uid": owner_uid, "controller": True}],
+        },
+        "spec": {"nodeName": "n1", "containers": [{"name": "c"}]},
+        "status": {"phase": "Running"},
+    }
+
+
+async def test_a_pod_with_a_runs_labels_but_not_its_controller_is_ignored_and_reported(
+    cluster: tuple[Controller, Apiserver],
+) -> None:
+    """A tenant's pod (or one left by a deleted run of the same name) labelled as the run's
+    launcher must not stand in for it: the run creates its own, and the Event says why."""
+    ctl, api = cluster
+    ctl.cache.apply("pod", "ADDED", lookalike("r", "someone-else"))
+    api.add_run("r", "2026-01-01T00:00:00Z")
+    await ctl.reconcile_all()
+    assert ("create Pod", "r") in api.writes  # its own launcher and worker
+    assert api.writes.count(("event IgnoredPod", "r")) == 1
+    api.writes.clear()
+    await ctl.reconcile_all()
+    assert ("event IgnoredPod", "r") not in api.writes  # reported once

@@ -18,6 +18,7 @@ def test_exit_codes_match_the_contract() -> None:
         "DataNotFound": 12,
         "DataUnreadable": 13,
         "ModelInvalid": 14,
+        "TrainingDiverged": 15,
         "TrainingError": 1,
     }
 

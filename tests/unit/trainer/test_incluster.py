@@ -56,6 +56,17 @@ def test_discovery_lists_only_ready_running_workers_in_index_order() -> None:
     assert worker_selector("r") == "accordion.dev/run=r,accordion.dev/role=worker"
 
 
+def test_discovery_trusts_only_pods_the_run_controls() -> None:
+    """A pod with a run's worker labels but another controller (a tenant's copy, or a worker
+    orphaned by a deleted run of the same name) is never offered to horovodrun as a host."""
+    mine, copy = _pod("r-worker-0", 0, "10.0.0.10"), _pod("r-worker-x", 1, "10.0.0.66")
+    mine["metadata"]["ownerReferences"] = [{"uid": "run-uid", "controller": True}]
+    copy["metadata"]["ownerReferences"] = [{"uid": "other", "controller": True}]
+    pods = {"items": [mine, copy]}
+    assert ready_worker_ips(pods, "run-uid") == ["10.0.0.10"]
+    assert ready_worker_ips(pods) == ["10.0.0.10", "10.0.0.66"]  # outside a run: no owner known
+
+
 def test_report_rate_limit() -> None:
     assert decide_report(100.0, None, None, 0)
     assert not decide_report(101.0, 100.0, 0, 0)
