@@ -15,7 +15,6 @@ and benchmarks (`ACCORDION_EVENT {json}`).
 from __future__ import annotations
 
 import json
-import math
 import os
 import socket
 import time
@@ -29,49 +28,13 @@ from .data import Dataset, epoch_order, load_dir, shard_indices, to_dataset
 from .errors import Reason, TrainerError
 from .models import build, resolve
 from .outputs import emit, keep_log, open_results, save_results, write_checkpoint
+from .policy import decide_commit_every, divergence, scaled_lr
 from .store import Store
 
 HISTORY_LIMIT = 50
 #: History fields that are timings, not model metrics (kept out of `status.training.metrics`).
 TIMING_KEYS = frozenset({"seconds", "trainSeconds", "stepSeconds"})
 PROGRESS_MIN_INTERVAL_S = 2.0
-
-
-def scaled_lr(base: float, world_size: int) -> float:
-    """Horovod's rule: the effective batch grows with the world, so does the step size."""
-    return base * max(1, world_size)
-
-
-#: With ACCORDION_COMMIT_BATCHES=0 (auto), commit about this often. A commit copies the weights
-#: and broadcasts the host-update check (~1-3 ms here); at every batch that cost 20% of a 10 ms
-#: step. Host changes are noticed at commits, so this also bounds that delay.
-COMMIT_TARGET_S = 0.2
-COMMIT_MAX_BATCHES = 100
-
-
-def decide_commit_every(step_seconds: float, target_s: float = COMMIT_TARGET_S) -> int:
-    """Batches between commits so that commits happen every ~`target_s` (pure)."""
-    if step_seconds <= 0:
-        return 1
-    return max(1, min(COMMIT_MAX_BATCHES, int(target_s / step_seconds)))
-
-
-def divergence(logs: dict[str, float], epoch: int, learning_rate: float) -> TrainerError | None:
-    """`TrainingDiverged` when an epoch ends with a NaN or infinite metric, else None (pure).
-
-    Every later step would compute on NaN weights: going on only burns the GPUs, a checkpoint
-    would keep the broken weights, and progress could not be reported (JSON has no NaN). The
-    training metrics are allreduced and validation runs on the same weights everywhere, so every
-    rank stops here together instead of leaving the others waiting in a collective."""
-    bad = sorted(k for k, v in logs.items() if not math.isfinite(v))
-    if not bad:
-        return None
-    return TrainerError(
-        Reason.TrainingDiverged,
-        f"epoch {epoch}: {', '.join(f'{k}={logs[k]}' for k in bad)}; lower learning_rate "
-        f"({learning_rate:g}, multiplied by the number of workers) or check the data for NaN "
-        "or infinite values",
-    )
 
 
 def weights_checksum(weights: list[Any]) -> float:

@@ -245,18 +245,7 @@ def build_study(
     top = max((t.number for t in trials), default=-1)
     stateful = _stateful(spec)
     finished = [n for n in range(top + 1) if n in by_number and by_number[n].state != "running"]
-    # rung values known for the longest unchanged prefix of finished trials
-    known: dict[int, dict[str, object]] = {}
-    chain: dict[int, int] = {}
-    h, hits = 0, stateful and memo is not None
-    for n in finished:
-        done = by_number[n]
-        h = hash((h, n, done.state, done.value, done.intermediate))
-        chain[n] = h
-        cached = memo.get(n) if memo is not None else None
-        hits = hits and cached is not None and cached[0] == h
-        if hits and cached is not None:
-            known[n] = cached[1]
+    chain, known = _memo_prefix(by_number, finished, memo if stateful else None)
     for n in range(top + 1):
         rec = by_number.get(n)
         if rec is None:
@@ -297,6 +286,27 @@ def build_study(
             if optuna.trial.Trial(study, _trial_id(study, n)).should_prune():
                 built.prune.append(n)
     return built
+
+
+def _memo_prefix(
+    by_number: Mapping[int, TrialRecord],
+    finished: Sequence[int],
+    memo: Mapping[int, RungEntry] | None,
+) -> tuple[dict[int, int], dict[int, dict[str, object]]]:
+    """(fingerprint of each finished trial's prefix, the rung values `memo` holds for the
+    longest unchanged prefix of finished trials)."""
+    known: dict[int, dict[str, object]] = {}
+    chain: dict[int, int] = {}
+    h, hits = 0, memo is not None
+    for n in finished:
+        done = by_number[n]
+        h = hash((h, n, done.state, done.value, done.intermediate))
+        chain[n] = h
+        cached = memo.get(n) if memo is not None else None
+        hits = hits and cached is not None and cached[0] == h
+        if hits and cached is not None:
+            known[n] = cached[1]
+    return chain, known
 
 
 def _trial_id(study: optuna.Study, number: int) -> int:

@@ -10,13 +10,13 @@ import pytest
 from accordion_trainer.errors import TrainerError
 from accordion_trainer.incluster import launcher_env, sshd_set_env
 from accordion_trainer.kube import ready_worker_ips, worker_selector
+from accordion_trainer.policy import decide_commit_every, scaled_lr
 from accordion_trainer.progress import (
     Reporter,
     build_training_status,
     decide_report,
     parse_progress,
 )
-from accordion_trainer.train import decide_commit_every, scaled_lr
 
 
 def _pod(

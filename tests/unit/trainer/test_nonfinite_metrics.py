@@ -14,8 +14,8 @@ import pytest
 from accordion_operator.api.trainingrun import PERMANENT_TRAINER_REASONS
 from accordion_operator.trainingrun.observe import EXIT_REASONS
 from accordion_trainer.errors import Reason, fail, parse_error_line
+from accordion_trainer.policy import divergence
 from accordion_trainer.progress import Reporter, build_training_status, parse_progress
-from accordion_trainer.train import divergence
 
 NAN, INF = math.nan, math.inf
 
