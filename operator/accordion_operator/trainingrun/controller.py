@@ -17,10 +17,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
+
 from accordion_operator.api.trainingrun import FINISHED_PHASES, REASON_PREEMPTED, TrainingRun
 from accordion_operator.config import Config
 from accordion_operator.core.cache import expected_syncs, run_watched
-from accordion_operator.core.kube import Kube
+from accordion_operator.core.kube import ApiError, Kube
 from accordion_operator.core.objects import LABEL_EXPERIMENT, TRAININGRUNS, object_ref
 from accordion_operator.core.timefmt import from_rfc3339
 from accordion_operator.metrics import OperatorMetrics
@@ -112,7 +114,7 @@ class Controller:
         now = self.clock()
         cache = self.cache
         views = [v for v in list(cache.runs.values()) if v.invalid is None]
-        invalid, requests = await self._check_runs(views, now)
+        invalid, requests, unread = await self._check_runs(views, now)
         alloc = decide_allocation(
             list(cache.nodes.values()),
             list(cache.gpu_pods.values()),
@@ -121,11 +123,17 @@ class Controller:
             self.cfg.scale_cooldown_seconds,
         )
         tally = _Tally(decide_seconds=time.perf_counter() - t0)
-        await self._decide_runs(views, alloc.grants, invalid, now, tally)
+        if unread:
+            tally.delays.append(self.cfg.debounce_seconds + 1.0)  # soon, not at the resync
+        decided = [v for v in views if v.key not in unread]
+        await self._decide_runs(decided, alloc.grants, invalid, now, tally)
         t = time.perf_counter()
         for view in list(cache.runs.values()):
             if view.invalid is not None:
-                await self._report_unparsable(view)
+                try:
+                    await self._report_unparsable(view)
+                except (ApiError, aiohttp.ClientError, TimeoutError) as exc:
+                    log.warning("%s: reporting its invalid spec: %s; retrying", view.key, exc)
         tally.act_seconds += time.perf_counter() - t
         self.passes += 1
         if self.metrics is not None:
@@ -142,16 +150,26 @@ class Controller:
 
     async def _check_runs(
         self, views: list[CachedRun], now: float
-    ) -> tuple[dict[str, tuple[str, str] | None], list[RunRequest]]:
-        """check_run's verdict on each run (key -> (reason, message) or None) and the
-        allocation requests of the runs that want GPUs and passed."""
+    ) -> tuple[dict[str, tuple[str, str] | None], list[RunRequest], set[str]]:
+        """check_run's verdict on each run (key -> (reason, message) or None), the allocation
+        requests of the runs that want GPUs and passed, and the runs that could not be checked
+        this pass (their Secrets could not be read): those are left as they are until the next."""
         invalid: dict[str, tuple[str, str] | None] = {}
         requests: list[RunRequest] = []
         checks: dict[str, tuple[object, tuple[str, str] | None]] = {}
+        unread: set[str] = set()
         for v in views:
             # Checked only before the run starts: afterwards the pods already hold what they need.
             if not v.started and v.phase not in FINISHED_PHASES:
-                secrets = await self._secrets_for(v, now)
+                try:
+                    secrets = await self._secrets_for(v, now)
+                except (ApiError, aiohttp.ClientError, TimeoutError) as exc:
+                    # One namespace's failing Secret read (a 5xx, a 403 from a namespace's
+                    # admission webhook) must not stop the pass for every other run: this run
+                    # waits, as it was, for the next pass.
+                    log.warning("%s: reading its credentials Secrets: %s; retrying", v.key, exc)
+                    unread.add(v.key)
+                    continue
                 seen = (v.resource_version, tuple(sorted(secrets.items())))
                 check = self._checks.get(v.key)
                 if check is None or check[0] != seen:
@@ -161,7 +179,7 @@ class Controller:
             if v.wants_gpus and v.request is not None and invalid.get(v.key) is None:
                 requests.append(v.request)
         self._checks = checks
-        return invalid, requests
+        return invalid, requests, unread
 
     async def _decide_runs(
         self,

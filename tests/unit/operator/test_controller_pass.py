@@ -12,6 +12,7 @@ from merge_patch import merge
 from trainingrun_factory import make_body
 
 from accordion_operator.config import Config
+from accordion_operator.core.kube import ApiError
 from accordion_operator.core.objects import Resource
 from accordion_operator.trainingrun.cache import CachedRun, ClusterCache
 from accordion_operator.trainingrun.controller import Controller
@@ -42,9 +43,14 @@ class Apiserver:
         self.rv += 1
         return str(self.rv)
 
-    def add_run(self, name: str, created: str) -> None:
+    def add_run(self, name: str, created: str, namespace: str = "team-a") -> None:
         body = make_body(
-            metadata={"name": name, "uid": f"uid-{name}", "creationTimestamp": created},
+            metadata={
+                "name": name,
+                "namespace": namespace,
+                "uid": f"uid-{name}",
+                "creationTimestamp": created,
+            },
             spec={"workers": {"min": 1, "max": 1}},
         )
         body["metadata"]["resourceVersion"] = self._next_rv()
@@ -195,3 +201,29 @@ async def test_a_pod_with_a_runs_labels_but_not_its_controller_is_ignored_and_re
     api.writes.clear()
     await ctl.reconcile_all()
     assert ("event IgnoredPod", "r") not in api.writes  # reported once
+
+
+async def test_a_failing_secret_read_in_one_namespace_does_not_stop_the_pass(
+    cluster: tuple[Controller, Apiserver],
+) -> None:
+    """A 5xx (or a webhook's refusal) reading one namespace's Secrets leaves that run as it is
+    for this pass; every other run is decided and admitted as usual."""
+    ctl, api = cluster
+    real = api.secret_keys
+
+    async def flaky(namespace: str, name: str) -> frozenset[str]:
+        if namespace == "team-b":
+            raise ApiError(503, "GET secret: 503 the server is currently unable to handle it")
+        return await real(namespace, name)
+
+    api.secret_keys = flaky  # type: ignore[method-assign]
+    api.add_run("ok", "2026-01-01T00:00:00Z")
+    api.add_run("stuck", "2026-01-01T00:00:01Z", namespace="team-b")
+    delay = await ctl.reconcile_all()
+    assert ("create Pod", "ok") in api.writes
+    assert not [w for w in api.writes if w[1] == "stuck"]
+    assert delay is not None
+    assert delay < 5  # retried soon, not at the resync
+    api.secret_keys = real  # type: ignore[method-assign]
+    await ctl.reconcile_all()
+    assert ("create Pod", "stuck") in api.writes
