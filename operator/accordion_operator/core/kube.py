@@ -25,6 +25,9 @@ from accordion_operator.core.objects import Resource, plural_of
 from accordion_operator.metrics import OperatorMetrics
 
 log = logging.getLogger("accordion.kube")
+#: how often a throttled (429) request is retried before its caller sees the 429
+THROTTLE_RETRIES = 4
+THROTTLE_MAX_WAIT_S = 10.0
 
 
 class ApiError(RuntimeError):
@@ -165,17 +168,15 @@ class Kube:
         if params:
             kwargs["params"] = dict(params)
         path = api_path(version, url, namespace)
-        try:
-            async with self.sem:
-                for renew in (False, True):
-                    session = await self.http.session(renew=renew)
-                    async with session.request(method, self.http.url(path), **kwargs) as resp:
-                        code, raw = resp.status, await resp.read()
-                    if code != 401:
-                        break
-        except (aiohttp.ClientError, TimeoutError):
-            self._count_error(method, url, None)
-            raise
+        for attempt in range(THROTTLE_RETRIES + 1):
+            code, raw, retry_after = await self._send(method, path, url, kwargs)
+            if code != 429 or attempt == THROTTLE_RETRIES:
+                break
+            # API priority and fairness (or a CRD's storage still initialising) asks us to come
+            # back later: honour Retry-After, capped, with exponential backoff when it is absent,
+            # outside the concurrency limit so that other requests go on meanwhile.
+            wait = retry_after if retry_after is not None else 0.5 * 2**attempt
+            await asyncio.sleep(min(wait, THROTTLE_MAX_WAIT_S))
         # 404 and 409 are answers the callers act on (gone; exists under its deterministic name)
         if code >= 400 and code not in (404, 409):
             self._count_error(method, url, code)
@@ -184,6 +185,25 @@ class Kube:
         except orjson.JSONDecodeError:
             data = {"message": raw.decode(errors="replace")[:1024]}
         return code, data if isinstance(data, dict) else {}
+
+    async def _send(
+        self, method: str, path: str, url: str, kwargs: Mapping[str, Any]
+    ) -> tuple[int, bytes, float | None]:
+        """One request (again once with a renewed token after a 401): status, body and the
+        Retry-After seconds of a 429."""
+        try:
+            async with self.sem:
+                for renew in (False, True):
+                    session = await self.http.session(renew=renew)
+                    async with session.request(method, self.http.url(path), **kwargs) as resp:
+                        code, raw = resp.status, await resp.read()
+                        retry = resp.headers.get("Retry-After", "")
+                    if code != 401:
+                        break
+        except (aiohttp.ClientError, TimeoutError):
+            self._count_error(method, url, None)
+            raise
+        return code, raw, float(retry) if retry.isdigit() else None
 
     def _count_error(self, method: str, url: str, code: int | None) -> None:
         if self.metrics is not None:

@@ -1,0 +1,79 @@
+"""The apiserver client honours 429 Too Many Requests (API priority and fairness): it waits as
+Retry-After says and retries, a bounded number of times (an aiohttp server stands in for the
+apiserver; the real one is in tests/cluster)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from accordion_operator.config import Config
+from accordion_operator.core import kube
+from accordion_operator.core.kube import ApiClient, Kube
+
+
+class _Auth:
+    token = ""
+    server = ""
+
+    async def ssl_context(self) -> bool:
+        return False
+
+    async def reauthenticate(self) -> None:
+        return None
+
+
+class _Api:
+    def __init__(self, server: str) -> None:
+        self.auth = _Auth()
+        self.auth.server = server
+
+
+async def _serve(throttled: int) -> tuple[TestServer, list[str]]:
+    """A server answering 429 (Retry-After: 0) `throttled` times, then 201."""
+    calls: list[str] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        calls.append(request.path)
+        if len(calls) <= throttled:
+            return web.json_response(
+                {"message": "too many requests"}, status=429, headers={"Retry-After": "0"}
+            )
+        return web.json_response({"kind": "Pod"}, status=201)
+
+    app = web.Application()
+    app.router.add_route("POST", "/{tail:.*}", handler)
+    server = TestServer(app)
+    await server.start_server()
+    return server, calls
+
+
+async def _create(server: TestServer) -> tuple[int, dict[str, object]]:
+    client = ApiClient(_Api(str(server.make_url("")).rstrip("/")), 4)  # type: ignore[arg-type]
+    k = Kube(client, Config())
+    try:
+        body = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "ns"}}
+        return await k.create(body)
+    finally:
+        await k.close()
+
+
+async def test_a_throttled_request_is_retried_after_retry_after() -> None:
+    server, calls = await _serve(throttled=2)
+    try:
+        code, data = await _create(server)
+    finally:
+        await server.close()
+    assert code == 201
+    assert data == {"kind": "Pod"}
+    assert calls == ["/api/v1/namespaces/ns/pods"] * 3
+
+
+async def test_throttling_that_persists_reaches_the_caller() -> None:
+    server, calls = await _serve(throttled=100)
+    try:
+        code, _ = await _create(server)
+    finally:
+        await server.close()
+    assert code == 429
+    assert len(calls) == kube.THROTTLE_RETRIES + 1
