@@ -62,6 +62,10 @@ class Config:
     #: fsGroup of the pods (0 = unset); set it when the trainer image runs as a non-root user,
     #: so that the ssh Secret's files (mode 0440) are readable.
     pod_fs_group: int = 10001
+    #: uid and gid the training containers run as (the trainer image's user); with it the pods
+    #: meet the `restricted` Pod Security Standard. 0 = the image's own user, without
+    #: runAsNonRoot (for images that must run as root; such pods meet `baseline` only).
+    pod_run_as_user: int = 10001
     #: Resource name that counts GPUs on nodes and pods.
     gpu_resource: str = "nvidia.com/gpu"
     #: Extra labels (k=v,k=v) put on every child pod, e.g. for cost attribution.

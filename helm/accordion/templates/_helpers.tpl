@@ -60,6 +60,7 @@ ACCORDION_MAX_CONCURRENT_REQUESTS: {{ .Values.operator.reconcile.maxConcurrentRe
 ACCORDION_BATCH_RUNS: {{ .Values.operator.reconcile.batchRuns | quote }}
 ACCORDION_PASS_YIELD_SECONDS: {{ .Values.operator.reconcile.passYieldSeconds | quote }}
 ACCORDION_POD_FS_GROUP: {{ .Values.trainer.podFsGroup | quote }}
+ACCORDION_POD_RUN_AS_USER: {{ .Values.trainer.podRunAsUser | quote }}
 ACCORDION_GPU_RESOURCE: {{ .Values.operator.scheduling.gpuResource | quote }}
 ACCORDION_SCALE_COOLDOWN_SECONDS: {{ .Values.operator.scheduling.scaleCooldownSeconds | quote }}
 ACCORDION_LAUNCHER_BACKOFF_SECONDS: {{ .Values.operator.scheduling.launcherBackoffSeconds | quote }}

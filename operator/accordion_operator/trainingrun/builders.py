@@ -227,8 +227,24 @@ def _ssh_volume(run: TrainingRun) -> dict[str, Any]:
     }
 
 
-def _security_context(cfg: Config) -> dict[str, Any]:
-    return {"securityContext": {"fsGroup": cfg.pod_fs_group}} if cfg.pod_fs_group else {}
+def _pod_security(cfg: Config) -> dict[str, Any]:
+    """The pod-level securityContext: with a run-as user, what the `restricted` Pod Security
+    Standard asks of a pod (a namespace labelled pod-security.kubernetes.io/enforce=restricted
+    admits it)."""
+    ctx: dict[str, Any] = {"seccompProfile": {"type": "RuntimeDefault"}}
+    if cfg.pod_run_as_user:
+        uid = cfg.pod_run_as_user
+        ctx |= {"runAsNonRoot": True, "runAsUser": uid, "runAsGroup": uid}
+    if cfg.pod_fs_group:
+        ctx["fsGroup"] = cfg.pod_fs_group
+    return {"securityContext": ctx}
+
+
+#: what `restricted` asks of every container: sshd serves an unprivileged port as the pod's user
+CONTAINER_SECURITY: dict[str, Any] = {
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+}
 
 
 def _image(run: TrainingRun, cfg: Config) -> tuple[str, str]:
@@ -254,13 +270,14 @@ def build_worker_pod(run: TrainingRun, index: int, cfg: Config) -> dict[str, Any
             "automountServiceAccountToken": False,
             "enableServiceLinks": False,
             "terminationGracePeriodSeconds": 30,
-            **_security_context(cfg),
+            **_pod_security(cfg),
             **_placement(run),
             "containers": [
                 {
                     "name": "worker",
                     "image": image,
                     "imagePullPolicy": pull,
+                    "securityContext": dict(CONTAINER_SECURITY),
                     "command": ["python", "-m", "accordion_trainer", "worker"],
                     "env": [
                         *common_env(run, cfg),
@@ -303,13 +320,14 @@ def build_launcher_pod(run: TrainingRun, cfg: Config) -> dict[str, Any]:
             "serviceAccountName": name,
             "enableServiceLinks": False,
             "terminationGracePeriodSeconds": 30,
-            **_security_context(cfg),
+            **_pod_security(cfg),
             **_placement(run),
             "containers": [
                 {
                     "name": "launcher",
                     "image": image,
                     "imagePullPolicy": pull,
+                    "securityContext": dict(CONTAINER_SECURITY),
                     "command": ["python", "-m", "accordion_trainer", "launcher"],
                     "env": common_env(run, cfg),
                     "resources": {

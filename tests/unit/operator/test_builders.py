@@ -52,11 +52,22 @@ def test_worker_pod_shape() -> None:
     assert {"name": "ssh", "mountPath": "/etc/accordion/ssh", "readOnly": True} in c["volumeMounts"]
     ssh = next(v for v in pod["spec"]["volumes"] if v["name"] == "ssh")
     assert ssh["secret"] == {"secretName": "mnist-ssh", "defaultMode": 0o440}
-    assert pod["spec"]["securityContext"] == {"fsGroup": 10001}  # the trainer image's user
-    unset = builders.build_worker_pod(run, 0, Config(pod_fs_group=0))
-    assert "securityContext" not in unset["spec"]
+    # the trainer image's user, and what the `restricted` Pod Security Standard asks
+    assert pod["spec"]["securityContext"] == {
+        "runAsNonRoot": True,
+        "runAsUser": 10001,
+        "runAsGroup": 10001,
+        "fsGroup": 10001,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    assert c["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    image_user = builders.build_worker_pod(run, 0, Config(pod_fs_group=0, pod_run_as_user=0))
+    assert image_user["spec"]["securityContext"] == {"seccompProfile": {"type": "RuntimeDefault"}}
     with_group = builders.build_worker_pod(run, 0, Config(pod_fs_group=1000))
-    assert with_group["spec"]["securityContext"] == {"fsGroup": 1000}
+    assert with_group["spec"]["securityContext"]["fsGroup"] == 1000
     env = env_of(pod)
     assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"] == {
         "name": "s3",
