@@ -78,6 +78,9 @@ REASON_TRAINING = "Training"
 REASON_STARTING = "WorkersStarting"
 #: Running=False: pods cannot pull their image.
 REASON_IMAGE_PULL = "ImagePullFailed"
+#: Running=False: the apiserver refuses to create a child pod (Pod Security admission, a quota, a
+#: webhook, a name taken by a pod the run does not control); the message is the apiserver's
+REASON_CREATE_FAILED = "PodCreationFailed"
 #: Running=False: the launcher exited with an error and waits for its backoff to restart.
 REASON_LAUNCHER_BACKOFF = "LauncherBackoff"
 #: Running=False: not admitted, suspended or finished.

@@ -42,10 +42,25 @@ from accordion_operator.trainingrun.observe import (
     Children,
     PodState,
     SecretInfo,
+    controller_uid,
     owned,
 )
 
 log = logging.getLogger("accordion.controller")
+#: first wait after the apiserver refused a child pod; doubles per refusal, up to the max
+CREATE_BACKOFF_S = 2.0
+CREATE_BACKOFF_MAX_S = 300.0
+
+
+@dataclass(frozen=True)
+class CreateFailure:
+    """The apiserver's last refusal to create one of a run's children."""
+
+    message: str
+    #: refusals in a row
+    count: int
+    #: no creation is tried again before this time
+    retry_at: float
 
 
 @dataclass
@@ -93,6 +108,8 @@ class Controller:
     #: per run not yet started: (resourceVersion and Secrets seen, check_run's verdict)
     _checks: dict[str, tuple[object, tuple[str, str] | None]] = field(default_factory=dict)
     passes: int = 0
+    #: per run uid: the apiserver's last refusal to create one of its children
+    _create_failures: dict[str, CreateFailure] = field(default_factory=dict)
     #: (namespace, pod, owner uid) of lookalike pods already reported
     _lookalikes: set[tuple[str, str, str]] = field(default_factory=set)
 
@@ -127,6 +144,11 @@ class Controller:
             tally.delays.append(self.cfg.debounce_seconds + 1.0)  # soon, not at the resync
         decided = [v for v in views if v.key not in unread]
         await self._decide_runs(decided, alloc.grants, invalid, now, tally)
+        # refused creations are tried again when their backoff ends (those of runs gone are
+        # forgotten)
+        uids = {v.uid for v in views}
+        self._create_failures = {u: f for u, f in self._create_failures.items() if u in uids}
+        tally.delays += [max(0.0, f.retry_at - now) for f in self._create_failures.values()]
         t = time.perf_counter()
         for view in list(cache.runs.values()):
             if view.invalid is not None:
@@ -206,7 +228,15 @@ class Controller:
             pods, lookalikes = owned(self.cache.pods_of(v.namespace, v.name), v.uid)
             if lookalikes:
                 await self._report_lookalikes(v, lookalikes)
-            inputs = (v.resource_version, tuple(sorted(pods, key=lambda p: p.name)), grant, verdict)
+            failure = self._create_failures.get(v.uid)
+            refused = failure.message if failure is not None else ""
+            inputs = (
+                v.resource_version,
+                tuple(sorted(pods, key=lambda p: p.name)),
+                grant,
+                verdict,
+                refused,
+            )
             # decide_run is a pure function of these inputs (and of time only when it asked to
             # be requeued): a run whose inputs did not change since its last no-op decision
             # needs no new one. This keeps a pass at 10,000 quiet runs cheap.
@@ -214,7 +244,7 @@ class Controller:
                 settled[v.key] = inputs
                 continue
             run = v.model()
-            children = Children(pods, auth_ready=v.uid in self.auth_done)
+            children = Children(pods, auth_ready=v.uid in self.auth_done, create_error=refused)
             plan = decide_run(run, children, grant, invalid=verdict, cfg=self.cfg, now=now)
             if plan.requeue_after is not None:
                 tally.delays.append(plan.requeue_after)
@@ -392,14 +422,7 @@ class Controller:
                 return
             if plan.ensure_auth and plan.create:
                 await self._ensure_auth(run)
-            results = await asyncio.gather(*(self.kube.create(o) for o in plan.create))
-            for obj, (code, data) in zip(plan.create, results, strict=True):
-                if code in (200, 201):
-                    self.cache.apply("pod", "ADDED", data, wake=False)
-                elif code != 409:
-                    msg = f"creating {obj['kind']} {obj['metadata']['name']}: {data.get('message')}"
-                    log.warning("%s: %s", run.key, msg)
-                    plan.events.append(("Warning", "CreateFailed", msg))
+            await self._create_children(run, plan)
             deletions = await asyncio.gather(
                 *(self.kube.delete_pod(ns, p) for p in plan.delete_pods)
             )
@@ -417,6 +440,50 @@ class Controller:
                 await self.kube.event(ref, etype, reason, message)
         except Exception:  # never let one run's trouble stop the loop
             log.exception("reconciling %s failed; retrying on the next pass", run.key)
+
+    async def _create_children(self, run: TrainingRun, plan: Plan) -> None:
+        """Create the plan's pods, unless the apiserver refused them recently: then wait out an
+        exponential backoff (a namespace that refuses every pod is not asked again each pass).
+        One Warning Event per distinct refusal; the refusal reaches the run's Running condition
+        through the next decision (`Children.create_error`)."""
+        uid, now = run.metadata.uid, self.clock()
+        failure = self._create_failures.get(uid)
+        if not plan.create or (failure is not None and now < failure.retry_at):
+            return
+        results = await asyncio.gather(*(self.kube.create(o) for o in plan.create))
+        refused = ""
+        for obj, (code, data) in zip(plan.create, results, strict=True):
+            if code in (200, 201):
+                self.cache.apply("pod", "ADDED", data, wake=False)
+            elif code == 409:
+                refused = refused or await self._name_taken(run, obj)
+            else:
+                what = f"{obj['kind']} {obj['metadata']['name']}"
+                refused = refused or f"creating {what}: {code} {data.get('message')}"
+        if not refused:
+            self._create_failures.pop(uid, None)
+            return
+        count = failure.count + 1 if failure is not None else 1
+        delay = min(CREATE_BACKOFF_S * 2 ** (count - 1), CREATE_BACKOFF_MAX_S)
+        self._create_failures[uid] = CreateFailure(refused, count, now + delay)
+        if failure is None or failure.message != refused:
+            log.warning("%s: %s", run.key, refused)
+            plan.events.append(("Warning", "CreateFailed", refused))
+
+    async def _name_taken(self, run: TrainingRun, obj: Mapping[str, Any]) -> str:
+        """ "" when a 409 is our own pod from an earlier pass (names are deterministic), else why
+        the run cannot have its pod: another controller's pod holds the name."""
+        if obj["kind"] != "Pod":
+            return ""
+        ns, name = run.metadata.namespace, obj["metadata"]["name"]
+        code, data = await self.kube.request("GET", "v1", f"pods/{name}", ns)
+        if code != 200 or controller_uid(data.get("metadata") or {}) == run.metadata.uid:
+            return ""
+        return (
+            f"pod {name} exists and is not controlled by this run (a pod left by a deleted run "
+            "of the same name, or created by someone else): delete it, or re-create the run "
+            "under another name"
+        )
 
     async def _ensure_auth(self, run: TrainingRun) -> None:
         cfg = self.cfg

@@ -150,6 +150,8 @@ class Children:
     pods: Sequence[PodState] = ()
     #: names of the auth objects that exist: ssh Secret, ServiceAccount, Role, RoleBinding
     auth_ready: bool = False
+    #: why the apiserver refused the last creation of a child ("" when it did not)
+    create_error: str = ""
 
 
 @dataclass(frozen=True)

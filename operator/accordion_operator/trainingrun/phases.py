@@ -19,6 +19,7 @@ from accordion_operator.api.trainingrun import (
     REASON_BACKOFF_LIMIT,
     REASON_BELOW_MIN,
     REASON_COMPLETED,
+    REASON_CREATE_FAILED,
     REASON_IMAGE_PULL,
     REASON_IN_PROGRESS,
     REASON_LAUNCHER_BACKOFF,
@@ -56,6 +57,8 @@ class Pods:
     ready: tuple[PodState, ...]
     #: the ssh Secret, ServiceAccount, Role and RoleBinding exist
     auth_ready: bool
+    #: why the apiserver refused the last creation of a child ("" when it did not)
+    create_error: str
 
     @classmethod
     def of(cls, children: Children) -> Pods:
@@ -68,6 +71,7 @@ class Pods:
             live=live,
             ready=tuple(p for p in live if p.ready),
             auth_ready=children.auth_ready,
+            create_error=children.create_error,
         )
 
     @property
@@ -352,7 +356,10 @@ def below_minimum(
 
 def running_condition(pods: Pods, desired: int, minimum: int) -> Cond:
     """Running=True once the launcher runs with at least `min` workers ready; until then why not
-    (a pod that cannot pull its image first)."""
+    (a pod the apiserver refuses to create first, then one that cannot pull its image)."""
+    missing = pods.launcher is None or len(pods.live) < desired
+    if pods.create_error and missing:
+        return Cond(COND_RUNNING, False, REASON_CREATE_FAILED, pods.create_error)
     pulling = next(
         (p for p in (*pods.live, *pods.launchers) if p.waiting_reason in IMAGE_PULL_REASONS), None
     )

@@ -227,3 +227,67 @@ async def test_a_failing_secret_read_in_one_namespace_does_not_stop_the_pass(
     api.secret_keys = real  # type: ignore[method-assign]
     await ctl.reconcile_all()
     assert ("create Pod", "stuck") in api.writes
+
+
+class Refusing(Apiserver):
+    """Refuses every pod as a namespace enforcing `restricted` refuses a non-compliant one, or
+    (with `taken`) answers 409 for a name held by another controller's pod."""
+
+    def __init__(self, cache: ClusterCache, taken: bool = False) -> None:
+        super().__init__(cache)
+        self.taken = taken
+        self.pod_posts = 0
+
+    async def create(self, obj: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        if obj["kind"] != "Pod":
+            return await super().create(obj)
+        self.pod_posts += 1
+        if self.taken:
+            return 409, {"message": f'pods "{obj["metadata"]["name"]}" already exists'}
+        return 403, {"message": 'pods "x" is forbidden: violates PodSecurity "restricted:latest"'}
+
+    async def request(self, method: str, version: str, url: str, ns: str) -> tuple[int, Any]:
+        owner = [{"kind": "ReplicaSet", "uid": "someone-else", "controller": True}]
+        return 200, {"metadata": {"name": url.split("/")[-1], "ownerReferences": owner}}
+
+
+def refusing(taken: bool = False) -> tuple[Controller, Refusing, list[float]]:
+    cfg = Config()
+    cache = ClusterCache(cfg)
+    cache.apply("node", "ADDED", node("n1", 8))
+    api = Refusing(cache, taken)
+    now = [1_800_000_000.0]
+    ctl = Controller(cfg, api, cache, clock=lambda: now[0])  # type: ignore[arg-type]
+    return ctl, api, now
+
+
+async def test_refused_pods_back_off_and_the_reason_reaches_the_running_condition() -> None:
+    ctl, api, now = refusing()
+    api.add_run("r", "2026-01-01T00:00:00Z")
+    delay = await ctl.reconcile_all()
+    assert api.pod_posts == 2  # launcher and worker, refused
+    assert api.writes.count(("event CreateFailed", "r")) == 1
+    assert delay is not None
+    assert delay <= 2.0  # the backoff's first wait
+    posts = api.pod_posts
+    await ctl.reconcile_all()  # within the backoff: not asked again
+    assert api.pod_posts == posts
+    running = next(c for c in api.runs["r"]["status"]["conditions"] if c["type"] == "Running")
+    assert running["reason"] == "PodCreationFailed"
+    assert "violates PodSecurity" in running["message"]
+    now[0] += 3
+    await ctl.reconcile_all()  # the backoff ended: asked again, refused again, no new Event
+    assert api.pod_posts > posts
+    assert api.writes.count(("event CreateFailed", "r")) == 1
+    assert ctl._create_failures["uid-r"].count == 2
+
+
+async def test_a_pod_name_held_by_another_controller_is_said_in_the_condition() -> None:
+    ctl, api, now = refusing(taken=True)
+    api.add_run("r", "2026-01-01T00:00:00Z")
+    await ctl.reconcile_all()
+    now[0] += 3
+    await ctl.reconcile_all()
+    running = next(c for c in api.runs["r"]["status"]["conditions"] if c["type"] == "Running")
+    assert running["reason"] == "PodCreationFailed"
+    assert "is not controlled by this run" in running["message"]
