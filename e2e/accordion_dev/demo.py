@@ -228,7 +228,7 @@ class Demo:
             if acc is not None
             else "[red]no accuracy reported[/red]"
         )
-        uri = st.get("resultsURI") or (st.get("training") or {}).get("resultsURI")
+        uri = st.get("resultsURI")  # the operator's: `<bucket>/<prefix>/<namespace>/<run>-<uid>`
         console.print(f"results: {uri}")
         console.print(f"fetch the model:  .venv/bin/python -m accordion_dev fetch {uri} ./model")
         if acc is None:

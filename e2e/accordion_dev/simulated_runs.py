@@ -84,6 +84,16 @@ def experiment_body(
     )
 
 
+def results_path(run: Mapping[str, Any]) -> str:
+    """The key prefix of a run's results in its results bucket, as docs/trainingrun.md ("Results
+    layout") spells it, `<prefix>/<namespace>/<name>-<first 12 hex digits of its uid>`: written
+    out here apart from the operator's code, so that the tests check the one against the other.
+    `run` is the object as the apiserver returns it (with its namespace and uid)."""
+    meta, prefix = run["metadata"], str(run["spec"]["results"].get("prefix") or "").strip("/")
+    folder = f"{meta['namespace']}/{meta['name']}-{meta['uid'].replace('-', '')[:12]}"
+    return f"{prefix}/{folder}" if prefix else folder
+
+
 def finish_run(
     http: httpx.Client,
     ns: str,
@@ -94,9 +104,10 @@ def finish_run(
     every: float = 0.25,
 ) -> None:
     """Wait for the run's launcher pod to run; report one epoch per value of `curve` (its
-    val_accuracy) into status.training, as rank 0 does through the launcher; then end the
-    launcher pod with exit code 0. The run controller marks the run Succeeded itself (patching
-    status.phase directly would race with it: it owns the phase)."""
+    val_accuracy) and the results' location (from the pod's environment, as the trainer reads
+    it) into status.training, as rank 0 does through the launcher; then end the launcher pod
+    with exit code 0. The run controller marks the run Succeeded itself (patching status.phase
+    directly would race with it: it owns the phase)."""
     pod_url = f"/api/v1/namespaces/{ns}/pods/{run}-launcher"
 
     def running() -> bool:
@@ -104,19 +115,20 @@ def finish_run(
         return r.status_code == 200 and r.json().get("status", {}).get("phase") == "Running"
 
     poll(running, timeout, what=f"{run}-launcher to run", every=every)
+    pod = http.get(pod_url).json()
+    env = {e["name"]: e.get("value", "") for e in pod["spec"]["containers"][0]["env"]}
     history = [{"epoch": i + 1, "metrics": {"val_accuracy": v}} for i, v in enumerate(curve)]
     training = {
         "epoch": len(curve),
         "metrics": {"val_accuracy": curve[-1]},
         "history": history,
-        "resultsURI": f"s3://results/{run}",
+        "resultsURI": f"s3://{env['ACCORDION_RESULTS_BUCKET']}/{env['ACCORDION_RESULTS_PATH']}",
     }
     http.patch(
         f"/apis/accordion.dev/v1alpha1/namespaces/{ns}/trainingruns/{run}/status",
         json={"status": {"training": training}},
         headers=MERGE,
     ).raise_for_status()
-    pod = http.get(pod_url).json()
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     done = {"exitCode": 0, "reason": "Completed", "startedAt": now, "finishedAt": now}
     statuses = [

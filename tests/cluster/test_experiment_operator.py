@@ -13,7 +13,7 @@ from operator_support import ExpApi, Operator
 
 from accordion_dev.cluster import Cluster
 from accordion_dev.polling import poll
-from accordion_dev.simulated_runs import experiment_body, finish_run
+from accordion_dev.simulated_runs import experiment_body, finish_run, results_path
 from accordion_operator.api.experiment import Experiment
 from accordion_operator.experiment.search import build_study, suggest
 
@@ -123,7 +123,12 @@ def test_random_search_survives_a_restart_and_reports_the_best(
     best = max(runs.values(), key=score)
     assert st["bestRun"]["name"] == best["metadata"]["name"]
     assert st["bestRun"]["metric"] == score(best)
-    assert st["bestRun"]["resultsURI"] == f"s3://results/{best['metadata']['name']}"
+    # the best run's own folder (namespace, name and uid): what its status says, where its pods
+    # were told to write, and what the trainer (played by finish_run) reported
+    own = f"s3://results/{results_path(best)}"
+    assert st["bestRun"]["resultsURI"] == own
+    best_status = exp_api.run_status(best["metadata"]["name"])
+    assert best_status["resultsURI"] == best_status["training"]["resultsURI"] == own
     assert st["runsSummary"] == "4/4", diagnose(exp_api, "lr-search", exp_operator)
     assert [c["reason"] for c in st["conditions"] if c["status"] == "True"] == ["MaxRunsCompleted"]
     table = cluster.kubectl("get", "exp", "-n", exp_api.ns, "lr-search")

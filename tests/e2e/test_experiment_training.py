@@ -36,6 +36,7 @@ from minio.error import S3Error
 
 from accordion_dev.cluster import Cluster, free_port_block
 from accordion_dev.demo import GROUP, NS, Demo, demo_config, minio_client
+from accordion_dev.simulated_runs import results_path
 from accordion_operator.experiment.search import trial_seed
 
 TPE = "mnist-experiment-tpe.yaml"
@@ -144,17 +145,16 @@ def check_pruned_search(demo: Demo, exp: dict[str, Any], designed: tuple[float, 
     assert events[0]["message"].startswith(f"{bad_name}: val_accuracy="), events
     assert not pods_of(demo, bad_name), "the pruned run still has pods"
     s3 = minio_client(demo.c)
-    kept = [
-        o.object_name for o in s3.list_objects(RESULTS_BUCKET, f"experiments/{bad_name}/", True)
-    ]
+    folder = results_path(bad)
+    kept = [o.object_name for o in s3.list_objects(RESULTS_BUCKET, f"{folder}/", True)]
     assert any("/checkpoints/" in k for k in kept), kept
-    assert f"experiments/{bad_name}/model.keras" not in kept
+    assert f"{folder}/model.keras" not in kept
 
     # the best run is trial 0, and its model is in the results bucket
     best = st["bestRun"]
     assert best["name"] == f"{name}-000"
     assert best["metric"] == good["status"]["training"]["metrics"]["val_accuracy"]
-    assert_model(demo, best["resultsURI"], f"{name}-000")
+    assert_model(demo, best["resultsURI"], good)
 
 
 # --- the TPE search ------------------------------------------------------------------------------
@@ -205,7 +205,7 @@ def check_tpe_search(demo: Demo, exp: dict[str, Any]) -> None:
     assert best["name"] == f"{name}-{top:03d}"
     assert best["metric"] == values[top]
     assert best["parameters"] == suggested[top]
-    assert_model(demo, best["resultsURI"], best["name"])
+    assert_model(demo, best["resultsURI"], runs[top])
 
 
 def ask_tpe(
@@ -293,9 +293,10 @@ def pods_of(demo: Demo, run: str) -> list[str]:
         time.sleep(1)
 
 
-def assert_model(demo: Demo, uri: str, run: str) -> None:
-    """The documented place of the best model (`<resultsURI>/model.keras`) holds a model."""
-    assert uri == f"s3://{RESULTS_BUCKET}/experiments/{run}", uri
+def assert_model(demo: Demo, uri: str, run: dict[str, Any]) -> None:
+    """`uri` is `run`'s own folder (`experiments/<namespace>/<name>-<uid digits>`), and the
+    documented place of the best model (`<resultsURI>/model.keras`) holds a model."""
+    assert uri == f"s3://{RESULTS_BUCKET}/{results_path(run)}", uri
     bucket, _, prefix = uri.removeprefix("s3://").partition("/")
     s3 = minio_client(demo.c)
     try:

@@ -35,6 +35,7 @@ from minio.error import S3Error
 from accordion_dev.cluster import Cluster, ClusterConfig, bin_dir, free_port_block
 from accordion_dev.demo import create_credentials_secret, minio_client, upload_mnist
 from accordion_dev.polling import poll
+from accordion_dev.simulated_runs import results_path
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "accordion"
@@ -256,15 +257,19 @@ def install_train_uninstall(env: Env) -> None:
     st = run["status"]
     assert st["phase"] == "Succeeded", json.dumps(st, indent=1)
     assert st["training"]["worldSize"] == 2, st["training"]
-    assert st["resultsURI"] == f"s3://{BUCKET}/runs/mnist"
-    assert model_size(env, "runs/mnist/model.keras") > 100_000
+    # the run object's own folder, `runs/team-a/mnist-<uid digits>`: in its status from the
+    # operator, reported by the trainer, and where the model is
+    folder = results_path(run)
+    assert st["resultsURI"] == st["training"]["resultsURI"] == f"s3://{BUCKET}/{folder}"
+    assert model_size(env, f"{folder}/model.keras") > 100_000
     exp = poll(finished(env, "experiments", "lr"), 300, "the experiment to finish", every=2)
     est = exp["status"]
     assert est["phase"] == "Succeeded", json.dumps(est, indent=1)
     assert est["runsSummary"] == "1/1", est
     assert est["bestRun"]["name"] == "lr-000", est["bestRun"]
-    assert est["bestRun"]["resultsURI"] == f"s3://{BUCKET}/experiments/lr-000"
-    assert model_size(env, "experiments/lr-000/model.keras") > 100_000
+    trial = env.get(f"{API}/namespaces/{TEAM}/trainingruns/lr-000")
+    assert est["bestRun"]["resultsURI"] == f"s3://{BUCKET}/{results_path(trial)}"
+    assert model_size(env, f"{results_path(trial)}/model.keras") > 100_000
     tester.join(300)
     (r,) = helm_test
     assert r.returncode == 0, r.stdout + r.stderr

@@ -47,6 +47,10 @@ def ssh_dir(tmp_path: Path) -> Path:
     return d
 
 
+def results_folder(run: str) -> str:
+    return f"results/test/{run}-0123456789ab"
+
+
 def _common(run: str, ssh_dir: Path, ssh_port: int, minio: MinioServer, bucket: str) -> dict:
     return {
         "ACCORDION_RUN_NAME": run,
@@ -64,6 +68,8 @@ def _common(run: str, ssh_dir: Path, ssh_port: int, minio: MinioServer, bucket: 
         "ACCORDION_RESULTS_ENDPOINT": minio.endpoint,
         "ACCORDION_RESULTS_BUCKET": bucket,
         "ACCORDION_RESULTS_PREFIX": "results",
+        # the run object's own folder, as the operator sets it (it wins over prefix + run name)
+        "ACCORDION_RESULTS_PATH": results_folder(run),
         "ACCORDION_TF_THREADS": "1",
     }
 
@@ -171,7 +177,7 @@ def test_launcher_trains_on_ssh_workers_with_staged_data(workers: dict, tmp_path
     assert "[stage] 1/1 files" in worker_log
     history = json.loads(
         workers["client"]
-        .get_object(workers["bucket"], f"results/{workers['run']}/history.json")
+        .get_object(workers["bucket"], f"{results_folder(workers['run'])}/history.json")
         .read()
     )
     assert [h["epoch"] for h in history] == [1, 2]

@@ -75,6 +75,8 @@ def cmd_run(a: argparse.Namespace) -> int:
     else:
         results = Path(a.results).resolve()
     env = dict(os.environ)
+    # a standalone run's results go to RESULTS/PREFIX/RUN (run_dir below), whatever the shell has
+    env.pop("ACCORDION_RESULTS_PATH", None)
     env.update(
         {
             "ACCORDION_RUN_NAME": a.run_name,

@@ -105,11 +105,19 @@ class Loaded:
     state: dict[str, Any]
 
 
+def _own_manifest(key: str) -> bool:
+    """`checkpoints/<id>.manifest.json`, as `write` names one. Not one further down (`sizes`
+    lists recursively): that is in the folder of another run, whose results prefix was set
+    inside this run's folder, and it could name objects there as this run's checkpoint."""
+    name = key.removeprefix(f"{PREFIX}/")
+    return name != key and "/" not in name and name.endswith(MANIFEST_SUFFIX)
+
+
 def load_newest(store: Store, log: Any = print) -> Loaded | None:
     """Load the newest complete, intact checkpoint, skipping broken ones."""
     sizes = store.sizes(PREFIX)
     manifests: list[Manifest] = []
-    for key in sorted(k for k in sizes if k.endswith(MANIFEST_SUFFIX)):
+    for key in sorted(k for k in sizes if _own_manifest(k)):
         m = parse_manifest(store.get_bytes(key))
         if m is None:
             log(f"checkpoint: ignoring unreadable manifest {key}")

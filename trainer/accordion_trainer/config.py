@@ -45,11 +45,17 @@ class TrainConfig:
     #: Commit the elastic state every N batches; 0 = auto (about every 0.2 s of steps).
     commit_batches: int
     seed: int = 0
-    #: `ACCORDION_RESULTS_PREFIX`: results go under `<bucket or dir>/<prefix>/<run>/`.
+    #: `ACCORDION_RESULTS_PREFIX`: results go under `<bucket or dir>/<prefix>/<run>/`...
     prefix: str = ""
+    #: ... unless `ACCORDION_RESULTS_PATH` names the folder: the operator sets it to one unique
+    #: per run object (`<prefix>/<namespace>/<run>-<uid digits>`), so that a run resumes only
+    #: its own checkpoints, never those of an earlier run of the same name.
+    results_path: str = ""
 
     @property
     def results_prefix(self) -> str:
+        if self.results_path:
+            return self.results_path.strip("/")
         base = self.prefix.strip("/")
         return f"{base}/{self.run_name}" if base else self.run_name
 
@@ -140,4 +146,5 @@ def from_env(env: Mapping[str, str] | None = None) -> TrainConfig:
         commit_batches=_int(env, "ACCORDION_COMMIT_BATCHES", 0, 0),
         seed=_int(env, "ACCORDION_SEED", 0),
         prefix=env.get("ACCORDION_RESULTS_PREFIX", ""),
+        results_path=env.get("ACCORDION_RESULTS_PATH", ""),
     )

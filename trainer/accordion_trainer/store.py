@@ -1,7 +1,8 @@
 """Object stores for results and checkpoints: a local directory or a MinIO/S3 prefix.
 
 Both expose the same four calls so checkpointing and results code is written once; keys are
-`/`-separated and relative to the run's root (`<bucket>/<prefix>/<run>/` or a local folder).
+`/`-separated and relative to the run's root (`TrainConfig.results_prefix` in a bucket or a local
+folder).
 """
 
 from __future__ import annotations

@@ -424,6 +424,27 @@ class TrainingRunStatus(ApiModel):
     training: TrainingProgress | None = None
 
 
+#: Hex digits of the run's uid in its results folder. The namespace and name already keep apart
+#: any two runs that exist at once; the uid keeps apart the objects that carried one name in turn
+#: (deleted and applied again, deleted by ttlSecondsAfterFinished, trials of a re-created
+#: Experiment). Kubernetes uids are random (v4) UUIDs whose first 12 hex digits are all random:
+#: 48 bits, so 10,000 objects of one name share a folder with a chance of 2e-7 (birthday bound
+#: n^2 / 2^49). 8 digits would make that 1 %, which a CI loop applying the same run every 5 minutes
+#: reaches in five weeks, and the newer object would resume the older one's checkpoint.
+RESULTS_UID_DIGITS = 12
+
+
+def results_path(prefix: str, namespace: str, name: str, uid: str) -> str:
+    """The key prefix of one run object's results and checkpoints in its results bucket,
+    `<prefix>/<namespace>/<name>-<uid digits>` (docs/trainingrun.md, "Results layout"); the
+    trainer writes there and resumes only checkpoints found there. At most 640 characters (a
+    512-character prefix, a 63-character namespace, a 50-character name): with the longest key
+    the trainer writes under it (~55 more), within S3's 1,024-byte keys for an ASCII prefix."""
+    folder = f"{namespace}/{name}-{uid.replace('-', '')[:RESULTS_UID_DIGITS]}"
+    base = prefix.strip("/")
+    return f"{base}/{folder}" if base else folder
+
+
 class TrainingRun(ApiModel):
     """A whole TrainingRun as the operator reads it."""
 
@@ -436,3 +457,15 @@ class TrainingRun(ApiModel):
     @property
     def key(self) -> str:
         return f"{self.metadata.namespace}/{self.metadata.name}"
+
+    @property
+    def results_path(self) -> str:
+        """This run object's folder in `spec.results.bucket` (`results_path`)."""
+        meta = self.metadata
+        return results_path(self.spec.results.prefix, meta.namespace, meta.name, meta.uid)
+
+    @property
+    def results_uri(self) -> str:
+        """`s3://<bucket>/<results_path>`: what `status.resultsURI` says from admission on, and
+        what the trainer reports (its store's URI)."""
+        return f"s3://{self.spec.results.bucket}/{self.results_path}"

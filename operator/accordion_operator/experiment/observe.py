@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from accordion_operator.api.experiment import KIND, Experiment, Outcome
+from accordion_operator.api.trainingrun import results_path
 from accordion_operator.core.objects import LABEL_EXPERIMENT
 from accordion_operator.experiment import search
 from accordion_operator.experiment.trials import (
@@ -91,15 +92,17 @@ def intermediate_values(training: Mapping[str, Any], metric: str) -> tuple[tuple
     return tuple(sorted(points.items()))
 
 
-def results_location(run: str, spec: Mapping[str, Any]) -> str | None:
-    """Where the contract puts a run's results (`<bucket>/<prefix>/<run>`), for a run whose
-    status does not (yet) carry the URI the trainer reported."""
+def results_location(meta: Mapping[str, Any], spec: Mapping[str, Any]) -> str | None:
+    """Where a trial's pods write its results, from its metadata and spec as the run controller
+    derives `status.resultsURI` (`api.trainingrun.results_path`). Not from the trial's status:
+    its launcher may patch that, and user code steers what the trainer reports in `training`;
+    neither can change the metadata or the spec."""
     results = spec.get("results") or {}
-    bucket = results.get("bucket")
-    if not bucket or not run:
+    bucket, name, uid = results.get("bucket"), meta.get("name"), meta.get("uid")
+    if not bucket or not name or not uid:
         return None
-    prefix = str(results.get("prefix") or "").strip("/")
-    return f"s3://{bucket}/{prefix}/{run}" if prefix else f"s3://{bucket}/{run}"
+    prefix, namespace = str(results.get("prefix") or ""), str(meta.get("namespace") or "")
+    return f"s3://{bucket}/{results_path(prefix, namespace, str(name), str(uid))}"
 
 
 def observe_child(body: Mapping[str, Any], experiment: str, metric: str) -> ChildRun | None:
@@ -128,13 +131,6 @@ def observe_child(body: Mapping[str, Any], experiment: str, metric: str) -> Chil
     training = status.get("training") or {}
     points = intermediate_values(training, metric)
     last = points[-1][1] if points else None
-    uri = (
-        status.get("resultsURI")
-        or status.get("resultsUri")
-        or training.get("resultsURI")
-        or training.get("resultsUri")
-        or results_location(meta.get("name", ""), body.get("spec") or {})
-    )
     stopped = annotations.get(ANNOTATION_STOPPED)
     phase = status.get("phase")
     outcome: Outcome
@@ -157,7 +153,7 @@ def observe_child(body: Mapping[str, Any], experiment: str, metric: str) -> Chil
         outcome=outcome,
         value=value,
         intermediate=points,
-        results_uri=str(uri) if uri else None,
+        results_uri=results_location(meta, body.get("spec") or {}),
         grid_id=grid_id,
         stop_requested=stopped is not None,
     )

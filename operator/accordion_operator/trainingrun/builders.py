@@ -189,6 +189,8 @@ def common_env(run: TrainingRun, cfg: Config) -> list[dict[str, Any]]:
     if spec.data is not None:
         env += _store_env("DATA", spec.data)
     env += _store_env("RESULTS", spec.results)
+    # this run object's own folder under the prefix: no other run's checkpoints are ever there
+    env.append({"name": "ACCORDION_RESULTS_PATH", "value": run.results_path})
     return env
 
 

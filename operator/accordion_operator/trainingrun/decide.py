@@ -323,8 +323,6 @@ def _status(
     book: Book,
 ) -> TrainingRunStatus:
     """The operator-owned status (`training` is the trainer's)."""
-    st = run.status
-    reported = st.training.results_uri if st.training else None
     return TrainingRunStatus(
         phase=phase,
         conditions=conditions,
@@ -342,7 +340,9 @@ def _status(
         below_min_since=book.below_min_since,
         launcher_restarts=book.launcher_restarts or None,
         launcher_failed_time=book.launcher_failed_time,
-        results_uri=reported or st.results_uri,
+        # where the pods were told to write, from admission on; never the trainer's report in
+        # `training` (user code can steer it), and restored should a launcher patch it
+        results_uri=run.results_uri if book.admitted_time else None,
         message=message[:256] or None,
     )
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import math
+import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -60,7 +61,6 @@ def finish(
         training["epoch"] = len(curve)
     if value is not None:
         training["metrics"] = {"val_accuracy": value, "loss": 1 - value}
-        training["resultsURI"] = f"s3://results/{body['metadata']['name']}/"
     body["status"] = {"phase": phase, "training": training}
 
 
@@ -77,9 +77,13 @@ def report(body: dict[str, Any], curve: list[float]) -> None:
 
 
 def apply_plan(children: dict[str, dict[str, Any]], plan: ExperimentPlan) -> None:
-    """What the kube layer does with a plan: create (AlreadyExists kept) and stop."""
+    """What the kube layer does with a plan: create (AlreadyExists kept; the apiserver gives
+    each new object a uid, here one derived from the name so that a replay is identical) and
+    stop."""
     for obj in plan.create:
-        children.setdefault(obj["metadata"]["name"], copy.deepcopy(obj))
+        body = copy.deepcopy(obj)
+        body["metadata"]["uid"] = str(uuid.uuid5(uuid.NAMESPACE_URL, body["metadata"]["name"]))
+        children.setdefault(obj["metadata"]["name"], body)
     for name, why in plan.stop:
         child = children[name]
         child["metadata"].setdefault("annotations", {})[ANNOTATION_STOPPED] = why

@@ -36,7 +36,7 @@ def test_worker_pod_shape() -> None:
             "apiVersion": "accordion.dev/v1alpha1",
             "kind": "TrainingRun",
             "name": "mnist",
-            "uid": "uid-1",
+            "uid": "5f0c3a9e-8d21-4b7e-9a43-2c1d0e6f7b8a",
             "controller": True,
             "blockOwnerDeletion": True,
         }
@@ -117,6 +117,18 @@ def test_every_contract_variable_is_set() -> None:
     assert names - launcher == worker_only
     pod_ip = env_of(builders.build_launcher_pod(run, CFG))["ACCORDION_POD_IP"]
     assert pod_ip["valueFrom"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+
+
+def test_both_pods_get_the_run_objects_own_results_folder() -> None:
+    """ACCORDION_RESULTS_PATH: the trainer's results root, so that it resumes only checkpoints
+    this run object wrote (not those of a run of the same name in another namespace, or of an
+    earlier object of this name)."""
+    run = make_run(spec={"results": {"prefix": "/runs/"}})
+    for pod in (builders.build_launcher_pod(run, CFG), builders.build_worker_pod(run, 0, CFG)):
+        env = env_of(pod)
+        assert env["ACCORDION_RESULTS_PATH"]["value"] == "runs/team-a/mnist-5f0c3a9e8d21"
+        assert env["ACCORDION_RESULTS_PREFIX"]["value"] == "/runs/"
+        assert env["ACCORDION_RESULTS_BUCKET"]["value"] == "results"
 
 
 def test_experiment_label_is_inherited() -> None:

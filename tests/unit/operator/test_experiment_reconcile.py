@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 from experiment_factory import (
@@ -101,7 +102,8 @@ def test_search_runs_to_max_runs_and_reports_the_best() -> None:
     }
     assert best.name == max(values, key=lambda k: values[k])
     assert best.metric == values[best.name]
-    assert best.results_uri == f"s3://results/{best.name}/"
+    uid = children[best.name]["metadata"]["uid"].replace("-", "")
+    assert best.results_uri == f"s3://results/team-a/{best.name}-{uid[:12]}"
     assert exp.status.runs_summary == "8/8"
     assert exp.status.runs_succeeded == 8
     assert [r.trial for r in exp.status.runs] == list(range(8))
@@ -257,9 +259,12 @@ def child(**status: Any) -> dict[str, Any]:
     return {
         "metadata": {
             "name": "e-004",
+            "namespace": "team-a",
+            "uid": "0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9",
             "labels": {LABEL_EXPERIMENT: "e"},
             "annotations": {"accordion.dev/trial": "4", ANNOTATION_PARAMETERS: '{"lr": 0.1}'},
         },
+        "spec": {"results": {"bucket": "r", "prefix": "experiments/"}},
         "status": status,
     }
 
@@ -296,11 +301,11 @@ def test_observe_outcomes() -> None:
         c = observe_child(body, "e", "acc")
         return c.outcome if c else None
 
-    ok = child(phase="Succeeded", training={"metrics": {"acc": 0.9}, "resultsURI": "s3://r/e-004/"})
+    ok = child(phase="Succeeded", training={"metrics": {"acc": 0.9}})
     assert outcome(ok) == "Succeeded"
     c = observe_child(ok, "e", "acc")
     assert c is not None
-    assert (c.value, c.results_uri) == (0.9, "s3://r/e-004/")
+    assert (c.value, c.results_uri) == (0.9, "s3://r/experiments/team-a/e-004-0f1e2d3c4b5a")
     assert outcome(child(phase="Succeeded", training={"metrics": {"loss": 1.0}})) == "Failed"
     assert outcome(child(phase="Failed")) == "Failed"
     stopped = child(phase="Suspended")
@@ -310,3 +315,27 @@ def test_observe_outcomes() -> None:
     ok["metadata"]["annotations"][ANNOTATION_STOPPED] = "Pruned"
     assert outcome(ok) == "Succeeded"
     assert observe_child(child(), "other-experiment", "acc") is None
+
+
+def test_a_trials_results_location_is_its_own_whatever_its_status_says() -> None:
+    """From the trial's namespace, name, uid and spec.results, as the run controller writes
+    status.resultsURI and tells the pods (ACCORDION_RESULTS_PATH): neither a URI the trainer
+    reported (user code steers it) nor one the launcher patched into status moves it."""
+    own = "s3://r/experiments/team-a/e-004-0f1e2d3c4b5a"
+    elsewhere = "s3://r/experiments/team-b/e-004-99999999aaaa"
+    body = child(
+        phase="Succeeded",
+        resultsURI=elsewhere,
+        training={"metrics": {"acc": 0.9}, "resultsURI": elsewhere},
+    )
+    c = observe_child(body, "e", "acc")
+    assert c is not None
+    assert c.results_uri == own
+    # a re-created experiment's trial of the same name is another object: another folder
+    body["metadata"]["uid"] = "7a6b5c4d-3e2f-4a1b-9c8d-7e6f5a4b3c2d"
+    c = observe_child(body, "e", "acc")
+    assert c is not None
+    assert c.results_uri == "s3://r/experiments/team-a/e-004-7a6b5c4d3e2f"
+    # a body without spec.results: no location
+    del body["spec"]["results"]
+    assert observe_child(body, "e", "acc") == replace(c, results_uri=None)

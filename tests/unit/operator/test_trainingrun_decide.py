@@ -370,15 +370,40 @@ def test_run_request_uses_the_previous_grant_only_when_admitted() -> None:
     assert run_request(make_run(status={"desiredWorkers": 4})).previous == 0
 
 
+OWN_RESULTS = "s3://results/team-a/mnist-5f0c3a9e8d21"
+
+
 def test_the_status_patch_leaves_the_trainers_progress_alone() -> None:
-    """`training` is written by the launcher; the operator copies only its resultsURI."""
-    run = make_run(
-        status={"phase": "Running", "training": {"epoch": 3, "resultsURI": "s3://results/mnist"}}
-    )
+    """`training` is written by the launcher; the operator copies nothing from it."""
+    run = make_run(status={"phase": "Running", "training": {"epoch": 3, "resultsURI": "s3://x/y"}})
     plan = decide(run, [launcher(), worker(0), worker(1)])
     assert plan.status_patch is not None
     assert "training" not in plan.status_patch
-    assert plan.status_patch["resultsURI"] == "s3://results/mnist"
+    assert plan.status_patch["resultsURI"] == OWN_RESULTS
+
+
+def test_results_uri_is_the_run_objects_own_folder_from_admission_on() -> None:
+    """status.resultsURI is where the pods were told to write (ACCORDION_RESULTS_PATH), set at
+    admission; a different URI in the trainer's report (user code steers it) or patched into
+    status by the launcher does not replace it, in any phase."""
+    queued = decide(make_run(), [], grant=0, reason="WaitingForGPUs")
+    assert queued.status_patch is not None
+    assert "resultsURI" not in queued.status_patch  # nothing is written before admission
+    run = make_run()
+    admitted = decide(run, [])
+    assert admitted.status_patch is not None
+    assert admitted.status_patch["resultsURI"] == OWN_RESULTS
+    elsewhere = "s3://results/team-b/mnist-0123456789ab"
+    run = merge(
+        with_status(run, admitted).model_dump(by_alias=True, exclude_none=True),
+        {"status": {"resultsURI": elsewhere, "training": {"resultsURI": elsewhere}}},
+    )
+    pods = [launcher(), worker(0), worker(1)]
+    # running, preempted (no grant), finished
+    for status, grant in (({}, 2), ({}, 0), ({"phase": "Succeeded"}, 0), ({"phase": "Failed"}, 0)):
+        plan = decide(TrainingRun.model_validate(merge(run, {"status": status})), pods, grant)
+        assert plan.status_patch is not None
+        assert plan.status_patch["resultsURI"] == OWN_RESULTS, status
 
 
 def test_an_unparsable_run_is_reported_once_per_reason() -> None:

@@ -15,7 +15,7 @@ BASE: dict[str, Any] = {
     "metadata": {
         "name": "mnist",
         "namespace": "team-a",
-        "uid": "uid-1",
+        "uid": "5f0c3a9e-8d21-4b7e-9a43-2c1d0e6f7b8a",
         "generation": 1,
         "creationTimestamp": "2026-01-01T00:00:00Z",
     },

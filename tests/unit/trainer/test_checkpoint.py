@@ -68,3 +68,20 @@ def test_write_then_load_round_trip_and_corruption(tmp_path: Path) -> None:
     assert any("checksum mismatch" in line for line in logs)
     assert any("unreadable manifest" in line for line in logs)
     assert not any("incomplete" in line for line in logs)
+
+
+def test_a_manifest_in_a_folder_nested_below_checkpoints_is_not_this_runs(tmp_path: Path) -> None:
+    """Another run whose results prefix lies inside this run's `checkpoints/` writes there; a
+    manifest of its own that names its objects by this run's keys still does not count."""
+    store = LocalStore(tmp_path)
+    checkpoint.write(store, 1, 0, checkpoint.serialize_weights([np.ones(3)], []), {"epoch": 1})
+    nested = "checkpoints/team-b/mnist-0123456789ab"
+    other = LocalStore(tmp_path / nested)
+    checkpoint.write(other, 5, 0, checkpoint.serialize_weights([np.zeros(3)], []), {"epoch": 5})
+    manifest = tmp_path / nested / "checkpoints" / f"{checkpoint.checkpoint_id(5, 0)}.manifest.json"
+    doc = json.loads(manifest.read_text())
+    doc["objects"] = {f"{nested}/{k}": v for k, v in doc["objects"].items()}
+    manifest.write_text(json.dumps(doc))
+    loaded = checkpoint.load_newest(store, log=lambda _: None)
+    assert loaded is not None
+    assert loaded.state["epoch"] == 1
