@@ -66,6 +66,10 @@ class Config:
     #: meet the `restricted` Pod Security Standard. 0 = the image's own user, without
     #: runAsNonRoot (for images that must run as root; such pods meet `baseline` only).
     pod_run_as_user: int = 10001
+    #: Seconds a running run may report no training progress (status.training.updatedAt) before
+    #: its launcher is restarted from the last checkpoint, and then before it fails as Stalled;
+    #: 0 = never. A run's spec.progressDeadlineSeconds overrides it.
+    progress_deadline_seconds: float = 1800.0
     #: Resource name that counts GPUs on nodes and pods.
     gpu_resource: str = "nvidia.com/gpu"
     #: Extra labels (k=v,k=v) put on every child pod, e.g. for cost attribution.

@@ -65,6 +65,7 @@ ACCORDION_GPU_RESOURCE: {{ .Values.operator.scheduling.gpuResource | quote }}
 ACCORDION_SCALE_COOLDOWN_SECONDS: {{ .Values.operator.scheduling.scaleCooldownSeconds | quote }}
 ACCORDION_LAUNCHER_BACKOFF_SECONDS: {{ .Values.operator.scheduling.launcherBackoffSeconds | quote }}
 ACCORDION_LAUNCHER_BACKOFF_MAX_SECONDS: {{ .Values.operator.scheduling.launcherBackoffMaxSeconds | quote }}
+ACCORDION_PROGRESS_DEADLINE_SECONDS: {{ .Values.operator.scheduling.progressDeadlineSeconds | quote }}
 ACCORDION_TRAINER_IMAGE: {{ include "accordion.trainerImage" . | quote }}
 ACCORDION_IMAGE_PULL_POLICY: {{ .Values.trainer.image.pullPolicy | quote }}
 ACCORDION_BUILTIN_MODELS: {{ join "," .Values.trainer.builtinModels | quote }}

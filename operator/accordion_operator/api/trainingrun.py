@@ -96,6 +96,8 @@ REASON_COMPLETED = "TrainingCompleted"
 REASON_BACKOFF_LIMIT = "BackoffLimitExceeded"
 #: ... fewer than `min` workers ready for longer than spec.workers.minAvailableTimeoutSeconds, ...
 REASON_BELOW_MIN = "BelowMinimumWorkers"
+#: Failed: no training progress for spec.progressDeadlineSeconds, again after a restart
+REASON_STALLED = "Stalled"
 #: ... or the trainer reported a permanent error (exit codes of the contract, e.g. DataNotFound).
 #: TrainingDiverged too: a restart resumes from the last checkpoint with the same hyperparameters
 #: and data order, and diverges again.
@@ -342,6 +344,12 @@ class TrainingRunSpec(ApiModel):
     backoff_limit: Annotated[int, Field(ge=0, le=100)] = Field(
         default=3, description="launcher restarts before the run fails"
     )
+    progress_deadline_seconds: Annotated[int, Field(ge=0, le=604800)] | None = Field(
+        default=None,
+        description="seconds a running run may report no training progress before its launcher "
+        "is restarted from the last checkpoint, and then before it fails as Stalled; 0 = never; "
+        "unset = the operator's default (ACCORDION_PROGRESS_DEADLINE_SECONDS)",
+    )
     ttl_seconds_after_finished: Annotated[int, Field(ge=0, le=31536000)] | None = None
 
 
@@ -416,6 +424,8 @@ class TrainingRunStatus(ApiModel):
     last_scale_time: Timestamp | None = None
     below_min_since: Timestamp | None = None
     launcher_restarts: Annotated[int, Field(ge=0)] | None = None
+    #: launcher restarts because training made no progress (the second stall fails the run)
+    stall_restarts: Annotated[int, Field(ge=0)] | None = None
     launcher_failed_time: Timestamp | None = None
     results_uri: Annotated[str, Field(max_length=2048)] | None = Field(
         default=None, alias="resultsURI"

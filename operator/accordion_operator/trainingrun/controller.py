@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -103,8 +104,9 @@ class Controller:
     _known_runs: set[tuple[str, str]] = field(default_factory=set)
     #: (namespace, pod) -> (run, experiment, role) exported as accordion_pod_info
     _pod_info: dict[tuple[str, str], tuple[str, str, str]] = field(default_factory=dict)
-    #: per run: the inputs of its last decision that had nothing to do (see reconcile_all)
-    _settled: dict[str, tuple[object, ...]] = field(default_factory=dict)
+    #: per run: the inputs of its last decision that had nothing to do, and until when that
+    #: decision holds (its requeue time; inf without one) (see _decide_runs)
+    _settled: dict[str, tuple[tuple[object, ...], float]] = field(default_factory=dict)
     #: per run not yet started: (resourceVersion and Secrets seen, check_run's verdict)
     _checks: dict[str, tuple[object, tuple[str, str] | None]] = field(default_factory=dict)
     passes: int = 0
@@ -214,7 +216,7 @@ class Controller:
         """Decides the runs whose inputs changed and acts on the plans in batches, until done
         or until it yields to runs created meanwhile (`_yield_now`)."""
         overhead = tally.decide_seconds  # so far only the pass's fixed cost: checks, allocation
-        settled: dict[str, tuple[object, ...]] = {}
+        settled: dict[str, tuple[tuple[object, ...], float]] = {}
         batch: list[tuple[TrainingRun, Plan]] = []
         # Highest priority first, so that under load its pods are created first; within a
         # priority, runs whose current spec was never acted on (new runs, `kubectl scale`) before
@@ -237,11 +239,15 @@ class Controller:
                 verdict,
                 refused,
             )
-            # decide_run is a pure function of these inputs (and of time only when it asked to
-            # be requeued): a run whose inputs did not change since its last no-op decision
-            # needs no new one. This keeps a pass at 10,000 quiet runs cheap.
-            if self._settled.get(v.key) == inputs:
-                settled[v.key] = inputs
+            # decide_run is a pure function of these inputs (and of time only through the requeue
+            # it asks for): a run whose inputs did not change since its last no-op decision needs
+            # no new one before that time. This keeps a pass at 10,000 quiet runs cheap (each
+            # running one asks to be checked at its progress deadline).
+            hit = self._settled.get(v.key)
+            if hit is not None and hit[0] == inputs and now < hit[1]:
+                settled[v.key] = hit
+                if hit[1] != math.inf:
+                    tally.delays.append(hit[1] - now)
                 continue
             run = v.model()
             children = Children(pods, auth_ready=v.uid in self.auth_done, create_error=refused)
@@ -251,8 +257,9 @@ class Controller:
             if _has_work(plan):
                 batch.append((run, plan))
                 tally.acted += 1
-            elif plan.requeue_after is None:
-                settled[v.key] = inputs
+            else:
+                due = now + plan.requeue_after if plan.requeue_after is not None else math.inf
+                settled[v.key] = (inputs, due)
             tally.decide_seconds += time.perf_counter() - t
             if len(batch) >= self.cfg.batch_runs:
                 tally.act_seconds += await self._act(batch)

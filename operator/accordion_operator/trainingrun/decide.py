@@ -94,6 +94,7 @@ class Book:
     completion_time: str | None
     last_scale_time: str | None
     launcher_restarts: int
+    stall_restarts: int
     launcher_failed_time: str | None
     #: re-derived each pass: set only while fewer than `min` workers are ready
     below_min_since: str | None
@@ -304,6 +305,7 @@ def bookkeeping(
         completion_time=(st.completion_time or stamp) if finished else st.completion_time,
         last_scale_time=stamp if rescaled else st.last_scale_time,
         launcher_restarts=(st.launcher_restarts or 0) + (1 if progress.restarted else 0),
+        stall_restarts=(st.stall_restarts or 0) + (1 if progress.stalled else 0),
         launcher_failed_time=progress.launcher_failed_time or st.launcher_failed_time or None,
         below_min_since=progress.below_min_since,
     )
@@ -339,6 +341,7 @@ def _status(
         last_scale_time=book.last_scale_time,
         below_min_since=book.below_min_since,
         launcher_restarts=book.launcher_restarts or None,
+        stall_restarts=book.stall_restarts or None,
         launcher_failed_time=book.launcher_failed_time,
         # where the pods were told to write, from admission on; never the trainer's report in
         # `training` (user code can steer it), and restored should a launcher patch it

@@ -23,6 +23,7 @@ from accordion_operator.api.trainingrun import (
     REASON_IMAGE_PULL,
     REASON_IN_PROGRESS,
     REASON_LAUNCHER_BACKOFF,
+    REASON_STALLED,
     REASON_STARTING,
     REASON_TRAINING,
     Phase,
@@ -170,6 +171,8 @@ class Progress:
     launcher_failed_time: str | None = None
     #: since when fewer than `min` workers are ready
     below_min_since: str | None = None
+    #: the launcher is restarted because training made no progress
+    stalled: bool = False
 
 
 # --- the phases ----------------------------------------------------------------------------------
@@ -180,6 +183,8 @@ def running(run: TrainingRun, pods: Pods, workers: int, cfg: Config, now: float)
     failures (either may finish the run, which ends the phases here), then the children to
     create and delete, the below-minimum deadline and the Running condition."""
     step = launcher_lifecycle(run, pods.launcher, cfg, now)
+    stall = stall_watch(run, pods.launcher, cfg, now) if step == LauncherStep() else None
+    step = stall or step
     conds: tuple[Cond, ...] = () if step.running is None else (step.running,)
     outcome = step.outcome or worker_failure(pods.workers)
     if outcome is not None:
@@ -195,15 +200,54 @@ def running(run: TrainingRun, pods: Pods, workers: int, cfg: Config, now: float)
     below = below_minimum(run, pods, now, step.requeue_after)
     if below.outcome is None and step.running is None:
         conds = (running_condition(pods, workers, run.spec.workers.min),)
+    requeue = min(
+        (r for r in (below.requeue_after, step.requeue_after) if r is not None), default=None
+    )
     return Progress(
         changes,
         conds,
         below.outcome,
-        below.requeue_after,
+        requeue,
         step.restarted,
         step.failed_time,
         below.since,
+        stalled=stall is not None and stall.restarted,
     )
+
+
+def stall_watch(
+    run: TrainingRun, launcher: PodState | None, cfg: Config, now: float
+) -> LauncherStep | None:
+    """The progress watchdog of a running launcher: training that reported nothing for the
+    deadline (since `training.updatedAt`, or since the run last turned Running, whichever is
+    later) restarts the launcher from the last checkpoint once; a second stall fails the run
+    (`Stalled`). A hung collective, a training process killed in a pod that stays Ready, or a
+    launcher stuck in a loop would otherwise hold the GPUs for ever. None: nothing to do yet."""
+    deadline = run.spec.progress_deadline_seconds
+    limit = float(deadline) if deadline is not None else cfg.progress_deadline_seconds
+    if limit <= 0 or launcher is None or launcher.phase != "Running" or launcher.deleting:
+        return None
+    st = run.status
+    running = next((c for c in st.conditions if c.type == COND_RUNNING), None)
+    if running is None or running.status != "True":
+        return None  # still starting: the below-minimum deadline covers that
+    stamps = (st.training.updated_at if st.training else None, running.last_transition_time)
+    since = max((t for t in map(from_rfc3339, stamps) if t is not None), default=None)
+    # a time in the future (status is writable by the launcher) counts as now
+    if since is None or since > now:
+        since = now
+    left = since + limit - now
+    if left > 0:
+        return LauncherStep(requeue_after=left)
+    quiet = f"no training progress for {now - since:.0f} s (deadline {limit:.0f} s)"
+    if (st.stall_restarts or 0) >= 1:
+        return LauncherStep(Outcome(False, REASON_STALLED, f"{quiet}, again after a restart"))
+    event = (
+        "Warning",
+        REASON_STALLED,
+        f"{quiet}: restarting the launcher from the last checkpoint",
+    )
+    return LauncherStep(changes=Changes(delete=(launcher.name,), events=(event,)), restarted=True)
 
 
 def launcher_lifecycle(

@@ -456,3 +456,56 @@ def test_rescale_reason(
         workers["replicas"] = replicas
     run = make_run(spec={"workers": workers})
     assert rescale_reason(run, old, new, preempted=preempted) == reason
+
+
+def _training(run: TrainingRun, pods: list[PodState], updated: float, **status: Any) -> TrainingRun:
+    """The run Running (since NOW) with its last progress report at `updated`."""
+    run = with_status(run, decide(run, pods))
+    body = run.model_dump(by_alias=True, exclude_none=True)
+    body["status"] |= {"training": {"epoch": 3, "updatedAt": to_rfc3339(updated)}, **status}
+    return TrainingRun.model_validate(body)
+
+
+def test_a_run_without_progress_is_restarted_once_then_fails_as_stalled() -> None:
+    """The watchdog: a launcher Running, workers Ready, and no progress report for the deadline
+    (a hung collective, a training process killed in a Ready pod) holds GPUs for nothing."""
+    pods = [launcher(), worker(0), worker(1)]
+    deadline = 600
+    run = _training(make_run(spec={"progressDeadlineSeconds": deadline}), pods, NOW + 100)
+    quiet = decide(run, pods, now=NOW + 100 + deadline - 60)
+    assert quiet.delete_pods == []
+    assert quiet.requeue_after == pytest.approx(60)
+    stalled = decide(run, pods, now=NOW + 100 + deadline + 1)
+    assert stalled.delete_pods == ["mnist-launcher"]
+    assert [(t, r) for t, r, _ in stalled.events] == [("Warning", "Stalled")]
+    assert stalled.status_patch is not None
+    assert stalled.status_patch["stallRestarts"] == 1
+    assert stalled.status_patch["launcherRestarts"] == 1
+    # after the restart the clock starts again from the Running condition's new transition
+    again = _training(make_run(spec={"progressDeadlineSeconds": deadline}), pods, NOW - 5000)
+    again = TrainingRun.model_validate(
+        merge(again.model_dump(by_alias=True, exclude_none=True), {"status": {"stallRestarts": 1}})
+    )
+    assert decide(again, pods, now=NOW + deadline - 1).delete_pods == []
+    failed = decide(again, pods, now=NOW + deadline + 1)
+    assert cond(failed, "Failed")["reason"] == "Stalled"
+    assert "again after a restart" in cond(failed, "Failed")["message"]
+
+
+def test_the_watchdog_is_off_with_a_zero_deadline_and_waits_while_starting() -> None:
+    pods = [launcher(), worker(0), worker(1)]
+    off = _training(make_run(spec={"progressDeadlineSeconds": 0}), pods, NOW - 10**6)
+    assert decide(off, pods, now=NOW + 10**6).delete_pods == []
+    # not Running yet (a worker not ready): the below-minimum deadline applies, not this one
+    starting = [launcher(), worker(0), worker(1, ready=False)]
+    run = make_run(spec={"progressDeadlineSeconds": 60, "workers": {"min": 2, "max": 2}})
+    assert decide(run, starting, now=NOW + 10**4).events == []
+
+
+def test_a_progress_time_in_the_future_counts_as_now() -> None:
+    """status.training is the launcher's to write: a forged future updatedAt buys one deadline
+    from now, not a stall that is never noticed."""
+    pods = [launcher(), worker(0), worker(1)]
+    run = _training(make_run(spec={"progressDeadlineSeconds": 600}), pods, NOW + 10**6)
+    plan = decide(run, pods, now=NOW + 10)
+    assert plan.requeue_after == pytest.approx(600)
