@@ -400,7 +400,9 @@ class PodRunner:
                 self.ctx.isolate,
                 memory,
             )
-        except OSError as e:
+        except (OSError, ValueError) as e:
+            # ValueError: an argument or environment value the OS cannot take (a NUL byte);
+            # kubelet reports that as CreateContainerError too, and backs off
             c.state, c.waiting_reason, c.waiting_message = "waiting", "CreateContainerError", str(e)
             c.backoff_until = now + SETUP_RETRY
             return

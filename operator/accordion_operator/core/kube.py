@@ -25,6 +25,7 @@ from accordion_operator.core.objects import Resource, plural_of
 from accordion_operator.metrics import OperatorMetrics
 
 log = logging.getLogger("accordion.kube")
+MERGE_PATCH = "application/merge-patch+json"
 #: how often a throttled (429) request is retried before its caller sees the 429
 THROTTLE_RETRIES = 4
 THROTTLE_MAX_WAIT_S = 10.0
@@ -336,39 +337,34 @@ class Kube:
         self, resource: Resource, namespace: str, name: str
     ) -> tuple[int, dict[str, Any]]:
         """Delete an object; its children go in the background (garbage collector)."""
-        return await self.request(
-            "DELETE",
-            resource.api_version,
-            f"{resource.plural}/{name}",
-            namespace,
-            {"propagationPolicy": "Background"},
-        )
+        body = {"propagationPolicy": "Background"}
+        return await self._object("DELETE", resource, namespace, name, body)
 
     async def patch(
         self, resource: Resource, namespace: str, name: str, patch: Mapping[str, Any]
     ) -> tuple[int, dict[str, Any]]:
         """JSON merge patch of an object (metadata and spec)."""
-        return await self.request(
-            "PATCH",
-            resource.api_version,
-            f"{resource.plural}/{name}",
-            namespace,
-            patch,
-            content_type="application/merge-patch+json",
-        )
+        return await self._object("PATCH", resource, namespace, name, patch, MERGE_PATCH)
 
     async def patch_status(
         self, resource: Resource, namespace: str, name: str, patch: Mapping[str, Any]
     ) -> tuple[int, dict[str, Any]]:
         """JSON merge patch of an object's status subresource."""
-        return await self.request(
-            "PATCH",
-            resource.api_version,
-            f"{resource.plural}/{name}/status",
-            namespace,
-            {"status": patch},
-            content_type="application/merge-patch+json",
-        )
+        body = {"status": patch}
+        status = f"{name}/status"
+        return await self._object("PATCH", resource, namespace, status, body, MERGE_PATCH)
+
+    async def _object(
+        self,
+        method: str,
+        resource: Resource,
+        namespace: str,
+        name: str,
+        body: Mapping[str, Any],
+        content_type: str = "application/json",
+    ) -> tuple[int, dict[str, Any]]:
+        url = f"{resource.plural}/{name}"
+        return await self.request(method, resource.api_version, url, namespace, body, content_type)
 
     async def event(
         self, involved: Mapping[str, str], etype: str, reason: str, message: str
