@@ -20,12 +20,11 @@ from typing import Any
 
 import aiohttp
 
-from accordion_operator.api.trainingrun import FINISHED_PHASES, REASON_PREEMPTED, TrainingRun
+from accordion_operator.api.trainingrun import FINISHED_PHASES, TrainingRun
 from accordion_operator.config import Config
 from accordion_operator.core.cache import expected_syncs, run_watched
 from accordion_operator.core.kube import ApiError, Kube
-from accordion_operator.core.objects import LABEL_EXPERIMENT, TRAININGRUNS, object_ref
-from accordion_operator.core.timefmt import from_rfc3339
+from accordion_operator.core.objects import TRAININGRUNS, object_ref
 from accordion_operator.metrics import OperatorMetrics
 from accordion_operator.trainingrun import builders
 from accordion_operator.trainingrun.allocator import Grant, RunRequest, decide_allocation
@@ -35,11 +34,10 @@ from accordion_operator.trainingrun.decide import (
     NO_GRANT,
     Plan,
     decide_run,
-    rescale_reason,
     unparsable_plan,
 )
+from accordion_operator.trainingrun.export import RunExport
 from accordion_operator.trainingrun.observe import (
-    EXIT_REASONS,
     Children,
     PodState,
     SecretInfo,
@@ -101,15 +99,19 @@ class Controller:
     last: PassStats = field(default_factory=PassStats)
     #: Prometheus metrics (docs/metrics.md); None in tests that do not look at them
     metrics: OperatorMetrics | None = None
-    _known_runs: set[tuple[str, str]] = field(default_factory=set)
-    #: (namespace, pod) -> (run, experiment, role) exported as accordion_pod_info
-    _pod_info: dict[tuple[str, str], tuple[str, str, str]] = field(default_factory=dict)
+    #: what the passes and writes export to `metrics`
+    export: RunExport | None = field(init=False, default=None)
     #: per run: the inputs of its last decision that had nothing to do, and until when that
     #: decision holds (its requeue time; inf without one) (see _decide_runs)
     _settled: dict[str, tuple[tuple[object, ...], float]] = field(default_factory=dict)
     #: per run not yet started: (resourceVersion and Secrets seen, check_run's verdict)
     _checks: dict[str, tuple[object, tuple[str, str] | None]] = field(default_factory=dict)
     passes: int = 0
+
+    def __post_init__(self) -> None:
+        if self.metrics is not None:
+            self.export = RunExport(self.metrics, self.clock)
+
     #: per run uid: the apiserver's last refusal to create one of its children
     _create_failures: dict[str, CreateFailure] = field(default_factory=dict)
     #: (namespace, pod, owner uid) of lookalike pods already reported
@@ -160,8 +162,8 @@ class Controller:
                     log.warning("%s: reporting its invalid spec: %s; retrying", view.key, exc)
         tally.act_seconds += time.perf_counter() - t
         self.passes += 1
-        if self.metrics is not None:
-            self._export_pass(time.perf_counter() - t0)
+        if self.export is not None:
+            self.export.after_pass(self.cache, time.perf_counter() - t0)
         self.last = PassStats(
             runs=len(views),
             admitted=sum(1 for g in alloc.grants.values() if g.admitted),
@@ -313,79 +315,6 @@ class Controller:
         limit = self.cfg.pass_yield_seconds
         return limit > 0 and acted >= max(limit, 4 * overhead) and self.cache.arrivals != arrivals
 
-    def _export_pass(self, seconds: float) -> None:
-        m = self.metrics
-        assert m is not None
-        phases: dict[tuple[str, str], int] = {}
-        queued: dict[str, int] = {}
-        seen: set[tuple[str, str]] = set()
-        for v in self.cache.runs.values():
-            if v.invalid is not None:
-                continue
-            ns, phase = v.namespace, v.phase
-            phases[(ns, phase)] = phases.get((ns, phase), 0) + 1
-            queued.setdefault(ns, 0)
-            if phase == "Queued":
-                queued[ns] += 1
-            seen.add((ns, v.name))
-        m.set_runs_by_phase(phases)
-        m.set_queue_lengths(queued)
-        m.declare_namespaces(queued)
-        for ns, name in self._known_runs - seen:
-            m.forget_run(ns, name)
-        self._known_runs = seen
-        m.cluster_gpus_capacity.set(
-            sum(n.gpus for n in self.cache.nodes.values() if not n.unschedulable)
-        )
-        self._export_pods(m)
-        m.observe_reconcile("trainingruns", seconds, failed=False)
-
-    def _export_pods(self, m: OperatorMetrics) -> None:
-        """`accordion_pod_info` for every pod of every run (joins DCGM's per-pod GPU series to
-        runs); only the pods that appeared, changed or went are touched."""
-        pods: dict[tuple[str, str], tuple[str, str, str]] = {}
-        for (ns, run), states in self.cache.run_pods.items():
-            view = self.cache.runs.get((ns, run))
-            experiment = view.labels.get(LABEL_EXPERIMENT, "") if view else ""
-            for name, st in states.items():
-                pods[(ns, name)] = (run, experiment, st.role)
-        for key in set(self._pod_info) - set(pods):
-            m.forget_pod(*key)
-        for (ns, name), info in pods.items():
-            if self._pod_info.get((ns, name)) != info:
-                m.set_pod_info(ns, name, run=info[0], experiment=info[1], role=info[2])
-        self._pod_info = pods
-
-    def _export_run(
-        self, run: TrainingRun, plan: Plan, status: dict[str, Any], replaced: list[PodState]
-    ) -> None:
-        m = self.metrics
-        if m is None:
-            return
-        ns, name = run.metadata.namespace, run.metadata.name
-        m.set_run_state(
-            ns,
-            name,
-            phase=status.get("phase") or "Pending",
-            workers_desired=status.get("desiredWorkers") or 0,
-            workers_current=status.get("currentWorkers") or 0,
-            gpus_allocated=status.get("gpus") or 0,
-        )
-        old, new = run.status.desired_workers or 0, status.get("desiredWorkers") or 0
-        preempted = any(reason == REASON_PREEMPTED for _, reason, _ in plan.events)
-        if preempted:
-            m.count_preemption(ns, "HigherPriority")
-        why = rescale_reason(run, old, new, preempted=preempted)
-        m.count_rescale(ns, old=old, new=new, reason=why)
-        if run.status.admitted_time is None and status.get("admittedTime"):
-            created = from_rfc3339(run.metadata.creation_timestamp) or self.clock()
-            m.observe_admission(ns, self.clock() - created)
-        if any(r in ("WorkerReplaced", "LauncherRestart") for _, r, _ in plan.events):
-            # each failed pod the plan replaces, by the trainer's exit code (docs/contract.md)
-            for pod in replaced:
-                why = EXIT_REASONS.get(pod.exit_code or 0, "Other")
-                m.count_pod_failure(ns, name, role=pod.role, reason=why)
-
     async def _report_unparsable(self, view: CachedRun) -> None:
         """A run whose spec the models reject (e.g. a hyperparameter that is an object)."""
         assert view.invalid is not None
@@ -440,8 +369,9 @@ class Controller:
                     log.warning("%s: deleting pod %s: %s", run.key, pod, data.get("message"))
             if plan.status_patch is not None:
                 written = await self._patch_status(run.key, ns, name, plan.status_patch)
-                if written is not None:
-                    self._export_run(run, plan, written.get("status") or {}, replaced)
+                if written is not None and self.export is not None:
+                    status = written.get("status") or {}
+                    self.export.after_write(run, plan, status, replaced)
             ref = object_ref(TRAININGRUNS, ns, name, run.metadata.uid)
             for etype, reason, message in plan.events:
                 await self.kube.event(ref, etype, reason, message)

@@ -16,6 +16,7 @@ from accordion_operator.metrics import OperatorMetrics
 from accordion_operator.trainingrun.cache import ClusterCache
 from accordion_operator.trainingrun.controller import Controller
 from accordion_operator.trainingrun.decide import Plan
+from accordion_operator.trainingrun.export import RunExport
 
 
 def node(name: str, gpus: int, *, cordoned: bool = False) -> dict[str, Any]:
@@ -58,6 +59,11 @@ def _info(m: OperatorMetrics) -> list[dict[str, str]]:
     )
 
 
+def export(ctl: Controller) -> RunExport:
+    assert ctl.export is not None
+    return ctl.export
+
+
 def test_pass_exports_capacity_pod_info_and_namespace_counters() -> None:
     cache = ClusterCache(Config())
     m = OperatorMetrics()
@@ -72,7 +78,7 @@ def test_pass_exports_capacity_pod_info_and_namespace_counters() -> None:
     cache.apply("pod", "ADDED", pod("mnist-worker-0", "mnist", "worker"))
     cache.apply("pod", "ADDED", pod("mnist-launcher", "mnist", "launcher"))
     cache.apply("pod", "ADDED", pod("sweep-000-worker-0", "sweep-000", "worker"))
-    ctl._export_pass(0.01)
+    export(ctl).after_pass(ctl.cache, 0.01)
     text = generate_latest(m.registry).decode()
     assert "accordion_cluster_gpus_capacity 8.0" in text
     assert 'accordion_preemptions_total{namespace="team-a",reason="HigherPriority"} 0.0' in text
@@ -87,7 +93,7 @@ def test_pass_exports_capacity_pod_info_and_namespace_counters() -> None:
     # a pod goes, a node is uncordoned: the next pass follows
     cache.apply("pod", "DELETED", pod("mnist-worker-0", "mnist", "worker", rv="6"))
     cache.apply("node", "MODIFIED", node("n2", 4))
-    ctl._export_pass(0.01)
+    export(ctl).after_pass(ctl.cache, 0.01)
     assert [i["pod"] for i in _info(m)] == ["mnist-launcher", "sweep-000-worker-0"]
     assert "accordion_cluster_gpus_capacity 12.0" in generate_latest(m.registry).decode()
 
@@ -164,8 +170,8 @@ def test_a_shrink_the_user_asked_for_is_not_counted_as_preemption() -> None:
     running = {"phase": "Running", "desiredWorkers": 3}
     # `kubectl scale tr mnist --replicas 1`: the grant follows the request
     asked = make_run(spec={"workers": {"min": 1, "max": 3, "replicas": 1}}, status=running)
-    ctl._export_run(asked, Plan(), {"phase": "Running", "desiredWorkers": 1}, [])
+    export(ctl).after_write(asked, Plan(), {"phase": "Running", "desiredWorkers": 1}, [])
     # the grant drops below what the run asks for: GPUs went to others
     squeezed = make_run(spec={"workers": {"min": 1, "max": 3}}, status=running)
-    ctl._export_run(squeezed, Plan(), {"phase": "Running", "desiredWorkers": 2}, [])
+    export(ctl).after_write(squeezed, Plan(), {"phase": "Running", "desiredWorkers": 2}, [])
     assert _rescales(m) == {("down", "SpecChanged"): 1.0, ("down", "Preempted"): 1.0}
