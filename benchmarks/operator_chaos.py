@@ -1,0 +1,179 @@
+"""Chaos: one-worker runs on kwok GPU nodes while the operator is SIGKILLed at random moments.
+
+    python -m benchmarks.operator_chaos [--runs 100] [--nodes 8] [--kills 10] [--seed 1]
+
+Creates `--runs` one-GPU runs in 4 namespaces on `--nodes` kwok nodes of 8 GPUs (fewer GPUs than
+runs, so some must queue), then kills the operator with SIGKILL `--kills` times at random
+moments 0.5-4 s apart while it admits runs and creates their pods, restarting it at once each
+time; half-way, a sixth of the runs are deleted so that queued ones must take their place.
+Then it waits until the cluster is in the state the allocator implies and checks it (issue 16's
+chaos acceptance): exactly
+min(runs, GPUs) runs admitted with one worker each, the rest Queued with none; no run with two
+launchers or more workers than it was granted; no pod that carries a run's labels without being
+controlled by a live run (orphans); every run with conditions. It reports the time from the last
+restart to that state (`converged_seconds`) to benchmarks/results/operator_chaos.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import signal
+import subprocess
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from accordion_dev.cluster import Cluster, ClusterConfig, free_port_block
+from accordion_dev.simulated_runs import run_body
+from benchmarks._common import start_operator, write_result
+
+REPO = Path(__file__).resolve().parents[1]
+TR = "/apis/accordion.dev/v1alpha1/namespaces/{ns}/trainingruns"
+NAMESPACES = [f"chaos-{i}" for i in range(4)]
+
+
+def setup(cluster: Cluster) -> None:
+    cluster.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
+    cluster.kubectl(
+        "wait", "--for=condition=Established", "--timeout=60s", "crd/trainingruns.accordion.dev"
+    )
+    with cluster.http() as http:
+        for ns in NAMESPACES:
+            http.post("/api/v1/namespaces", json={"metadata": {"name": ns}}).raise_for_status()
+            deadline = time.monotonic() + 30
+            while http.get(f"/api/v1/namespaces/{ns}/serviceaccounts/default").status_code != 200:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"no default service account in {ns}")
+                time.sleep(0.2)
+            keys = {"accessKey": "a", "secretKey": "b"}
+            secret = {"metadata": {"name": "s3"}, "stringData": keys}
+            http.post(f"/api/v1/namespaces/{ns}/secrets", json=secret).raise_for_status()
+
+
+def observe(cluster: Cluster, gpus: int) -> dict[str, Any]:
+    """The state of every run and Accordion pod, and what is wrong with it (empty: converged)."""
+    with cluster.http() as http:
+        runs = http.get("/apis/accordion.dev/v1alpha1/trainingruns").json()["items"]
+        pods = http.get(
+            "/api/v1/pods", params={"labelSelector": "app.kubernetes.io/managed-by"}
+        ).json()["items"]
+    uids = {r["metadata"]["uid"]: r for r in runs}
+    owned: Counter[tuple[str, str]] = Counter()
+    orphans = []
+    for p in pods:
+        meta = p["metadata"]
+        if meta.get("deletionTimestamp"):
+            continue
+        owner = next((o["uid"] for o in meta.get("ownerReferences", []) if o.get("controller")), "")
+        if owner not in uids:
+            orphans.append(meta["name"])
+            continue
+        owned[(owner, meta["labels"].get("accordion.dev/role", ""))] += 1
+    problems: list[str] = []
+    admitted = 0
+    for r in runs:
+        uid, name, st = r["metadata"]["uid"], r["metadata"]["name"], r.get("status") or {}
+        if not st.get("conditions"):
+            problems.append(f"{name}: no conditions")
+        adm = next((c for c in st.get("conditions", []) if c["type"] == "Admitted"), {})
+        granted = 1 if adm.get("status") == "True" else 0
+        admitted += granted
+        if owned[(uid, "worker")] != granted:
+            problems.append(f"{name}: {owned[(uid, 'worker')]} workers, granted {granted}")
+        if owned[(uid, "launcher")] != granted:
+            problems.append(f"{name}: {owned[(uid, 'launcher')]} launchers, granted {granted}")
+    if admitted != min(len(runs), gpus):
+        problems.append(f"{admitted} runs admitted, the allocator implies {min(len(runs), gpus)}")
+    if orphans:
+        problems.append(f"orphaned pods: {orphans[:5]}")
+    return {"runs": len(runs), "admitted": admitted, "problems": problems}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.operator_chaos")
+    ap.add_argument("--runs", type=int, default=100)
+    ap.add_argument("--nodes", type=int, default=8)
+    ap.add_argument("--kills", type=int, default=10)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--timeout", type=float, default=300)
+    args = ap.parse_args()
+    rng = random.Random(args.seed)
+    gpus = args.nodes * 8
+    state = Path(tempfile.mkdtemp(prefix="accordion-chaos-"))
+    cluster = Cluster(
+        ClusterConfig(
+            state_dir=state,
+            base_port=free_port_block(first=23400),
+            kwok_nodes=args.nodes,
+            monitoring=False,
+        )
+    )
+    cluster.up(log=lambda line: print(line, flush=True))
+    log = state / "operator.log"
+    op: subprocess.Popen[bytes] | None = None
+    try:
+        setup(cluster)
+        op = start_operator(cluster, log)
+        kills: list[float] = []
+        t0 = time.monotonic()
+        with cluster.http() as http:
+            for i in range(args.runs):
+                ns = NAMESPACES[i % len(NAMESPACES)]
+                body = run_body(f"c{i:03d}", nodeSelector={"type": "kwok"})
+                http.post(TR.format(ns=ns), json=body).raise_for_status()
+            for k in range(args.kills):
+                # while the operator admits, creates pods and writes status
+                time.sleep(rng.uniform(0.5, 4.0))
+                op = kill_and_restart(op, cluster, log, kills, t0)
+                if k == args.kills // 2:
+                    # churn mid-way: runs go, queued ones must be admitted in their place
+                    for i in range(args.runs // 6):
+                        ns = NAMESPACES[i % len(NAMESPACES)]
+                        http.delete(TR.format(ns=ns) + f"/c{i:03d}").raise_for_status()
+        restarted = time.monotonic()
+        seen: dict[str, Any] = {}
+        while time.monotonic() - restarted < args.timeout:
+            seen = observe(cluster, gpus)
+            print(f"[chaos] t={time.monotonic() - restarted:5.1f} s {seen}", flush=True)
+            if not seen["problems"]:
+                break
+            time.sleep(1.0)
+        converged = round(time.monotonic() - restarted, 1)
+        ok = not seen["problems"]
+        write_result(
+            "operator_chaos",
+            {
+                "runs": args.runs,
+                "gpus": gpus,
+                "kills": [round(k, 1) for k in kills],
+                "converged": ok,
+                "converged_seconds": converged if ok else None,
+                "admitted": seen.get("admitted"),
+                "problems_left": seen.get("problems", [])[:20],
+                "seed": args.seed,
+            },
+        )
+        return 0 if ok else 1
+    finally:
+        if op is not None:
+            op.terminate()
+            op.wait(timeout=20)
+        cluster.down()
+
+
+def kill_and_restart(
+    op: subprocess.Popen[bytes], cluster: Cluster, log: Path, kills: list[float], t0: float
+) -> subprocess.Popen[bytes]:
+    """SIGKILL (no cleanup, no graceful shutdown) and start a new operator at once."""
+    op.send_signal(signal.SIGKILL)
+    op.wait()
+    kills.append(time.monotonic() - t0)
+    print(f"[chaos] killed the operator at t={kills[-1]:.1f} s ({len(kills)})", flush=True)
+    return start_operator(cluster, log)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
