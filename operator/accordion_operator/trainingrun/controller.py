@@ -42,6 +42,7 @@ from accordion_operator.trainingrun.observe import (
     PodState,
     SecretInfo,
     controller_uid,
+    orphan_of_ours,
     owned,
 )
 
@@ -392,8 +393,9 @@ class Controller:
         for obj, (code, data) in zip(plan.create, results, strict=True):
             if code in (200, 201):
                 self.cache.apply("pod", "ADDED", data, wake=False)
-            elif code == 409:
-                refused = refused or await self._name_taken(run, obj)
+            elif code == 409:  # each one: an orphan holding a name is removed
+                taken = await self._name_taken(run, obj)
+                refused = refused or taken
             else:
                 what = f"{obj['kind']} {obj['metadata']['name']}"
                 refused = refused or f"creating {what}: {code} {data.get('message')}"
@@ -414,8 +416,14 @@ class Controller:
             return ""
         ns, name = run.metadata.namespace, obj["metadata"]["name"]
         code, data = await self.kube.request("GET", "v1", f"pods/{name}", ns)
-        if code != 200 or controller_uid(data.get("metadata") or {}) == run.metadata.uid:
+        meta = data.get("metadata") or {}
+        if code != 200 or controller_uid(meta) == run.metadata.uid:
             return ""
+        if orphan_of_ours(meta):
+            # left by a deleted run of this name (`kubectl delete --cascade=orphan`): its pods
+            # carry our labels and no controller any more; they must not block the new run
+            await self.kube.delete_pod(ns, name)
+            return f"pod {name}, left by a deleted run of the same name, is being removed"
         return (
             f"pod {name} exists and is not controlled by this run (a pod left by a deleted run "
             "of the same name, or created by someone else): delete it, or re-create the run "

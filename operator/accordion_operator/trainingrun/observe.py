@@ -14,6 +14,7 @@ from accordion_operator.api.trainingrun import (
     REASON_INVALID_HPARAMS,
     TrainingRun,
 )
+from accordion_operator.core.objects import LABEL_MANAGED_BY, MANAGED_BY
 from accordion_operator.core.timefmt import from_rfc3339
 from accordion_operator.trainingrun import builders
 from accordion_operator.trainingrun.allocator import Placement, Requirement, RunRequest, Toleration
@@ -131,6 +132,13 @@ def controller_uid(meta: Mapping[str, Any]) -> str:
         if isinstance(ref, Mapping) and ref.get("controller") is True:
             return str(ref.get("uid") or "")
     return ""
+
+
+def orphan_of_ours(meta: Mapping[str, Any]) -> bool:
+    """A pod the operator made (its labels say so) whose run is gone: no controller left."""
+    labels = meta.get("labels") or {}
+    ours = labels.get(LABEL_MANAGED_BY) == MANAGED_BY and builders.LABEL_RUN in labels
+    return ours and not controller_uid(meta)
 
 
 def owned(pods: Iterable[PodState], uid: str) -> tuple[list[PodState], list[PodState]]:

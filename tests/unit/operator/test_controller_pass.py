@@ -233,10 +233,12 @@ class Refusing(Apiserver):
     """Refuses every pod as a namespace enforcing `restricted` refuses a non-compliant one, or
     (with `taken`) answers 409 for a name held by another controller's pod."""
 
-    def __init__(self, cache: ClusterCache, taken: bool = False) -> None:
+    def __init__(self, cache: ClusterCache, taken: bool = False, orphan: bool = False) -> None:
         super().__init__(cache)
-        self.taken = taken
+        self.taken = taken or orphan
+        self.orphan = orphan
         self.pod_posts = 0
+        self.deleted: list[str] = []
 
     async def create(self, obj: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         if obj["kind"] != "Pod":
@@ -247,15 +249,26 @@ class Refusing(Apiserver):
         return 403, {"message": 'pods "x" is forbidden: violates PodSecurity "restricted:latest"'}
 
     async def request(self, method: str, version: str, url: str, ns: str) -> tuple[int, Any]:
+        name = url.split("/")[-1]
+        if self.orphan:  # what `kubectl delete tr --cascade=orphan` leaves: labels, no owner
+            labels = {
+                "accordion.dev/run": "r",
+                "app.kubernetes.io/managed-by": "accordion-operator",
+            }
+            return 200, {"metadata": {"name": name, "labels": labels}}
         owner = [{"kind": "ReplicaSet", "uid": "someone-else", "controller": True}]
-        return 200, {"metadata": {"name": url.split("/")[-1], "ownerReferences": owner}}
+        return 200, {"metadata": {"name": name, "ownerReferences": owner}}
+
+    async def delete_pod(self, namespace: str, name: str) -> tuple[int, dict[str, Any]]:
+        self.deleted.append(name)
+        return 200, {"kind": "Status"}
 
 
-def refusing(taken: bool = False) -> tuple[Controller, Refusing, list[float]]:
+def refusing(taken: bool = False, orphan: bool = False) -> tuple[Controller, Refusing, list[float]]:
     cfg = Config()
     cache = ClusterCache(cfg)
     cache.apply("node", "ADDED", node("n1", 8))
-    api = Refusing(cache, taken)
+    api = Refusing(cache, taken, orphan)
     now = [1_800_000_000.0]
     ctl = Controller(cfg, api, cache, clock=lambda: now[0])  # type: ignore[arg-type]
     return ctl, api, now
@@ -291,3 +304,13 @@ async def test_a_pod_name_held_by_another_controller_is_said_in_the_condition() 
     running = next(c for c in api.runs["r"]["status"]["conditions"] if c["type"] == "Running")
     assert running["reason"] == "PodCreationFailed"
     assert "is not controlled by this run" in running["message"]
+
+
+async def test_pods_left_by_a_deleted_run_of_the_same_name_are_removed() -> None:
+    """`kubectl delete tr r --cascade=orphan`, then `kubectl apply` r again: the old pods hold
+    the new run's names, carry our labels and no controller. They are ours to remove."""
+    ctl, api, _ = refusing(orphan=True)
+    api.add_run("r", "2026-01-01T00:00:00Z")
+    await ctl.reconcile_all()
+    assert sorted(api.deleted) == ["r-launcher", "r-worker-0"]
+    assert "being removed" in ctl._create_failures["uid-r"].message
