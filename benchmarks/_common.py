@@ -17,6 +17,7 @@ from typing import Any
 from accordion_dev.cluster import Cluster, ClusterConfig, free_port_block
 
 RESULTS = Path(__file__).resolve().parent / "results"
+REPO = Path(__file__).resolve().parents[1]
 
 
 @contextmanager
@@ -89,3 +90,22 @@ def start_operator(cluster: Cluster, log: Path) -> subprocess.Popen[bytes]:
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
     )
+
+
+def prepare_namespaces(cluster: Cluster, namespaces: list[str]) -> None:
+    """The CRDs installed, and each namespace created with its default ServiceAccount and the
+    credentials Secret `s3` the runs of `run_body` name."""
+    cluster.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
+    cluster.kubectl(
+        "wait", "--for=condition=Established", "--timeout=60s", "crd/trainingruns.accordion.dev"
+    )
+    secret = {"metadata": {"name": "s3"}, "stringData": {"accessKey": "a", "secretKey": "b"}}
+    with cluster.http() as http:
+        for ns in namespaces:
+            http.post("/api/v1/namespaces", json={"metadata": {"name": ns}}).raise_for_status()
+            deadline = time.monotonic() + 30
+            while http.get(f"/api/v1/namespaces/{ns}/serviceaccounts/default").status_code != 200:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"no default service account in {ns}")
+                time.sleep(0.2)
+            http.post(f"/api/v1/namespaces/{ns}/secrets", json=secret).raise_for_status()

@@ -28,29 +28,10 @@ from typing import Any
 
 from accordion_dev.cluster import Cluster, ClusterConfig, free_port_block
 from accordion_dev.simulated_runs import run_body
-from benchmarks._common import start_operator, write_result
+from benchmarks._common import prepare_namespaces, start_operator, write_result
 
-REPO = Path(__file__).resolve().parents[1]
 TR = "/apis/accordion.dev/v1alpha1/namespaces/{ns}/trainingruns"
 NAMESPACES = [f"chaos-{i}" for i in range(4)]
-
-
-def setup(cluster: Cluster) -> None:
-    cluster.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
-    cluster.kubectl(
-        "wait", "--for=condition=Established", "--timeout=60s", "crd/trainingruns.accordion.dev"
-    )
-    with cluster.http() as http:
-        for ns in NAMESPACES:
-            http.post("/api/v1/namespaces", json={"metadata": {"name": ns}}).raise_for_status()
-            deadline = time.monotonic() + 30
-            while http.get(f"/api/v1/namespaces/{ns}/serviceaccounts/default").status_code != 200:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"no default service account in {ns}")
-                time.sleep(0.2)
-            keys = {"accessKey": "a", "secretKey": "b"}
-            secret = {"metadata": {"name": "s3"}, "stringData": keys}
-            http.post(f"/api/v1/namespaces/{ns}/secrets", json=secret).raise_for_status()
 
 
 def observe(cluster: Cluster, gpus: int) -> dict[str, Any]:
@@ -115,7 +96,7 @@ def main() -> int:
     log = state / "operator.log"
     op: subprocess.Popen[bytes] | None = None
     try:
-        setup(cluster)
+        prepare_namespaces(cluster, NAMESPACES)
         op = start_operator(cluster, log)
         kills: list[float] = []
         t0 = time.monotonic()

@@ -48,7 +48,7 @@ from accordion_operator.trainingrun.cache import ClusterCache
 from accordion_operator.trainingrun.controller import Controller
 from accordion_operator.trainingrun.decide import decide_run
 from accordion_operator.trainingrun.observe import Children
-from benchmarks._common import start_operator
+from benchmarks._common import prepare_namespaces, start_operator
 
 REPO = Path(__file__).resolve().parents[1]
 OUT_DIR = REPO / "benchmarks" / "results"
@@ -358,28 +358,8 @@ def main() -> int:
     op: subprocess.Popen[bytes] | None = None
     result: dict[str, Any] = {}
     try:
-        cluster.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
-        cluster.kubectl(
-            "wait", "--for=condition=Established", "--timeout=60s", "crd/trainingruns.accordion.dev"
-        )
         namespaces = [f"bench-{i}" for i in range(args.namespaces)]
-        with cluster.http() as http:
-            for ns in namespaces:
-                http.post("/api/v1/namespaces", json={"metadata": {"name": ns}}).raise_for_status()
-                for _ in range(100):
-                    if (
-                        http.get(f"/api/v1/namespaces/{ns}/serviceaccounts/default").status_code
-                        == 200
-                    ):
-                        break
-                    time.sleep(0.2)
-                http.post(
-                    f"/api/v1/namespaces/{ns}/secrets",
-                    json={
-                        "metadata": {"name": "s3"},
-                        "stringData": {"accessKey": "a", "secretKey": "b"},
-                    },
-                ).raise_for_status()
+        prepare_namespaces(cluster, namespaces)
         log_path = state / "operator.log"
         if not args.floor:
             op = start_operator(cluster, log_path)

@@ -48,32 +48,28 @@ async def _serve(throttled: int) -> tuple[TestServer, list[str]]:
     return server, calls
 
 
-async def _create(server: TestServer) -> tuple[int, dict[str, object]]:
+async def _create(throttled: int) -> tuple[int, dict[str, object], list[str]]:
+    """A Pod created against a server that throttles `throttled` times: status, body, calls."""
+    server, calls = await _serve(throttled)
     client = ApiClient(_Api(str(server.make_url("")).rstrip("/")), 4)  # type: ignore[arg-type]
     k = Kube(client, Config())
     try:
         body = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "ns"}}
-        return await k.create(body)
+        code, data = await k.create(body)
     finally:
         await k.close()
+        await server.close()
+    return code, data, calls
 
 
 async def test_a_throttled_request_is_retried_after_retry_after() -> None:
-    server, calls = await _serve(throttled=2)
-    try:
-        code, data = await _create(server)
-    finally:
-        await server.close()
+    code, data, calls = await _create(throttled=2)
     assert code == 201
     assert data == {"kind": "Pod"}
     assert calls == ["/api/v1/namespaces/ns/pods"] * 3
 
 
 async def test_throttling_that_persists_reaches_the_caller() -> None:
-    server, calls = await _serve(throttled=100)
-    try:
-        code, _ = await _create(server)
-    finally:
-        await server.close()
+    code, _, calls = await _create(throttled=100)
     assert code == 429
     assert len(calls) == kube.THROTTLE_RETRIES + 1
