@@ -509,3 +509,19 @@ def test_a_progress_time_in_the_future_counts_as_now() -> None:
     run = _training(make_run(spec={"progressDeadlineSeconds": 600}), pods, NOW + 10**6)
     plan = decide(run, pods, now=NOW + 10)
     assert plan.requeue_after == pytest.approx(600)
+
+
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [(-1, "greater than or equal to 0"), (10**7, "less than or equal to 604800")],
+)
+def test_a_progress_deadline_out_of_range_is_refused_with_the_field_named(
+    value: int, words: str
+) -> None:
+    """The CRD's minimum/maximum refuse it at apply; a stored one reads as InvalidSpec."""
+    parsed = parse_run(make_body(spec={"progressDeadlineSeconds": value}))
+    assert isinstance(parsed, tuple)
+    reason, message = parsed
+    assert reason == "InvalidSpec"
+    assert message.startswith("spec.progressDeadlineSeconds:")
+    assert words in message
