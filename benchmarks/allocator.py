@@ -4,8 +4,9 @@
 
 Writes benchmarks/results/allocator.json. The workload is a busy cluster in steady state:
 1,000 kwok-like nodes with 8 GPUs (GPU-tainted, two GPU products), 5% of the GPUs held by foreign
-pods, and 10,000 runs over 4 priorities with elastic bounds, where half were admitted before (so
-the cooldown path runs) and most of the rest queue.
+pods, and 10,000 runs in 50 namespaces over 4 priorities (the top one a class that may preempt
+other namespaces) with elastic bounds, where half were admitted before (so the cooldown path
+runs) and most of the rest queue.
 """
 
 from __future__ import annotations
@@ -59,11 +60,15 @@ def workload(
         lo = rng.choice([1, 1, 1, 2, 4])
         hi = lo * rng.choice([1, 1, 2, 4])
         admitted = i < runs // 2
+        priority = rng.choice([0, 0, 0, 1, 2, 3])
         reqs.append(
             RunRequest(
                 key=f"ns-{i % 50}/run-{i:05d}",
                 uid=f"uid-{i:05d}",
-                priority=rng.choice([0, 0, 0, 1, 2, 3]),
+                namespace=f"ns-{i % 50}",
+                priority=priority,
+                # the top class may preempt other namespaces, the others their own only
+                preempts="cluster" if priority == 3 else "namespace",
                 created=float(i),
                 min=lo,
                 max=hi,

@@ -23,6 +23,7 @@ import subprocess
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,16 +32,21 @@ from accordion_dev.simulated_runs import run_body
 from benchmarks._common import prepare_namespaces, start_operator, write_result
 
 TR = "/apis/accordion.dev/v1alpha1/namespaces/{ns}/trainingruns"
+TR_ALL = "/apis/accordion.dev/v1alpha1/{where}trainingruns"
 NAMESPACES = [f"chaos-{i}" for i in range(4)]
 
 
-def observe(cluster: Cluster, gpus: int) -> dict[str, Any]:
-    """The state of every run and Accordion pod, and what is wrong with it (empty: converged)."""
+def observe(cluster: Cluster, gpus: int, namespaces: Sequence[str] = ()) -> dict[str, Any]:
+    """The state of every run and Accordion pod (of `namespaces`, or of the whole cluster), and
+    what is wrong with it (`problems` empty: converged). `gpus`: those the runs may use."""
+    runs: list[dict[str, Any]] = []
+    pods: list[dict[str, Any]] = []
+    selector = {"labelSelector": "app.kubernetes.io/managed-by"}
     with cluster.http() as http:
-        runs = http.get("/apis/accordion.dev/v1alpha1/trainingruns").json()["items"]
-        pods = http.get(
-            "/api/v1/pods", params={"labelSelector": "app.kubernetes.io/managed-by"}
-        ).json()["items"]
+        for ns in namespaces or [""]:
+            where = f"namespaces/{ns}/" if ns else ""
+            runs += http.get(TR_ALL.format(where=where)).json()["items"]
+            pods += http.get(f"/api/v1/{where}pods", params=selector).json()["items"]
     uids = {r["metadata"]["uid"]: r for r in runs}
     owned: Counter[tuple[str, str]] = Counter()
     orphans = []
@@ -59,7 +65,9 @@ def observe(cluster: Cluster, gpus: int) -> dict[str, Any]:
         uid, name, st = r["metadata"]["uid"], r["metadata"]["name"], r.get("status") or {}
         if not st.get("conditions"):
             problems.append(f"{name}: no conditions")
-        adm = next((c for c in st.get("conditions", []) if c["type"] == "Admitted"), {})
+        adm: dict[str, Any] = next(
+            (c for c in st.get("conditions", []) if c["type"] == "Admitted"), {}
+        )
         granted = 1 if adm.get("status") == "True" else 0
         admitted += granted
         if owned[(uid, "worker")] != granted:
@@ -100,28 +108,15 @@ def main() -> int:
         op = start_operator(cluster, log)
         kills: list[float] = []
         t0 = time.monotonic()
-        with cluster.http() as http:
-            for i in range(args.runs):
-                ns = NAMESPACES[i % len(NAMESPACES)]
-                body = run_body(f"c{i:03d}", nodeSelector={"type": "kwok"})
-                http.post(TR.format(ns=ns), json=body).raise_for_status()
-            for k in range(args.kills):
-                # while the operator admits, creates pods and writes status
-                time.sleep(rng.uniform(0.5, 4.0))
-                op = kill_and_restart(op, cluster, log, kills, t0)
-                if k == args.kills // 2:
-                    # churn mid-way: runs go, queued ones must be admitted in their place
-                    for i in range(args.runs // 6):
-                        ns = NAMESPACES[i % len(NAMESPACES)]
-                        http.delete(TR.format(ns=ns) + f"/c{i:03d}").raise_for_status()
+
+        def restart() -> None:
+            nonlocal op
+            assert op is not None
+            op = kill_and_restart(op, cluster, log, kills, t0)
+
+        storm(cluster, NAMESPACES, runs=args.runs, kills=args.kills, rng=rng, restart=restart)
         restarted = time.monotonic()
-        seen: dict[str, Any] = {}
-        while time.monotonic() - restarted < args.timeout:
-            seen = observe(cluster, gpus)
-            print(f"[chaos] t={time.monotonic() - restarted:5.1f} s {seen}", flush=True)
-            if not seen["problems"]:
-                break
-            time.sleep(1.0)
+        seen = converge(cluster, gpus, args.timeout)
         converged = round(time.monotonic() - restarted, 1)
         ok = not seen["problems"]
         write_result(
@@ -143,6 +138,55 @@ def main() -> int:
             op.terminate()
             op.wait(timeout=20)
         cluster.down()
+
+
+def storm(
+    cluster: Cluster,
+    namespaces: Sequence[str],
+    *,
+    runs: int,
+    kills: int,
+    rng: random.Random,
+    restart: Callable[[], None],
+    node_selector: Mapping[str, str] | None = None,
+    gap: tuple[float, float] = (0.5, 4.0),
+) -> None:
+    """Create `runs` one-GPU runs `c000`... round-robin in `namespaces`, then call `restart`
+    (SIGKILL the operator and start it again) `kills` times, `gap` seconds apart at random,
+    while the operator admits runs, creates their pods and writes status; after half the kills,
+    delete the first sixth of the runs, so that queued ones must take their place."""
+    with cluster.http() as http:
+        for i in range(runs):
+            ns = namespaces[i % len(namespaces)]
+            body = run_body(f"c{i:03d}", nodeSelector=dict(node_selector or {"type": "kwok"}))
+            http.post(TR.format(ns=ns), json=body).raise_for_status()
+        for k in range(kills):
+            time.sleep(rng.uniform(*gap))
+            restart()
+            if k == kills // 2:
+                for i in range(runs // 6):
+                    ns = namespaces[i % len(namespaces)]
+                    http.delete(TR.format(ns=ns) + f"/c{i:03d}").raise_for_status()
+
+
+def converge(
+    cluster: Cluster,
+    gpus: int,
+    timeout: float,
+    namespaces: Sequence[str] = (),
+    log: Callable[[str], None] = lambda line: print(line, flush=True),
+) -> dict[str, Any]:
+    """`observe` every second until nothing is wrong or `timeout` seconds passed; the last
+    observation."""
+    start = time.monotonic()
+    seen: dict[str, Any] = {}
+    while time.monotonic() - start < timeout:
+        seen = observe(cluster, gpus, namespaces)
+        log(f"[chaos] t={time.monotonic() - start:5.1f} s {seen}")
+        if not seen["problems"]:
+            break
+        time.sleep(1.0)
+    return seen
 
 
 def kill_and_restart(

@@ -90,8 +90,8 @@ class Replay:
         return body
 
     # the fake Kube: answers, keeps nothing
-    async def secret_keys(self, namespace: str, name: str) -> frozenset[str]:
-        return frozenset({"accessKey", "secretKey"})
+    async def secret_keys(self, namespace: str, name: str) -> tuple[frozenset[str], str]:
+        return frozenset({"accessKey", "secretKey"}), "1"
 
     async def create(self, obj: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         meta = {**obj["metadata"], "resourceVersion": self.next_rv(), "uid": self.next_rv()}

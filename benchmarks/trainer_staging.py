@@ -60,7 +60,7 @@ def main() -> None:
             except OSError:
                 time.sleep(0.2)
         creds = {"AWS_ACCESS_KEY_ID": user, "AWS_SECRET_ACCESS_KEY": password}
-        client = client_for(S3Location(f"127.0.0.1:{port}", "data", "", False), creds)
+        client = client_for(S3Location(f"127.0.0.1:{port}", "data", "", False), creds, store="DATA")
         client.make_bucket("data")
         blob = os.urandom(a.mib << 20)
         for i in range(a.objects):

@@ -32,11 +32,19 @@ RUN_TEMPLATE: dict[str, Any] = {
 
 
 def run_body(
-    name: str, *, lo: int = 1, hi: int = 1, gpus: int = 1, priority: int = 0, **spec: Any
+    name: str,
+    *,
+    lo: int = 1,
+    hi: int = 1,
+    gpus: int = 1,
+    priority_class: str | None = None,
+    **spec: Any,
 ) -> dict[str, Any]:
-    """A TrainingRun of `RUN_TEMPLATE` with `lo`..`hi` workers of `gpus` GPUs; `spec` overrides
-    or adds spec fields. A fresh object (no part shared with the constants or another body):
-    callers edit what they get."""
+    """A TrainingRun of `RUN_TEMPLATE` with `lo`..`hi` workers of `gpus` GPUs, of PriorityClass
+    `priority_class` if given; `spec` overrides or adds spec fields. A fresh object (no part
+    shared with the constants or another body): callers edit what they get."""
+    if priority_class is not None:
+        spec = {"priorityClassName": priority_class, **spec}
     return copy.deepcopy(
         {
             "apiVersion": "accordion.dev/v1alpha1",
@@ -45,7 +53,6 @@ def run_body(
             "spec": {
                 **RUN_TEMPLATE,
                 "workers": {"min": lo, "max": hi, "gpusPerWorker": gpus},
-                "priority": priority,
                 **spec,
             },
         }

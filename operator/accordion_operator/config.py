@@ -70,6 +70,16 @@ class Config:
     #: its launcher is restarted from the last checkpoint, and then before it fails as Stalled;
     #: 0 = never. A run's spec.progressDeadlineSeconds overrides it.
     progress_deadline_seconds: float = 1800.0
+    #: Seconds a Ready worker pod may stay out of the Horovod world its trainer reports
+    #: (status.training.worldPods) before it is replaced: its training process died and Horovod
+    #: dropped its host for good. Must exceed the time Horovod takes to notice a new Ready worker
+    #: (~1 s) plus clock skew between nodes; at most one such replacement per run per this many
+    #: seconds; 0 = never.
+    world_grace_seconds: float = 60.0
+    #: Before a run's first pods, list its results bucket and its data prefix with its own
+    #: credentials, and report a missing bucket, an empty data prefix or refused keys as
+    #: Admitted=False (an endpoint the operator cannot reach does not hold the run back).
+    storage_preflight: bool = True
     #: Resource name that counts GPUs on nodes and pods.
     gpu_resource: str = "nvidia.com/gpu"
     #: Extra labels (k=v,k=v) put on every child pod, e.g. for cost attribution.

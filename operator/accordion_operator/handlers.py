@@ -30,6 +30,7 @@ from accordion_operator.metrics import OperatorMetrics, start_metrics_server
 from accordion_operator.trainingrun.cache import WATCHES as RUN_WATCHES
 from accordion_operator.trainingrun.cache import ClusterCache
 from accordion_operator.trainingrun.controller import Controller
+from accordion_operator.trainingrun.storage import StoragePreflight
 
 log = logging.getLogger("accordion.handlers")
 
@@ -73,6 +74,7 @@ class Running:
     #: each controller's loop, with the event that wakes it from its idle wait
     loops: list[tuple[asyncio.Task[None], asyncio.Event]] = field(default_factory=list)
     metrics_server: WSGIServer | None = None
+    storage: StoragePreflight | None = None
 
     async def shutdown(self) -> None:
         self.stop.set()
@@ -85,6 +87,8 @@ class Running:
                 await asyncio.wait_for(task, timeout=10)
             except (TimeoutError, asyncio.CancelledError):
                 task.cancel()
+        if self.storage is not None:
+            await self.storage.close()
         await self.kube.close()
 
 
@@ -97,9 +101,11 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     metrics.declare_handlers(["trainingruns", "experiments"])
     streams = stream_count(cfg, [*RUN_WATCHES, *EXPERIMENT_WATCHES])
     kube = await Kube.connect(cfg, metrics, streams=streams)
-    runs = Controller(cfg, kube, ClusterCache(cfg), metrics=metrics)
+    cache = ClusterCache(cfg)
+    storage = StoragePreflight(kube, cache.dirty.set) if cfg.storage_preflight else None
+    runs = Controller(cfg, kube, cache, metrics=metrics, storage=storage)
     experiments = ExperimentController(cfg, kube, ExperimentCache(), metrics=metrics)
-    running = Running(kube, asyncio.Event())
+    running = Running(kube, asyncio.Event(), storage=storage)
     if cfg.operator_metrics_port:
         running.metrics_server, _thread = start_metrics_server(cfg.operator_metrics_port, metrics)
     for name, ctl in (("trainingruns", runs), ("experiments", experiments)):

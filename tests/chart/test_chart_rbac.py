@@ -38,7 +38,7 @@ FRAMEWORK: set[Perm] = {
     ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
     ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
 }
-CLUSTER_SCOPED = {"nodes", "customresourcedefinitions"}
+CLUSTER_SCOPED = {"nodes", "customresourcedefinitions", "priorityclasses"}
 HTTP_VERB = {"GET": "get", "POST": "create", "DELETE": "delete", "PATCH": "patch", "PUT": "update"}
 KIND_GROUP = {
     "Role": "rbac.authorization.k8s.io",
@@ -256,6 +256,24 @@ def test_cluster_wide_rules_equal_what_the_code_uses(defaults: list[Obj]) -> Non
             "namespace": "accordion-system",
         }
     ]
+
+
+def test_priority_classes_and_quotas_are_read_only(defaults: list[Obj]) -> None:
+    """A run's priority comes from PriorityClasses and the namespace's ResourceQuotas (issue 16):
+    the operator reads both through its watch cache, and may never write either."""
+    assert {("scheduling.k8s.io", "priorityclasses", v) for v in ("list", "watch")} <= needed()
+    assert {("", "resourcequotas", v) for v in ("list", "watch")} <= needed()
+    granted = _expand(one(defaults, "ClusterRole", "acc-accordion-operator")["rules"])
+    for resource in ("priorityclasses", "resourcequotas"):
+        verbs = {v for _, r, v in granted if r == resource}
+        assert {"list", "watch"} <= verbs <= {"get", "list", "watch"}, (resource, verbs)
+    assert {r for g, r, _ in granted if g == "scheduling.k8s.io"} == {"priorityclasses"}
+    # namespaced mode: the quotas in each watched namespace's Role, the classes cluster-wide
+    objs = render({"watch.namespaces": '["team-a"]'})
+    role = _expand(one(objs, "Role", "acc-accordion-operator")["rules"])
+    assert {r for _, r, _ in role} >= {"resourcequotas"}
+    cluster = _expand(one(objs, "ClusterRole", "acc-accordion-operator")["rules"])
+    assert {r for _, r, _ in cluster} >= {"priorityclasses"}
 
 
 def test_namespaced_mode_uses_roles_plus_a_cluster_role_for_nodes() -> None:

@@ -35,6 +35,7 @@ def test_lint_strict_passes_with_defaults_and_with_every_toggle_on() -> None:
         "monitoring.dashboards.enabled": "true",
         "watch.namespaces": '["team-a","team-b"]',
         "trainer.extraPodLabels": '{"cost-center":"ml"}',
+        "networkPolicy.enabled": "true",
     }
     r = helm("lint", "--strict", str(CHART), *set_args(everything))
     assert "0 chart(s) failed" in r.stdout
@@ -51,11 +52,20 @@ def test_default_objects(defaults: list[Obj]) -> None:
         ("CustomResourceDefinition", "experiments.accordion.dev"),
         ("CustomResourceDefinition", "trainingruns.accordion.dev"),
         ("Deployment", "acc-accordion-operator"),
+        ("PriorityClass", "accordion-default"),
+        ("PriorityClass", "accordion-high"),
+        ("PriorityClass", "accordion-low"),
         ("Service", "acc-accordion-operator-metrics"),
         ("ServiceAccount", "acc-accordion-operator"),
     ]
+    cluster_scoped = (
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "CustomResourceDefinition",
+        "PriorityClass",
+    )
     for o in defaults:
-        if o["kind"] not in ("ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"):
+        if o["kind"] not in cluster_scoped:
             assert o["metadata"]["namespace"] == "accordion-system", o["kind"]
         assert o["metadata"]["labels"]["app.kubernetes.io/instance"] == "acc"
 
@@ -329,6 +339,10 @@ def test_names_fit_kubernetes_limits_for_the_longest_release_name() -> None:
         "monitoring.podMonitor.enabled=true",
         "--set",
         "monitoring.prometheusRule.enabled=true",
+        "--set",
+        "networkPolicy.enabled=true",
+        "--set",
+        "networkPolicy.namespaces={team-a}",
     ).stdout
     for o in yaml.safe_load_all(text):
         if o:

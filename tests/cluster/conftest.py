@@ -3,7 +3,8 @@ as a subprocess and the clients for TrainingRuns and Experiments (`operator_supp
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import secrets
+from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from accordion_dev.cluster import Cluster
 from accordion_dev.polling import poll
 
 CRDS = Path(__file__).resolve().parents[2] / "crds"
+CLASSES = "/apis/scheduling.k8s.io/v1/priorityclasses"
 
 
 def _apply_crd(cluster: Cluster, name: str) -> str:
@@ -78,3 +80,27 @@ def api(cluster: Cluster, trainingrun_crd: str, namespace: str) -> Iterator[Api]
 def exp_api(cluster: Cluster, experiment_crd: str, namespace: str) -> Iterator[ExpApi]:
     with closing(ExpApi(cluster, namespace)) as a:
         yield a
+
+
+@pytest.fixture
+def priority_class(api: Api) -> Iterator[Callable[..., str]]:
+    """Creates PriorityClasses (cluster-scoped: unique names), deleted after the test."""
+    made: list[str] = []
+
+    def make(value: int, *, cluster_wide: bool = False) -> str:
+        name = f"t-{value}-{secrets.token_hex(3)}"
+        annotations = {"accordion.dev/preempt-other-namespaces": "true"} if cluster_wide else {}
+        body = {
+            "apiVersion": "scheduling.k8s.io/v1",
+            "kind": "PriorityClass",
+            "metadata": {"name": name, "annotations": annotations},
+            "value": value,
+        }
+        r = api.http.post(CLASSES, json=body)
+        assert r.status_code == 201, r.text
+        made.append(name)
+        return name
+
+    yield make
+    for name in made:
+        api.http.delete(f"{CLASSES}/{name}")

@@ -55,6 +55,10 @@ class Operator:
             "ACCORDION_DEBOUNCE_SECONDS": "0.1",
             "ACCORDION_RESYNC_SECONDS": "2",
             "ACCORDION_SCALE_COOLDOWN_SECONDS": "5",
+            # The simulated runs name a fake endpoint (minio.local:9000): listing it would only
+            # fail to resolve (such runs start unchecked) and cost a probe per namespace. The
+            # preflight's own tests turn it on (test_storage_preflight.py).
+            "ACCORDION_STORAGE_PREFLIGHT": "false",
             **self.env,
         }
         self.proc = subprocess.Popen(

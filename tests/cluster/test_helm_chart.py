@@ -51,10 +51,18 @@ def _kubectl(
     "values",
     [
         [],
-        # namespaced watch mode: Roles in the listed namespace; dashboards on
-        ["--set", "monitoring.dashboards.enabled=true", "--set-json", 'watch.namespaces=["NS"]'],
+        # namespaced watch mode: Roles in the listed namespace; dashboards on; the
+        # NetworkPolicies in that namespace
+        [
+            "--set",
+            "monitoring.dashboards.enabled=true",
+            "--set-json",
+            'watch.namespaces=["NS"]',
+            "--set",
+            "networkPolicy.enabled=true",
+        ],
     ],
-    ids=["defaults", "namespaced-with-dashboards"],
+    ids=["defaults", "namespaced-with-dashboards-and-network-policies"],
 )
 def test_rendered_chart_passes_server_side_dry_run(
     cluster: Cluster, namespace: str, values: list[str]
@@ -68,7 +76,11 @@ def test_rendered_chart_passes_server_side_dry_run(
     assert any(f"customresourcedefinition.apiextensions.k8s.io/{CRD}" in x for x in applied)
     assert any("deployment.apps/acc-accordion-operator" in x for x in applied)
     assert any("clusterrole.rbac.authorization.k8s.io/acc-accordion-operator" in x for x in applied)
+    for name in ("accordion-low", "accordion-default", "accordion-high"):
+        assert any(f"priorityclass.scheduling.k8s.io/{name}" in x for x in applied), name
     if values:
+        for name in ("acc-accordion-training", "acc-accordion-worker-metrics"):
+            assert f"networkpolicy.networking.k8s.io/{name} created (server dry run)" in applied
         assert any(
             x.startswith("role.rbac.authorization.k8s.io/acc-accordion-operator") for x in applied
         )
@@ -128,7 +140,13 @@ def _leftovers(cluster: Cluster, release: str, namespace: str) -> list[str]:
         "name",
     ).stdout.split()
     names += _kubectl(
-        cluster, "get", "clusterroles,clusterrolebindings", "-l", selector, "-o", "name"
+        cluster,
+        "get",
+        "clusterroles,clusterrolebindings,priorityclasses",
+        "-l",
+        selector,
+        "-o",
+        "name",
     ).stdout.split()
     return names
 
@@ -138,8 +156,31 @@ def test_install_then_uninstall_leaves_only_the_kept_crds(cluster: Cluster, name
     _adopt_existing_crd(cluster, release, namespace)
     # The operator itself is not started here (tests/e2e/test_helm_install.py runs it from the
     # chart): the Deployment is created and removed like every other object.
-    _helm(cluster, "install", release, str(CHART), "-n", namespace, "--timeout", "2m")
+    # PriorityClasses are cluster-scoped: names of this test's own, so that no other test's (or
+    # an earlier release's) classes clash with the install
+    classes = [
+        {"name": f"{namespace}-low", "value": -100},
+        {"name": f"{namespace}-high", "value": 1000, "preemptOtherNamespaces": True},
+    ]
+    _helm(
+        cluster,
+        "install",
+        release,
+        str(CHART),
+        "-n",
+        namespace,
+        "--timeout",
+        "2m",
+        "--set-json",
+        f"priorityClasses.classes={json.dumps(classes)}",
+    )
     installed = _leftovers(cluster, release, namespace)
+    high = json.loads(
+        _kubectl(cluster, "get", "priorityclass", f"{namespace}-high", "-o", "json").stdout
+    )
+    assert high["value"] == 1000
+    assert high["metadata"]["annotations"]["accordion.dev/preempt-other-namespaces"] == "true"
+    assert f"priorityclass.scheduling.k8s.io/{namespace}-low" in installed
     assert any(x.startswith("deployment.apps/") for x in installed)
     assert any(x.startswith("configmap/") and x.endswith("-operator-settings") for x in installed)
     assert any(x.startswith("clusterrole.rbac.authorization.k8s.io/") for x in installed)

@@ -3,6 +3,7 @@ priority, kubectl scale, printer columns, suspend, and a crash mid-way."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -79,13 +80,13 @@ def test_queue_admit_and_grow(api: Api, operator: Operator, capacity: int) -> No
 
 
 def test_higher_priority_shrinks_lower_which_keeps_running(
-    api: Api, operator: Operator, capacity: int
+    api: Api, operator: Operator, capacity: int, priority_class: Callable[..., str]
 ) -> None:
     c = capacity
     api.secret()
     create(api, "low", lo=c // 8, hi=c)
     wait_workers(api, {"low": c})
-    create(api, "high", lo=c // 2, hi=c // 2, priority=100)
+    create(api, "high", lo=c // 2, hi=c // 2, priority_class=priority_class(100))
     wait_workers(api, {"high": c // 2, "low": c // 2}, timeout=30)
     low = api.status("low")
     assert low["phase"] == "Running"

@@ -85,8 +85,10 @@ def test_model_and_results_are_immutable_once_started(api: Api, operator: Operat
     assert "immutable once the run has started" in r.json()["message"]
     r = api.http.patch(url, json={"spec": {"epochs": 99}}, headers=merge)
     assert r.status_code == 422, r.text
-    # elastic bounds and priority stay editable
-    r = api.http.patch(url, json={"spec": {"workers": {"max": 3}, "priority": 5}}, headers=merge)
+    # elastic bounds and the priority class stay editable
+    r = api.http.patch(
+        url, json={"spec": {"workers": {"max": 3}, "priorityClassName": "x"}}, headers=merge
+    )
     assert r.status_code == 200, r.text
 
 

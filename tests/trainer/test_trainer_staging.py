@@ -37,7 +37,8 @@ def test_stage_in_verifies_skips_and_resumes(
         "AWS_ACCESS_KEY_ID": trainer_minio.access_key,
         "AWS_SECRET_ACCESS_KEY": trainer_minio.secret_key,
     }
-    client = client_for(S3Location(trainer_minio.endpoint, data_bucket, "mnist", False), env)
+    loc = S3Location(trainer_minio.endpoint, data_bucket, "mnist", False)
+    client = client_for(loc, env, store="DATA")
     logs: list[str] = []
     first = stage_in(client, data_bucket, "mnist/", tmp_path, workers=4, log=logs.append)
     assert (first.total_files, first.skipped_files) == (4, 0)

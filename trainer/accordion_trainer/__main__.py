@@ -4,10 +4,11 @@ Commands:
   run       standalone elastic training on this machine (no Kubernetes, no MinIO)
   dataset   write the offline MNIST sample (5,000 real images) in the supported formats
   train     one training process (started by horovodrun; not for direct use)
+  exec      one training process that runs the user's command (started by horovodrun)
   stage     stage a data bucket/prefix into a local directory
   worker    in-cluster worker pod: stage data in, serve SSH for the launcher
   launcher  in-cluster launcher pod: horovodrun elastic over the run's Ready worker pods
-  discover  print the run's Ready worker pods as `<podIP>:1` (horovodrun's discovery script)
+  discover  print the run's Ready worker pods as `<podIP>:<slots>` (horovodrun's discovery)
 """
 
 from __future__ import annotations
@@ -39,7 +40,11 @@ def _parse_hparams(pairs: list[str], raw: str | None) -> dict[str, object]:
     return hp
 
 
-def _model_env(model: str) -> str:
+def _model_env(model: str, command: str | None) -> str:
+    if command:  # as a TrainingRun's spec.model: the command runs in the code's folder
+        if not Path(model).exists():
+            raise TrainerError(Reason.ModelInvalid, f"--command needs --model PATH: {model!r}")
+        return json.dumps({"path": str(Path(model).resolve()), "command": command})
     if Path(model).exists():
         return json.dumps({"path": str(Path(model).resolve())})
     return json.dumps({"builtin": model})
@@ -55,6 +60,8 @@ def cmd_run(a: argparse.Namespace) -> int:
     if not Path(a.model).exists() and a.model not in BUILTIN_MODELS:
         known = ", ".join(sorted(BUILTIN_MODELS))
         raise TrainerError(Reason.ModelInvalid, f"unknown model {a.model!r} (built-in: {known})")
+    if a.data is None and not a.command:
+        raise TrainerError(Reason.TrainingError, "--data is required (unless --command is given)")
     if not Path(a.model).exists():
         load_dir(Path(a.data))
     work = Path(a.work).resolve() if a.work else Path(tempfile.mkdtemp(prefix="accordion-run-"))
@@ -80,12 +87,12 @@ def cmd_run(a: argparse.Namespace) -> int:
     env.update(
         {
             "ACCORDION_RUN_NAME": a.run_name,
-            "ACCORDION_MODEL": _model_env(a.model),
+            "ACCORDION_MODEL": _model_env(a.model, a.command),
             "ACCORDION_HPARAMS": json.dumps(_parse_hparams(a.hparam, a.hparams)),
             "ACCORDION_EPOCHS": str(a.epochs),
             "ACCORDION_BATCH_SIZE": str(a.batch_size),
             "ACCORDION_CHECKPOINT_EPOCHS": str(a.checkpoint_epochs),
-            "ACCORDION_DATA_DIR": str(Path(a.data).resolve()),
+            "ACCORDION_DATA_DIR": str(Path(a.data or work / "data").resolve()),
             "ACCORDION_RESULTS_PREFIX": a.prefix,
             "ACCORDION_WORK_DIR": str(work / "scratch"),
             "ACCORDION_COMMIT_BATCHES": str(a.commit_batches),
@@ -123,9 +130,20 @@ def cmd_dataset(a: argparse.Namespace) -> int:
 
 
 def cmd_train(_: argparse.Namespace) -> int:
+    from .gpus import pin_process
+
+    pin_process()  # before train.py imports TensorFlow, which reads the devices once
     from .train import main
 
     return main(T_BOOT)
+
+
+def cmd_exec(_: argparse.Namespace) -> int:
+    from .gpus import pin_process
+    from .usercmd import main
+
+    pin_process()  # the command inherits this environment before it imports TensorFlow
+    return main()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,7 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--min-np", type=int, default=1)
     r.add_argument("--max-np", type=int, default=None)
     r.add_argument("--model", default="mnist-cnn", help="built-in name, .py, folder or zip/tar")
-    r.add_argument("--data", required=True, help="directory with .npz or train.pkl")
+    r.add_argument(
+        "--command",
+        default=None,
+        help="run this command (spec.model.command) in the --model folder/archive on every slot",
+    )
+    r.add_argument("--data", default=None, help="directory with .npz or train.pkl")
     r.add_argument("--results", required=True, help="a directory, or s3://BUCKET[/PREFIX]")
     r.add_argument("--prefix", default="", help="results go to RESULTS/PREFIX/RUN/")
     r.add_argument("--s3-endpoint", default=None, help="MinIO/S3 host:port for s3:// results")
@@ -169,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="one training process (horovodrun starts it)")
     t.set_defaults(func=cmd_train)
+
+    x = sub.add_parser("exec", help="one training process running spec.model.command")
+    x.set_defaults(func=cmd_exec)
 
     from . import incluster
 

@@ -4,7 +4,10 @@ Formats in a data directory (after stage-in, or a local folder standalone):
 - `*.npz` with arrays `x_train`, `y_train` and optionally `x_val`/`y_val` (or `x_test`/`y_test`);
 - the seeds' pickled numpy arrays: `train.pkl`, `validation.pkl` (optional), `test.pkl`
   (optional), each a pickled `(x, y)` tuple or `{"x": ..., "y": ...}` dict.
-Images may be uint8 0..255 or floats, flat (784) or 28x28(x1); labels integers or one-hot.
+Images may be uint8 0..255 or floats, flat (784) or 28x28(x1); other 2-D arrays are tabular
+features and stay as they are. Labels pass through as the data has them (float targets, one-hot,
+a dict of arrays per named output); only the default classification path (a model the user did
+not compile) makes them integer classes (`class_labels`).
 
 Sharding is by sample offset, not by batch number, so a resume after the world size changed is
 exact: the committed state says how many samples of this epoch's global order were consumed.
@@ -14,7 +17,7 @@ from __future__ import annotations
 
 import pickle
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,21 +27,25 @@ import numpy.typing as npt
 from .errors import Reason, TrainerError
 
 Array = npt.NDArray[Any]
+#: one array, or one per named output of a multi-output model
+Labels = Array | dict[str, Array]
 
 
 @dataclass(frozen=True)
 class Dataset:
     x_train: Array
-    y_train: Array
+    y_train: Labels
     x_val: Array
-    y_val: Array
+    y_val: Labels
     x_test: Array | None = None
-    y_test: Array | None = None
+    y_test: Labels | None = None
 
 
 def normalize_images(x: Array) -> npt.NDArray[np.float32]:
     x = np.asarray(x)
-    if x.ndim == 2 and x.shape[1] == 784:
+    if x.ndim == 2 and x.shape[1] != 784:  # tabular features: no pixels to rescale
+        return x.astype(np.float32)
+    if x.ndim == 2:
         x = x.reshape(-1, 28, 28)
     if x.ndim == 3:
         x = x[..., np.newaxis]
@@ -53,6 +60,43 @@ def normalize_labels(y: Array) -> npt.NDArray[np.int64]:
     if y.ndim == 2 and y.shape[1] > 1:  # one-hot, as the seeds' Keras sample stored them
         y = y.argmax(axis=1)
     return y.reshape(-1).astype(np.int64)
+
+
+def as_labels(y: Any, where: str) -> Labels:
+    """Labels as the data has them: an array, or a dict of arrays (one per named output)."""
+    if isinstance(y, dict):
+        if not y:
+            raise TrainerError(Reason.DataUnreadable, f"{where}: the labels are an empty dict")
+        out = {str(k): np.asarray(v) for k, v in y.items()}
+        if len({len(v) for v in out.values()}) != 1:
+            raise TrainerError(Reason.DataUnreadable, f"{where}: label arrays differ in length")
+        return out
+    return np.asarray(y)
+
+
+def n_samples(y: Labels) -> int:
+    return len(next(iter(y.values()))) if isinstance(y, dict) else len(y)
+
+
+def take(y: Labels, idx: Any) -> Labels:
+    """The labels at `idx` (indices or a slice), per output for a dict."""
+    return {k: v[idx] for k, v in y.items()} if isinstance(y, dict) else y[idx]
+
+
+def class_labels(ds: Dataset) -> Dataset:
+    """The default classification path's labels: integer classes (one-hot converted)."""
+
+    def one(y: Labels) -> npt.NDArray[np.int64]:
+        if isinstance(y, dict):
+            raise TrainerError(
+                Reason.ModelInvalid,
+                "labels per output (a dict) need a model compiled with its own loss; an "
+                "uncompiled model gets sparse_categorical_crossentropy on one label array",
+            )
+        return normalize_labels(y)
+
+    y_test = None if ds.y_test is None else one(ds.y_test)
+    return replace(ds, y_train=one(ds.y_train), y_val=one(ds.y_val), y_test=y_test)
 
 
 def _pair(obj: Any, where: str) -> tuple[Array, Array]:
@@ -108,23 +152,25 @@ def load_dir(path: Path) -> Dataset:
     return to_dataset(arrays, where=str(path))
 
 
-def to_dataset(arrays: dict[str, Array], where: str) -> Dataset:
-    x_train, y_train = normalize_images(arrays["x_train"]), normalize_labels(arrays["y_train"])
-    if len(x_train) != len(y_train):
+def to_dataset(arrays: dict[str, Any], where: str) -> Dataset:
+    x_train, y_train = normalize_images(arrays["x_train"]), as_labels(arrays["y_train"], where)
+    if len(x_train) != n_samples(y_train):
         raise TrainerError(
-            Reason.DataUnreadable, f"{where}: {len(x_train)} images but {len(y_train)} labels"
+            Reason.DataUnreadable,
+            f"{where}: {len(x_train)} samples but {n_samples(y_train)} labels",
         )
     if len(x_train) == 0:
         raise TrainerError(Reason.DataNotFound, f"{where}: the training set is empty")
     val_key = next((k for k in ("val", "validation", "test") if f"x_{k}" in arrays), None)
     if val_key is None:  # hold out 10% so val_* metrics always exist
         cut = max(1, len(x_train) // 10)
-        x_val, y_val, x_train, y_train = x_train[:cut], y_train[:cut], x_train[cut:], y_train[cut:]
+        x_val, y_val = x_train[:cut], take(y_train, slice(None, cut))
+        x_train, y_train = x_train[cut:], take(y_train, slice(cut, None))
     else:
         x_val = normalize_images(arrays[f"x_{val_key}"])
-        y_val = normalize_labels(arrays[f"y_{val_key}"])
+        y_val = as_labels(arrays[f"y_{val_key}"], where)
     x_test = normalize_images(arrays["x_test"]) if "x_test" in arrays else None
-    y_test = normalize_labels(arrays["y_test"]) if "y_test" in arrays else None
+    y_test = as_labels(arrays["y_test"], where) if "y_test" in arrays else None
     return Dataset(x_train, y_train, x_val, y_val, x_test, y_test)
 
 

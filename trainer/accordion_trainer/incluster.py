@@ -27,11 +27,26 @@ from pathlib import Path
 from typing import Any
 
 from .errors import Reason, TrainerError, fail, parse_error_line
+from .gpus import POD_GPUS_ENV, pod_gpu_ids, slots_per_worker
 from .progress import Reporter, parse_progress
 
+#: The worker's credentials that its training processes get (through sshd's SetEnv): the results
+#: store's keys, for results and checkpoints (AWS_* only outside the operator).
+RESULTS_SECRET_ENV = (
+    "ACCORDION_RESULTS_ACCESS_KEY_ID",
+    "ACCORDION_RESULTS_SECRET_ACCESS_KEY",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+)
 #: Variables never forwarded to workers: horovodrun puts the launcher's environment on the ssh
-#: command line, where every process listing shows it.
-SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+#: command line, where every process listing shows it. The data store's keys serve the worker's
+#: own stage-in only.
+SECRET_ENV = (
+    *RESULTS_SECRET_ENV,
+    "ACCORDION_DATA_ACCESS_KEY_ID",
+    "ACCORDION_DATA_SECRET_ACCESS_KEY",
+)
 
 
 def pod_ip(env: Mapping[str, str]) -> str:
@@ -128,14 +143,15 @@ def sshd_binary() -> str:
 def fetch_model_object(cfg: Any, spec: dict[str, Any]) -> None:
     """`{"bucketObject": "bucket/key"}`: download the code archive next to the work dir."""
     from .config import S3Location
-    from .staging import classify, client_for
+    from .staging import Store, classify, client_for
 
     ref = str(spec["bucketObject"]).removeprefix("s3://")
     bucket, _, key = ref.partition("/")
     loc = cfg.data or cfg.results
     if loc is None:
         raise TrainerError(Reason.ModelInvalid, "bucketObject model but no data/results endpoint")
-    client = client_for(S3Location(loc.endpoint, bucket, "", loc.secure))
+    store: Store = "DATA" if cfg.data is not None else "RESULTS"
+    client = client_for(S3Location(loc.endpoint, bucket, "", loc.secure), store=store)
     dest = cfg.model.path
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -176,18 +192,24 @@ def cmd_worker(a: argparse.Namespace) -> int:
 
         load_dir(cfg.data_dir)  # unreadable data fails here, with its reason, before Ready
 
+    gpu_ids = pod_gpu_ids(env)
     session_env = {
         "PROMETHEUS_MULTIPROC_DIR": str(mp_dir),
         "ACCORDION_WORK_DIR": str(work),
         "ACCORDION_DATA_DIR": str(cfg.data_dir),
-        **{k: env[k] for k in SECRET_ENV if env.get(k)},
+        # each training process reports its pod in the world membership (worldPods); the
+        # launcher's environment, which horovodrun puts on the ssh command line, has none
+        **{k: env[k] for k in (*RESULTS_SECRET_ENV, "ACCORDION_POD_NAME") if env.get(k)},
+        # one GPU per training process (gpus.py): an ssh session inherits none of the pod's env
+        POD_GPUS_ENV: ",".join(gpu_ids),
     }
     ssh_dir = Path(env.get("ACCORDION_SSH_DIR", "/etc/accordion/ssh"))
     port = int(env.get("ACCORDION_SSH_PORT", "2222"))
     config = prepare_sshd(ssh_dir, work / "sshd", ip, port, session_env)
     if os.geteuid() == 0:  # root sshd insists on its privilege-separation directory
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
-    print(f"[worker] sshd on {ip}:{port}; data in {cfg.data_dir}", flush=True)
+    gpus = ",".join(gpu_ids) or "none"
+    print(f"[worker] sshd on {ip}:{port}; data in {cfg.data_dir}; GPUs {gpus}", flush=True)
     proc = subprocess.Popen([sshd_binary(), "-D", "-e", "-f", str(config)])
 
     def stop(signum: int, _frame: Any) -> None:
@@ -203,7 +225,7 @@ def stage(cfg: Any) -> None:
     from .staging import client_for, stage_in
 
     assert cfg.data is not None
-    client = client_for(cfg.data)
+    client = client_for(cfg.data, store="DATA")
     stage_in(
         client, cfg.data.bucket, cfg.data.prefix, cfg.data_dir, log=lambda m: print(m, flush=True)
     )
@@ -276,12 +298,19 @@ def prepare_ssh_client(ssh_dir: Path, state: Path, port: int) -> Path:
 
 
 class HostPoller:
-    """Keeps `hosts_file` equal to the run's Ready workers (`ip:1` lines)."""
+    """Keeps `hosts_file` equal to the run's Ready workers (`ip:slots` lines)."""
 
-    def __init__(self, hosts_file: Path, fetch: Callable[[], list[str]], interval_s: float) -> None:
+    def __init__(
+        self,
+        hosts_file: Path,
+        fetch: Callable[[], list[str]],
+        interval_s: float,
+        slots: int = 1,
+    ) -> None:
         self.hosts_file = hosts_file
         self.fetch = fetch
         self.interval_s = interval_s
+        self.slots = slots
         self.hosts: list[str] = []
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="host-poller", daemon=True)
@@ -296,7 +325,7 @@ class HostPoller:
             return self.hosts
         if hosts != self.hosts or not self.hosts_file.exists():
             print(f"[launcher] hosts: {', '.join(hosts) or '(none)'}", flush=True)
-            write_hosts(self.hosts_file, hosts)
+            write_hosts(self.hosts_file, hosts, self.slots)
             self.hosts = hosts
         return hosts
 
@@ -347,15 +376,23 @@ def launcher_env(env: Mapping[str, str], bindir: Path) -> dict[str, str]:
 
 def cmd_launcher(_: argparse.Namespace) -> int:
     from .standalone import horovodrun_argv, start_horovodrun, stop_horovodrun, write_executable
+    from .usercmd import training_entry
 
     env = dict(os.environ)
-    min_np = int(env.get("ACCORDION_MIN_WORKERS", "1"))
-    max_np = int(env.get("ACCORDION_MAX_WORKERS", str(min_np)))
+    # horovodrun counts processes: a worker pod is one host with one slot per GPU, and it
+    # joins or leaves with all of them
+    slots = slots_per_worker(env)
+    min_workers = int(env.get("ACCORDION_MIN_WORKERS", "1"))
+    min_np = min_workers * slots
+    max_np = int(env.get("ACCORDION_MAX_WORKERS", str(min_workers))) * slots
     work = Path(env.get("ACCORDION_LAUNCHER_DIR") or tempfile.mkdtemp(prefix="accordion-launcher-"))
     work.mkdir(parents=True, exist_ok=True)
     hosts_file = work / "hosts"
     poller = HostPoller(
-        hosts_file, host_source(env), float(env.get("ACCORDION_DISCOVERY_INTERVAL_S", "0.5"))
+        hosts_file,
+        host_source(env),
+        float(env.get("ACCORDION_DISCOVERY_INTERVAL_S", "0.5")),
+        slots,
     )
     poller.start()
     discovery = write_executable(work / "discover.sh", f"#!/bin/sh\ncat {hosts_file}\n")
@@ -365,7 +402,9 @@ def cmd_launcher(_: argparse.Namespace) -> int:
         int(env.get("ACCORDION_SSH_PORT", "2222")),
     )
     iface = network_interface(pod_ip(env), env)
-    argv = horovodrun_argv(min_np, min_np, max_np, discovery, iface)
+    # the user's command (spec.model.command) or the built-in trainer, on every slot
+    entry = training_entry(env.get("ACCORDION_MODEL", ""))
+    argv = horovodrun_argv(min_np, min_np, max_np, discovery, iface, entry=entry)
     argv[argv.index("--start-timeout") + 1] = env.get("ACCORDION_START_TIMEOUT_S", "600")
     reporter = Reporter(status_sender(env))
     error: TrainerError | None = None
@@ -400,8 +439,10 @@ def cmd_launcher(_: argparse.Namespace) -> int:
 
 
 def cmd_discover(_: argparse.Namespace) -> int:
-    for host in host_source(dict(os.environ))():
-        print(f"{host}:1")
+    env = dict(os.environ)
+    slots = slots_per_worker(env)
+    for host in host_source(env)():
+        print(f"{host}:{slots}")
     return 0
 
 
@@ -413,5 +454,5 @@ def add_commands(sub: Any) -> None:
     lp.set_defaults(func=cmd_launcher)
     s = sub.add_parser("stage", help="stage the data bucket/prefix into ACCORDION_DATA_DIR")
     s.set_defaults(func=cmd_stage)
-    d = sub.add_parser("discover", help="print Ready worker pods as `ip:1`")
+    d = sub.add_parser("discover", help="print Ready worker pods as `ip:slots`")
     d.set_defaults(func=cmd_discover)

@@ -135,6 +135,10 @@ def _extract(archive: Path, into: Path) -> Path:
     return root
 
 
+#: For the user's command (usercmd.py), which unpacks the code but imports nothing from it.
+unpack_code = _extract
+
+
 def find_entry_module(root: Path) -> Path:
     """The module to import from an unpacked tree: `model.py`, `train.py`, or the only `.py`."""
     for name in ("model.py", "train.py", "__init__.py"):

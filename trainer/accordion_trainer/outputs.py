@@ -38,7 +38,7 @@ def open_results(cfg: TrainConfig) -> Store:
     if cfg.results is not None:
         from .staging import client_for
 
-        client = client_for(cfg.results)
+        client = client_for(cfg.results, store="RESULTS")
         return S3Store(client, cfg.results.bucket, cfg.results_prefix)
     return LocalStore(cfg.work_dir / "results" / cfg.results_prefix)
 

@@ -14,6 +14,8 @@ from typing import Any
 
 PROGRESS_MARKER = "ACCORDION_PROGRESS "
 REPORT_MIN_INTERVAL_S = 2.0
+#: the CRD's bound on `status.training.worldPods` (its MAX_WORKERS)
+WORLD_LIMIT = 1024
 
 
 def decide_report(now: float, last_sent: float | None, last_epoch: int | None, epoch: int) -> bool:
@@ -49,12 +51,21 @@ def build_training_status(progress: dict[str, Any], now: float) -> dict[str, Any
         "worldSize": int(progress.get("worldSize", 0)),
         "metrics": _finite(progress.get("metrics") or {}),
         "history": [_epoch_record(h) for h in list(progress.get("history") or [])[-50:]],
-        "updatedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
+        "updatedAt": _rfc3339(now),
     }
     for key in ("checkpoint", "resultsURI", "rank0Pod"):
         if progress.get(key):
             out[key] = str(progress[key])
+    world, seen = progress.get("worldPods"), progress.get("worldTime")
+    if isinstance(world, list) and world and isinstance(seen, int | float) and seen > 0:
+        # the pods of the Horovod world, and when rank 0 last confirmed them (its last commit)
+        out["worldPods"] = [str(p) for p in world][:WORLD_LIMIT]
+        out["worldTime"] = _rfc3339(seen)
     return out
+
+
+def _rfc3339(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
 @dataclass

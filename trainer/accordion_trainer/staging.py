@@ -12,11 +12,11 @@ import hashlib
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from . import metrics
 from .config import S3Location
@@ -35,12 +35,27 @@ DENIED_CODES = frozenset(
 NOT_FOUND_CODES = frozenset({"NoSuchBucket", "NoSuchKey"})
 
 
-def client_for(loc: S3Location, env: dict[str, str] | None = None) -> Any:
-    """A MinIO client with short timeouts and few retries, so a dead endpoint fails in seconds."""
+#: which store a client opens: spec.data's bucket or spec.results' (docs/contract.md)
+Store = Literal["DATA", "RESULTS"]
+
+
+def credentials(env: Mapping[str, str], store: Store) -> tuple[str | None, str | None]:
+    """The store's own key pair (`ACCORDION_<STORE>_ACCESS_KEY_ID`/`..._SECRET_ACCESS_KEY`, from
+    its Secret: data and results may have different ones), else `AWS_*` (a standalone run)."""
+    access = env.get(f"ACCORDION_{store}_ACCESS_KEY_ID")
+    secret = env.get(f"ACCORDION_{store}_SECRET_ACCESS_KEY")
+    if access and secret:
+        return access, secret
+    return env.get("AWS_ACCESS_KEY_ID") or None, env.get("AWS_SECRET_ACCESS_KEY") or None
+
+
+def client_for(loc: S3Location, env: Mapping[str, str] | None = None, *, store: Store) -> Any:
+    """A MinIO client for one store with its own credentials, short timeouts and few retries,
+    so a dead endpoint fails in seconds."""
     import urllib3
     from minio import Minio
 
-    env = dict(os.environ) if env is None else env
+    access, secret = credentials(os.environ if env is None else env, store)
     http = urllib3.PoolManager(
         timeout=urllib3.Timeout(connect=3.0, read=60.0),
         retries=urllib3.Retry(total=2, backoff_factor=0.2, status_forcelist=(500, 502, 503, 504)),
@@ -48,8 +63,8 @@ def client_for(loc: S3Location, env: dict[str, str] | None = None) -> Any:
     )
     return Minio(
         loc.endpoint,
-        access_key=env.get("AWS_ACCESS_KEY_ID") or None,
-        secret_key=env.get("AWS_SECRET_ACCESS_KEY") or None,
+        access_key=access,
+        secret_key=secret,
         secure=loc.secure,
         http_client=http,
     )

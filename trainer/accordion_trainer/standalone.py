@@ -19,6 +19,7 @@ from contextlib import suppress
 from pathlib import Path
 
 from .errors import parse_error_line
+from .usercmd import training_entry
 
 SSH_SHIM = """#!/bin/sh
 # Standalone stand-in for ssh: horovodrun calls `ssh [-o K=V|-p P|-i F]... HOST [opts] CMD`.
@@ -50,9 +51,9 @@ def write_executable(path: Path, text: str) -> Path:
     return path
 
 
-def write_hosts(path: Path, hosts: list[str]) -> None:
+def write_hosts(path: Path, hosts: list[str], slots: int = 1) -> None:
     tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(f"{h}:1\n" for h in hosts))
+    tmp.write_text("".join(f"{h}:{slots}\n" for h in hosts))
     os.replace(tmp, path)
 
 
@@ -63,8 +64,10 @@ def horovodrun_argv(
     discovery: Path,
     interface: str | None,
     extra: list[str] | None = None,
+    entry: list[str] | None = None,
 ) -> list[str]:
-    """The horovodrun command line (elastic, Gloo). Shared by standalone and the launcher."""
+    """The horovodrun command line (elastic, Gloo). Shared by standalone and the launcher.
+    `entry`: what runs on every slot (`usercmd.training_entry`), the built-in trainer if None."""
     argv = [
         sys.executable,
         "-m",
@@ -88,7 +91,7 @@ def horovodrun_argv(
     if interface:
         argv += ["--network-interfaces", interface]
     argv += extra or []
-    argv += [sys.executable, "-m", "accordion_trainer", "train"]
+    argv += entry or [sys.executable, "-m", "accordion_trainer", "train"]
     return argv
 
 
@@ -144,7 +147,8 @@ def run(
     discovery = write_executable(work / "discover.sh", DISCOVERY.format(hosts=hosts_file))
     max_np = max_np or max(np, 8)
     full_env = {**env, "PATH": f"{bindir}{os.pathsep}{env.get('PATH', os.defpath)}"}
-    argv = horovodrun_argv(np, min_np, max_np, discovery, "lo")
+    entry = training_entry(env.get("ACCORDION_MODEL", ""))
+    argv = horovodrun_argv(np, min_np, max_np, discovery, "lo", entry=entry)
     out = log_file.open("a") if log_file else None
     try:
         proc = start_horovodrun(argv, full_env, work)

@@ -18,13 +18,15 @@ import json
 import os
 import socket
 import time
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from . import checkpoint, metrics
+from .compiling import build_optimizer, describe_shape_error, plan_compile
 from .config import TrainConfig, from_env
-from .data import Dataset, epoch_order, load_dir, shard_indices, to_dataset
+from .data import Dataset, class_labels, epoch_order, load_dir, shard_indices, take, to_dataset
 from .errors import Reason, TrainerError
 from .models import build, resolve
 from .outputs import emit, keep_log, open_results, save_results, write_checkpoint
@@ -41,19 +43,6 @@ def weights_checksum(weights: list[Any]) -> float:
     return float(sum(float(np.abs(w).sum()) for w in weights))
 
 
-def make_optimizer(name: str, lr: float) -> Any:
-    from tensorflow import keras
-
-    table = {
-        "adam": keras.optimizers.Adam,
-        "rmsprop": keras.optimizers.RMSprop,
-        "sgd": keras.optimizers.SGD,
-    }
-    if name.lower() not in table:
-        raise TrainerError(Reason.ModelInvalid, f"unknown optimizer {name!r}")
-    return table[name.lower()](learning_rate=lr)
-
-
 def load_data(cfg: TrainConfig, code: Any) -> Dataset:
     if code.load_data is None:
         return load_dir(cfg.data_dir)
@@ -65,12 +54,24 @@ def load_data(cfg: TrainConfig, code: Any) -> Dataset:
         raise TrainerError(Reason.DataUnreadable, f"load_data failed: {e!r}") from e
     if isinstance(out, Dataset):
         return out
-    if isinstance(out, dict):
+    if isinstance(out, dict) and "x_train" in out and "y_train" in out:
         return to_dataset(out, where="load_data()")
-    if isinstance(out, tuple) and len(out) == 2:  # ((x_train, y_train), (x_val, y_val))
-        (xt, yt), (xv, yv) = out
+    if isinstance(out, tuple | list) and len(out) == 2 and all(_is_pair(p) for p in out):
+        (xt, yt), (xv, yv) = out  # ((x_train, y_train), (x_val, y_val))
         return to_dataset({"x_train": xt, "y_train": yt, "x_val": xv, "y_val": yv}, "load_data()")
-    raise TrainerError(Reason.DataUnreadable, "load_data() must return a dict or two pairs")
+    # The user's code is wrong, not the data: the same reason as a build_model that fails.
+    got = type(out).__name__
+    if isinstance(out, dict):
+        got = f"a dict with keys {sorted(map(str, out))}"
+    raise TrainerError(
+        Reason.ModelInvalid,
+        f"load_data() returned {got}; return a dict with x_train and y_train (optionally "
+        "x_val/y_val, x_test/y_test) or ((x_train, y_train), (x_val, y_val))",
+    )
+
+
+def _is_pair(obj: Any) -> bool:
+    return isinstance(obj, tuple | list) and len(obj) == 2
 
 
 def _configure_threads() -> None:
@@ -83,40 +84,68 @@ def _configure_threads() -> None:
 
 
 def train(cfg: TrainConfig, t_boot: float | None = None) -> None:
+    hvd, t_imported, t_init = start_horovod()
+    ds, model, opt, base_lr = _compiled_model(cfg, hvd)
+    # A compiled model brings its own learning rate: the job rescales that one on every reset.
+    run_job(replace(cfg, learning_rate=base_lr), hvd, ds, model, opt, (t_boot, t_imported, t_init))
+
+
+def start_horovod(configure_threads: bool = True) -> tuple[Any, float, float]:
+    """`horovod.tensorflow.keras`, initialised (and this process's /metrics served outside a
+    worker pod), with the times its import and init finished."""
     import horovod.tensorflow.keras as hvd
 
     t_imported = time.time()
-    _configure_threads()
+    if configure_threads:
+        _configure_threads()
     hvd.init()
     t_init = time.time()
     port = int(os.environ.get("ACCORDION_METRICS_PORT", "0") or 0)
     if port and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         metrics.serve(port, addr=os.environ.get("HOROVOD_HOSTNAME", "127.0.0.1"))
+    return hvd, t_imported, t_init
 
-    ds, model, opt = _compiled_model(cfg, hvd)
+
+def run_job(
+    cfg: TrainConfig,
+    hvd: Any,
+    ds: Dataset,
+    model: Any,
+    opt: Any,
+    boot: tuple[float | None, float, float],
+) -> list[dict[str, Any]]:
+    """Resume, the elastic loop to the last epoch, and rank 0's results; the history.
+    `boot`: when the process started, imported Horovod, and initialised it."""
     job = _Job(cfg, hvd, ds, model, opt, open_results(cfg))
     resumed = job.resume()
-    _print_boot(hvd.rank(), t_boot, t_imported, t_init)
+    _print_boot(hvd.rank(), *boot)
     job.run(resumed)
     if job.rank0():
         job.finish()
+    return list(job.state.history)
 
 
-def _compiled_model(cfg: TrainConfig, hvd: Any) -> tuple[Dataset, Any, Any]:
-    """The data, and the model compiled with Horovod's optimizer (built here, before the state
-    exists: a worker joining late would otherwise deadlock in the optimizer-variable broadcast)."""
+def _compiled_model(cfg: TrainConfig, hvd: Any) -> tuple[Dataset, Any, Any, float]:
+    """The user code's data and model, compiled (`compile_model`)."""
     code = resolve(cfg.model, cfg.work_dir)
-    ds = load_data(cfg, code)
-    model = build(code, cfg.hparams)
-    optimizer = make_optimizer(
-        str(cfg.hparams.get("optimizer", "adam")), scaled_lr(cfg.learning_rate, hvd.size())
-    )
-    opt = hvd.DistributedOptimizer(optimizer)
-    model.compile(loss="sparse_categorical_crossentropy", optimizer=opt, metrics=["accuracy"])
+    return compile_model(cfg, hvd, load_data(cfg, code), build(code, cfg.hparams))
+
+
+def compile_model(
+    cfg: TrainConfig, hvd: Any, ds: Dataset, model: Any
+) -> tuple[Dataset, Any, Any, float]:
+    """The data, the model compiled with Horovod's optimizer (built here, before the state
+    exists: a worker joining late would otherwise deadlock in the optimizer-variable broadcast)
+    and the learning rate at world size 1. The user's compile is kept (`compiling`)."""
+    plan = plan_compile(model, str(cfg.hparams.get("optimizer", "adam")), cfg.learning_rate)
+    if not plan.user_compiled:
+        ds = class_labels(ds)
+    opt = hvd.DistributedOptimizer(build_optimizer(plan, scaled_lr(plan.base_lr, hvd.size())))
+    model.compile(optimizer=opt, **plan.compile_args)
     opt.build(model.trainable_variables)
     if os.environ.get("ACCORDION_PRETRACE", "1") != "0":
         _pretrace(model, ds, cfg.batch_size)
-    return ds, model, opt
+    return ds, model, opt, plan.base_lr
 
 
 def _print_boot(rank: int, t_boot: float | None, t_imported: float, t_init: float) -> None:
@@ -150,7 +179,15 @@ class _Job:
         self.model = model
         self.opt = opt
         self.store = store
-        self.clock: dict[str, float] = {"interrupted": 0.0, "last_progress": 0.0, "commit_sum": 0.0}
+        self.clock: dict[str, float] = {
+            "interrupted": 0.0,
+            "last_progress": 0.0,
+            "commit_sum": 0.0,
+            # when the world (`self.world`) was last confirmed: its (re)start or last commit
+            "world": 0.0,
+        }
+        #: every rank's pod, in rank order (docs/contract.md: `status.training.worldPods`)
+        self.world: list[str] = []
         #: hvd.elastic.KerasState, created by `run` once the checkpoint (if any) is loaded.
         self.state: Any = None
         self.progress = _progress_callback(self)
@@ -237,6 +274,9 @@ class _Job:
 
         try:
             self.state.commit()
+            # Horovod interrupts a commit to admit the hosts it discovered: a commit that
+            # returns confirms that no Ready worker is waiting to join this world.
+            self.clock["world"] = time.time()
         except HostsUpdatedInterrupt:
             # commit() saved the state before checking hosts: these weights are the committed ones.
             self.clock["interrupted"] = time.time()
@@ -268,8 +308,10 @@ class _Job:
                 "metrics": {k: float(v) for k, v in epoch_metrics.items()},
                 "history": self.state.history[-HISTORY_LIMIT:],
                 "checkpoint": self.state.checkpoint,
-                # this process is rank 0; in a pod the hostname is the pod's name
-                "rank0Pod": socket.gethostname(),
+                # this process is rank 0
+                "rank0Pod": pod_name(),
+                "worldPods": self.world,
+                "worldTime": self.clock["world"],
             },
         )
 
@@ -277,6 +319,7 @@ class _Job:
         """What `hvd.elastic.run` (re)starts after every reset, with the synced `state`."""
         size, rank = self.hvd.size(), self.hvd.rank()
         metrics.WORLD_SIZE.set(size)
+        self.gather_world()
         if self.rank0():
             emit(
                 "EVENT",
@@ -292,6 +335,19 @@ class _Job:
             )
         while state.epoch < self.cfg.epochs:
             self.epoch(state, size, rank)
+
+    def gather_world(self) -> None:
+        """Every rank's pod, in rank order, after this (re)start's state sync. A collective: all
+        ranks run `loop` from the same point, joiners included. A training process that died
+        is missing from it while its pod stays Ready (Horovod drops the host for good); the
+        operator replaces such a pod."""
+        from horovod.tensorflow import allgather_object
+
+        ranks = allgather_object(pod_name(), name="accordion_world")
+        # a pod with N GPUs holds N consecutive ranks: list it once (the CRD bounds the list
+        # by the number of workers)
+        self.world = list(dict.fromkeys(str(p) for p in ranks))
+        self.clock["world"] = time.time()
 
     def epoch(self, state: Any, size: int, rank: int) -> None:
         """The rest of the current epoch: the samples not yet consumed, re-sharded for `size`."""
@@ -352,7 +408,7 @@ class _Job:
 
         bs = self.cfg.batch_size
         data = (
-            tf.data.Dataset.from_tensor_slices((self.ds.x_train[idx], self.ds.y_train[idx]))
+            tf.data.Dataset.from_tensor_slices((self.ds.x_train[idx], take(self.ds.y_train, idx)))
             .batch(bs)
             .prefetch(tf.data.AUTOTUNE)
         )
@@ -437,12 +493,22 @@ def _pretrace(model: Any, ds: Dataset, batch_size: int) -> None:
     so no collective is entered here."""
     import tensorflow as tf
 
-    warm = tf.data.Dataset.from_tensor_slices(
-        (ds.x_train[:batch_size], ds.y_train[:batch_size])
-    ).batch(batch_size)
+    y = take(ds.y_train, slice(None, batch_size))
+    warm = tf.data.Dataset.from_tensor_slices((ds.x_train[:batch_size], y)).batch(batch_size)
     fn = model.make_train_function()
     if hasattr(fn, "get_concrete_function"):
-        fn.get_concrete_function(iter(warm))
+        try:
+            fn.get_concrete_function(iter(warm))
+        except (ValueError, TypeError, tf.errors.InvalidArgumentError) as e:
+            # Tracing computes the loss and metrics: a loss that does not fit the labels'
+            # shape or type fails here, in every process alike, before the ring forms.
+            raise TrainerError(Reason.ModelInvalid, describe_shape_error(model, y, e)) from e
+
+
+def pod_name() -> str:
+    """This training process's worker pod: ACCORDION_POD_NAME, which the worker's sshd hands
+    on (docs/contract.md), else the hostname (a pod's, outside the operator's pods)."""
+    return os.environ.get("ACCORDION_POD_NAME") or socket.gethostname()
 
 
 def _pos(state: Any) -> dict[str, int]:

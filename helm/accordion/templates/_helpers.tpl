@@ -53,6 +53,7 @@ ACCORDION_NAMESPACES: {{ join "," .Values.watch.namespaces | quote }}
 ACCORDION_LOG_LEVEL: {{ .Values.operator.logLevel | quote }}
 ACCORDION_HEALTH_PORT: {{ .Values.operator.healthPort | quote }}
 ACCORDION_OPERATOR_METRICS_PORT: {{ .Values.operator.metricsPort | quote }}
+ACCORDION_STORAGE_PREFLIGHT: {{ .Values.operator.storagePreflight | quote }}
 ACCORDION_RESYNC_SECONDS: {{ .Values.operator.reconcile.resyncSeconds | quote }}
 ACCORDION_DEBOUNCE_SECONDS: {{ .Values.operator.reconcile.debounceSeconds | quote }}
 ACCORDION_RELIST_SECONDS: {{ .Values.operator.reconcile.relistSeconds | quote }}
@@ -66,6 +67,7 @@ ACCORDION_SCALE_COOLDOWN_SECONDS: {{ .Values.operator.scheduling.scaleCooldownSe
 ACCORDION_LAUNCHER_BACKOFF_SECONDS: {{ .Values.operator.scheduling.launcherBackoffSeconds | quote }}
 ACCORDION_LAUNCHER_BACKOFF_MAX_SECONDS: {{ .Values.operator.scheduling.launcherBackoffMaxSeconds | quote }}
 ACCORDION_PROGRESS_DEADLINE_SECONDS: {{ .Values.operator.scheduling.progressDeadlineSeconds | quote }}
+ACCORDION_WORLD_GRACE_SECONDS: {{ .Values.operator.scheduling.worldGraceSeconds | quote }}
 ACCORDION_TRAINER_IMAGE: {{ include "accordion.trainerImage" . | quote }}
 ACCORDION_IMAGE_PULL_POLICY: {{ .Values.trainer.image.pullPolicy | quote }}
 ACCORDION_BUILTIN_MODELS: {{ join "," .Values.trainer.builtinModels | quote }}

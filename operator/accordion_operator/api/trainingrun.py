@@ -34,6 +34,8 @@ SINGULAR = "trainingrun"
 SHORT_NAMES = ("tr",)
 
 MAX_WORKERS = 1024
+#: a worker with N GPUs runs N training processes (Horovod slots)
+MAX_GPUS_PER_WORKER = 16
 
 # --- condition types and reasons (documented constants; `kubectl describe` shows them) -----------
 
@@ -61,6 +63,11 @@ REASON_QUEUED = "WaitingForGPUs"
 REASON_PREEMPTED = "PreemptedByHigherPriority"
 #: Admitted=False: no schedulable node matches the run's placement constraints at all.
 REASON_UNSCHEDULABLE = "NoMatchingNodes"
+#: Admitted=False: spec.priorityClassName names no PriorityClass of the cluster.
+REASON_PRIORITY_CLASS_NOT_FOUND = "PriorityClassNotFound"
+#: Admitted=False: a ResourceQuota of the namespace can never admit the run's minimum (its hard
+#: limit on pods or GPUs, for the run's priority class, is below what the minimum needs).
+REASON_QUOTA_EXCEEDED = "QuotaExceeded"
 #: Admitted=False: the credentials Secret named in spec.data/spec.results is missing or incomplete.
 REASON_SECRET_MISSING = "CredentialsSecretNotFound"  # noqa: S105 - a reason, no secret
 REASON_SECRET_INVALID = "CredentialsSecretInvalid"  # noqa: S105 - a reason, no secret
@@ -68,6 +75,14 @@ REASON_SECRET_INVALID = "CredentialsSecretInvalid"  # noqa: S105 - a reason, no 
 REASON_UNKNOWN_MODEL = "UnknownBuiltinModel"
 #: Admitted=False: a hyperparameter name or value is not a string/number (schema cannot say).
 REASON_INVALID_HPARAMS = "InvalidHyperparameters"
+#: Admitted=False, from the storage preflight before the first pods (trainingrun/preflight.py):
+#: spec.data's or spec.results' bucket does not exist ...
+REASON_BUCKET_NOT_FOUND = "BucketNotFound"
+#: ... no object under spec.data's prefix ...
+REASON_DATA_NOT_FOUND = "DataNotFound"
+#: ... or the object store refused the keys of the data or the results credentialsSecret.
+REASON_DATA_DENIED = "DataAccessDenied"
+REASON_RESULTS_DENIED = "ResultsAccessDenied"
 #: Admitted=False: spec.suspend is true.
 REASON_SUSPENDED = "Suspended"
 #: Suspended=False: the run is not suspended.
@@ -218,7 +233,7 @@ class Workers(ApiModel):
         default=None,
         description="workers the user asks for (the scale subresource); defaults to max",
     )
-    gpus_per_worker: Annotated[int, Field(ge=0, le=16)] = 1
+    gpus_per_worker: Annotated[int, Field(ge=0, le=MAX_GPUS_PER_WORKER)] = 1
     cpu: Quantity = "1"
     memory: Quantity = "4Gi"
     min_available_timeout_seconds: Annotated[int, Field(ge=10, le=86400)] = Field(
@@ -339,7 +354,16 @@ class TrainingRunSpec(ApiModel):
     ] = {}
     tolerations: Annotated[list[Toleration], Field(max_length=32)] = []
     affinity: Affinity | None = None
-    priority: Annotated[int, Field(ge=-1000, le=1000)] = 0
+    # Not a free integer: any run author could then preempt every namespace's runs. The value
+    # comes from the cluster-scoped PriorityClass, which only cluster admins create; who may
+    # use a class is the namespace's ResourceQuota scopes (docs/trainingrun.md "Priority").
+    priority_class_name: (
+        Annotated[str, Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)] | None
+    ) = Field(
+        default=None,
+        description="the PriorityClass whose value orders this run against others; unset = the "
+        "cluster's globalDefault class, else 0",
+    )
     suspend: bool = False
     backoff_limit: Annotated[int, Field(ge=0, le=100)] = Field(
         default=3, description="launcher restarts before the run fails"
@@ -370,6 +394,7 @@ MetricMap = Annotated[
     Field(max_length=32),
 ]
 Timestamp = Annotated[str, Field(max_length=64, json_schema_extra={"format": "date-time"})]
+PodNames = Annotated[list[Annotated[str, Field(max_length=253)]], Field(max_length=MAX_WORKERS)]
 
 
 class EpochRecord(ApiModel):
@@ -382,7 +407,8 @@ class TrainingProgress(ApiModel):
 
     epoch: Annotated[int, Field(ge=0)] | None = None
     batch: Annotated[int, Field(ge=0)] | None = None
-    world_size: Annotated[int, Field(ge=0, le=MAX_WORKERS)] | None = None
+    #: training processes, not pods: one per GPU of each worker in the world
+    world_size: Annotated[int, Field(ge=0, le=MAX_WORKERS * MAX_GPUS_PER_WORKER)] | None = None
     metrics: MetricMap = {}
     history: Annotated[list[EpochRecord], Field(max_length=50)] = []
     checkpoint: Annotated[str, Field(max_length=2048)] | None = None
@@ -393,6 +419,14 @@ class TrainingProgress(ApiModel):
     #: The worker pod of Horovod rank 0, which writes checkpoints and the model: a scale-down
     #: removes it last, so that a shrink never interrupts a save.
     rank0_pod: Annotated[str, Field(max_length=253)] | None = None
+    #: The worker pods in the Horovod world, in rank order, gathered by the trainer at every
+    #: elastic (re)start: a Ready worker left out of it (its training process died and Horovod
+    #: dropped its host for good) is replaced after ACCORDION_WORLD_GRACE_SECONDS.
+    world_pods: PodNames | None = None
+    #: When the trainer last confirmed `worldPods`: the world's last commit, where Horovod
+    #: interrupts training to admit a host it discovered (a pod that became Ready before this
+    #: and is not in the list was not admitted).
+    world_time: Timestamp | None = None
 
 
 class TrainingRunStatus(ApiModel):

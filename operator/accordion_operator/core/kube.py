@@ -9,6 +9,7 @@ than its own writes. Both kinds (TrainingRun, Experiment) use this one client.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import time
 import warnings
@@ -314,15 +315,27 @@ class Kube:
                 rv = ""
                 await asyncio.sleep(1.0)
 
-    async def secret_keys(self, namespace: str, name: str) -> frozenset[str] | None:
-        """The keys of a Secret (never its values), or None when it does not exist."""
+    async def secret_keys(self, namespace: str, name: str) -> tuple[frozenset[str], str] | None:
+        """The keys of a Secret (never its values) and its resourceVersion, or None when it does
+        not exist."""
         code, data = await self.request("GET", "v1", f"secrets/{name}", namespace)
         if code == 404:
             return None
         if code != 200:
             raise ApiError(code, f"GET secret {namespace}/{name}: {code} {data.get('message')}")
         keys = set((data.get("data") or {}).keys()) | set((data.get("stringData") or {}).keys())
-        return frozenset(keys)
+        return frozenset(keys), str((data.get("metadata") or {}).get("resourceVersion", ""))
+
+    async def secret_values(self, namespace: str, name: str) -> dict[str, str] | None:
+        """A Secret's data, decoded (the storage preflight's credentials), or None when it does
+        not exist. The values go to the caller only: never into a log, an Event or status."""
+        code, data = await self.request("GET", "v1", f"secrets/{name}", namespace)
+        if code == 404:
+            return None
+        if code != 200:
+            raise ApiError(code, f"GET secret {namespace}/{name}: {code} {data.get('message')}")
+        raw = data.get("data") or {}
+        return {k: base64.b64decode(v).decode("utf-8", "replace") for k, v in raw.items()}
 
     async def create(self, obj: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
         """Create; the caller treats 409 AlreadyExists as success (names are deterministic)."""

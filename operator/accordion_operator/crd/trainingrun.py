@@ -76,7 +76,12 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
         "priority": 1,
         "jsonPath": ".status.conditions[?(@.type=='Admitted')].reason",
     },
-    {"name": "Priority", "type": "integer", "priority": 1, "jsonPath": ".spec.priority"},
+    {
+        "name": "Priority-Class",
+        "type": "string",
+        "priority": 1,
+        "jsonPath": ".spec.priorityClassName",
+    },
 ]
 
 

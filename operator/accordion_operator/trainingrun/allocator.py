@@ -15,8 +15,14 @@ Rules, in the order they are applied:
    minimum, so the surplus of lower-priority runs is what a higher-priority minimum takes first.
    A lower-priority run loses its minimum (is preempted whole) only when the higher-priority
    minimums do not fit otherwise - the last resort - and its grant says so.
+   *Who may preempt whom* (``RunRequest.preempts``, from the run's PriorityClass): an admitted
+   run keeps its minimum ahead of every higher priority unless some run that may preempt it is
+   present: one of its own namespace (class default), or of any namespace whose class says
+   ``cluster``; a ``never`` class preempts nobody. Such protected runs are placed first.
 3. *Fair growth.* Within a priority, free GPUs are shared by water-filling: the run with the fewest
    workers gets the next one, up to its requested count (``spec.workers.replicas`` or ``max``).
+   Surplus levels count a priority above 0 only for classes that may preempt other namespaces:
+   otherwise a team's own high class would grow its runs first by taking other teams' surplus.
 4. *Hysteresis.* A run whose count changed less than ``cooldown`` seconds ago keeps its previous
    count (as far as GPUs allow after all minimums) instead of being trimmed for fairness, so runs
    do not oscillate when others come and go. Growth is never delayed.
@@ -28,6 +34,7 @@ import functools
 import heapq
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 from accordion_operator.api.trainingrun import (
     REASON_GANG_ADMITTED,
@@ -157,6 +164,16 @@ class RunRequest:
     previous: int = 0
     #: when the grant last changed (epoch seconds), for the cooldown
     last_scale: float | None = None
+    #: whose minimums the run may take when its own does not fit (see module docstring, 2.)
+    preempts: Literal["never", "namespace", "cluster"] = "namespace"
+    namespace: str = ""
+    #: it was preempted and has not been re-admitted since (its refusal keeps saying so)
+    preempted: bool = False
+
+    @property
+    def surplus_level(self) -> int:
+        """The priority its surplus competes at (module docstring, 3.)."""
+        return self.priority if self.preempts == "cluster" else min(self.priority, 0)
 
     @property
     def cap(self) -> int:
@@ -307,15 +324,18 @@ def decide_allocation(
             foreign[pod.node] = foreign.get(pod.node, 0) + pod.gpus
     plan = _Planner(_Capacity(nodes, foreign), runs)
     order = sorted(runs, key=lambda r: (-r.priority, r.previous < r.min, r.created, r.key))
-    # 1. gang minimums, highest priority first
-    for run in order:
+    # 1. gang minimums: first those no present run may preempt, then highest priority first
+    protected = _protected(runs)
+    for run in [r for r in order if r.key in protected] + [
+        r for r in order if r.key not in protected
+    ]:
         if plan.place_gang(run, run.min):
             plan.granted[run.key] = run.min
     # 2.-4. surplus per priority level: cooldown-frozen counts first, then fair water-filling
     levels: dict[int, list[RunRequest]] = {}
     for run in order:
         if run.key in plan.granted:
-            levels.setdefault(run.priority, []).append(run)
+            levels.setdefault(run.surplus_level, []).append(run)
     for priority in sorted(levels, reverse=True):
         plan.keep_in_cooldown(levels[priority], now, cooldown)
         plan.grow_fairly(levels[priority])
@@ -331,6 +351,26 @@ def decide_allocation(
         else:
             grants[run.key] = plan.refusal(run)
     return Allocation(grants=grants, node_used=node_used, placements=plan.placements)
+
+
+def _protected(runs: Sequence[RunRequest]) -> set[str]:
+    """Admitted runs that no present run may preempt: none of higher priority in their own
+    namespace (other than `never` classes) and none of higher priority whose class may preempt
+    other namespaces. O(runs); with one priority level, every admitted run."""
+    floor = float("-inf")
+    top_cluster, top_ns = floor, dict[str, float]()
+    for r in runs:
+        if r.preempts == "cluster":
+            top_cluster = max(top_cluster, r.priority)
+        if r.preempts != "never":
+            top_ns[r.namespace] = max(top_ns.get(r.namespace, floor), r.priority)
+    return {
+        r.key
+        for r in runs
+        if r.previous >= r.min
+        and r.priority >= top_cluster
+        and r.priority >= top_ns.get(r.namespace, floor)
+    }
 
 
 class _Planner:
@@ -421,7 +461,7 @@ class _Planner:
                 f"no schedulable nodes can ever hold {run.min} workers of "
                 f"{run.gpus_per_worker} GPUs matching the run's nodeSelector/tolerations/affinity",
             )
-        if run.previous >= run.min:
+        if run.previous >= run.min or run.preempted:
             return Grant(
                 0,
                 REASON_PREEMPTED,

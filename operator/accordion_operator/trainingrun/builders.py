@@ -175,6 +175,8 @@ def common_env(run: TrainingRun, cfg: Config) -> list[dict[str, Any]]:
         {"name": "ACCORDION_RUN_UID", "value": run.metadata.uid},
         {"name": "ACCORDION_MIN_WORKERS", "value": str(spec.workers.min)},
         {"name": "ACCORDION_MAX_WORKERS", "value": str(spec.workers.max)},
+        # a worker pod is one Horovod host with a slot (a process) per GPU
+        {"name": "ACCORDION_GPUS_PER_WORKER", "value": str(spec.workers.gpus_per_worker)},
         {"name": "ACCORDION_SSH_DIR", "value": SSH_DIR},
         {"name": "ACCORDION_SSH_PORT", "value": str(cfg.ssh_port)},
         {"name": "ACCORDION_MODEL", "value": json.dumps(model, sort_keys=True)},
@@ -195,14 +197,20 @@ def common_env(run: TrainingRun, cfg: Config) -> list[dict[str, Any]]:
 
 
 def _credentials_env(run: TrainingRun) -> list[dict[str, Any]]:
-    # Workers only: horovodrun copies the launcher's environment onto the ssh command line.
-    secret = run.spec.results.credentials_secret.name
+    """Each store's keys from its own Secret, under names that say which store they open
+    (ACCORDION_DATA_* for stage-in, ACCORDION_RESULTS_* for results and checkpoints): a data
+    Secret that differs from the results one is used for the data bucket only. Workers only:
+    horovodrun copies the launcher's environment onto the ssh command line."""
+    stores = [("RESULTS", run.spec.results)]
+    if run.spec.data is not None:
+        stores.insert(0, ("DATA", run.spec.data))
     return [
         {
-            "name": env,
-            "valueFrom": {"secretKeyRef": {"name": secret, "key": key}},
+            "name": f"ACCORDION_{kind}_{env}",
+            "valueFrom": {"secretKeyRef": {"name": store.credentials_secret.name, "key": key}},
         }
-        for env, key in (("AWS_ACCESS_KEY_ID", ACCESS_KEY), ("AWS_SECRET_ACCESS_KEY", SECRET_KEY))
+        for kind, store in stores
+        for env, key in (("ACCESS_KEY_ID", ACCESS_KEY), ("SECRET_ACCESS_KEY", SECRET_KEY))
     ]
 
 
@@ -217,6 +225,10 @@ def _placement(run: TrainingRun) -> dict[str, Any]:
         ]
     if spec.affinity is not None and spec.affinity.node_affinity is not None:
         out["affinity"] = spec.affinity.model_dump(by_alias=True, exclude_none=True)
+    if spec.priority_class_name is not None:
+        # The pods carry the run's class too: the namespace's ResourceQuota scopes on the class
+        # then apply to them, and the kube-scheduler orders them as the allocator did.
+        out["priorityClassName"] = spec.priority_class_name
     return out
 
 
@@ -254,7 +266,8 @@ def _image(run: TrainingRun, cfg: Config) -> tuple[str, str]:
 
 
 def build_worker_pod(run: TrainingRun, index: int, cfg: Config) -> dict[str, Any]:
-    """One Horovod slot (contract: one slot per pod, so a lost worker blacklists no other)."""
+    """One Horovod host with a slot per GPU (contract: one host per pod, so a lost worker
+    blacklists no other)."""
     w = run.spec.workers
     image, pull = _image(run, cfg)
     resources: dict[str, Any] = {"cpu": w.cpu, "memory": w.memory}
@@ -284,6 +297,11 @@ def build_worker_pod(run: TrainingRun, index: int, cfg: Config) -> dict[str, Any
                     "env": [
                         *common_env(run, cfg),
                         {"name": "ACCORDION_WORKER_INDEX", "value": str(index)},
+                        # the training process reports its pod in status.training.worldPods
+                        {
+                            "name": "ACCORDION_POD_NAME",
+                            "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
+                        },
                         {"name": "ACCORDION_DATA_DIR", "value": DATA_DIR},
                         *_credentials_env(run),
                     ],

@@ -8,6 +8,7 @@ pass never acts on a view older than its own writes.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,12 +33,22 @@ from accordion_operator.trainingrun.observe import (
     run_request,
     wants_gpus,
 )
+from accordion_operator.trainingrun.priority import (
+    PriorityClassInfo,
+    QuotaInfo,
+    class_from,
+    quota_from,
+)
+
+log = logging.getLogger("accordion.cache")
 
 #: what the cache watches
 WATCHES = (
     Watch("node", "v1", "nodes", namespaced=False),
     Watch("pod", "v1", "pods"),
     Watch("run", API_VERSION, PLURAL),
+    Watch("priorityclass", "scheduling.k8s.io/v1", "priorityclasses", namespaced=False),
+    Watch("quota", "v1", "resourcequotas"),
 )
 
 
@@ -99,9 +110,12 @@ class CachedRun:
     rv: int
     resource_version: str
     uid: str
-    priority: int
+    #: spec.priorityClassName (resolved to a value per pass: classes change apart from runs)
+    priority_class: str | None
     created: str
     phase: str
+    #: status.lastScaleTime as written (the operator keeps its own copy: `decide.OwnStatus`)
+    last_scale_time: str | None
     #: reconcile.wants_gpus of the model: takes part in allocation
     wants_gpus: bool
     #: status.startTime is set (input checks apply only before the run starts)
@@ -147,9 +161,10 @@ class CachedRun:
                 rv=resource_version(body),
                 resource_version=meta.resource_version,
                 uid=meta.uid,
-                priority=spec.priority,
+                priority_class=spec.priority_class_name,
                 created=meta.creation_timestamp or "",
                 phase=st.phase or "Pending",
+                last_scale_time=st.last_scale_time,
                 wants_gpus=wants_gpus(parsed),
                 started=st.start_time is not None,
                 decided=st.observed_generation == meta.generation,
@@ -166,9 +181,10 @@ class CachedRun:
             rv=resource_version(body),
             resource_version=str(meta.get("resourceVersion", "")),
             uid=str(meta.get("uid", "")),
-            priority=0,
+            priority_class=None,
             created=str(meta.get("creationTimestamp", "")),
             phase=str((slim.get("status") or {}).get("phase") or "Pending"),
+            last_scale_time=None,
             wants_gpus=False,
             started=False,
             decided=False,
@@ -198,6 +214,11 @@ class ClusterCache(Store):
     _pod_gone: dict[tuple[str, str], int] = field(default_factory=dict)
     #: runs seen for the first time so far (a long pass yields to new arrivals)
     arrivals: int = 0
+    #: PriorityClasses by name, and ResourceQuotas by namespace -> name (`priority`)
+    priority_classes: dict[str, PriorityClassInfo] = field(default_factory=dict)
+    quotas: dict[str, dict[str, QuotaInfo]] = field(default_factory=dict)
+    #: bumped on every change of either: runs' resolved priorities are cached until it moves
+    policy_version: int = 0
 
     # --- feeding -----------------------------------------------------------------------------
 
@@ -213,6 +234,8 @@ class ClusterCache(Store):
             self._apply_pod(body, deleted)
         elif kind == "node":
             self._apply_node(body, deleted)
+        elif kind in ("priorityclass", "quota"):
+            self._apply_policy(kind, body, deleted)
         if wake:
             self.dirty.set()
 
@@ -228,7 +251,14 @@ class ClusterCache(Store):
             self.arrivals += 1
         if old is not None and rv and rv < old.rv:
             return  # an older copy than the one we hold (e.g. a LIST racing our own patch)
-        self.runs[key] = CachedRun.of(body)
+        try:
+            self.runs[key] = CachedRun.of(body)
+        except Exception:  # one object's shape must never stop the watch
+            # CachedRun.of reports what the models reject; anything else it raises is a shape
+            # nobody foresaw, and the watch must go on for every other run: this one is left out
+            # (logged) until a new version of it parses.
+            log.exception("TrainingRun %s/%s could not be read; ignored", *key)
+            self.runs.pop(key, None)
 
     def _apply_pod(self, body: Mapping[str, Any], deleted: bool) -> None:
         meta = body.get("metadata") or {}
@@ -271,6 +301,22 @@ class ClusterCache(Store):
         else:
             self.nodes[name] = node_from(body, self.cfg.gpu_resource)
 
+    def _apply_policy(self, kind: str, body: Mapping[str, Any], deleted: bool) -> None:
+        meta = body.get("metadata") or {}
+        name = str(meta.get("name", ""))
+        if kind == "priorityclass":
+            if deleted:
+                self.priority_classes.pop(name, None)
+            else:
+                self.priority_classes[name] = class_from(body)
+        else:
+            ns = str(meta.get("namespace", ""))
+            if deleted:
+                self.quotas.get(ns, {}).pop(name, None)
+            else:
+                self.quotas.setdefault(ns, {})[name] = quota_from(body)
+        self.policy_version += 1
+
     def forget_missing(
         self, kind: str, seen: set[tuple[str, str]], namespace: str | None, newest: int
     ) -> None:
@@ -304,6 +350,15 @@ class ClusterCache(Store):
             for name in list(self.nodes):
                 if name not in names:
                     del self.nodes[name]
+        elif kind == "priorityclass":
+            names = {name for _, name in seen}
+            self.priority_classes = {n: c for n, c in self.priority_classes.items() if n in names}
+            self.policy_version += 1
+        elif kind == "quota":
+            for ns, quotas in self.quotas.items():
+                if in_scope(ns):
+                    self.quotas[ns] = {n: q for n, q in quotas.items() if (ns, n) in seen}
+            self.policy_version += 1
         self.dirty.set()
 
     # --- reading ---------------------------------------------------------------------------------

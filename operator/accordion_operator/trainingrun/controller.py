@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 import time
@@ -20,18 +21,20 @@ from typing import Any
 
 import aiohttp
 
-from accordion_operator.api.trainingrun import FINISHED_PHASES, TrainingRun
+from accordion_operator.api.trainingrun import FINISHED_PHASES, TrainingRun, TrainingRunStatus
 from accordion_operator.config import Config
 from accordion_operator.core.cache import expected_syncs, run_watched
 from accordion_operator.core.kube import ApiError, Kube
 from accordion_operator.core.objects import TRAININGRUNS, object_ref
+from accordion_operator.core.timefmt import from_rfc3339
 from accordion_operator.metrics import OperatorMetrics
-from accordion_operator.trainingrun import builders
+from accordion_operator.trainingrun import builders, priority
 from accordion_operator.trainingrun.allocator import Grant, RunRequest, decide_allocation
 from accordion_operator.trainingrun.cache import WATCHES, CachedRun, ClusterCache
 from accordion_operator.trainingrun.checks import check_run
 from accordion_operator.trainingrun.decide import (
     NO_GRANT,
+    OwnStatus,
     Plan,
     decide_run,
     unparsable_plan,
@@ -44,7 +47,10 @@ from accordion_operator.trainingrun.observe import (
     controller_uid,
     orphan_of_ours,
     owned,
+    wants_gpus,
 )
+from accordion_operator.trainingrun.preflight import Probe, probes_for
+from accordion_operator.trainingrun.storage import PENDING, StoragePreflight
 
 log = logging.getLogger("accordion.controller")
 #: first wait after the apiserver refused a child pod; doubles per refusal, up to the max
@@ -105,8 +111,23 @@ class Controller:
     #: per run: the inputs of its last decision that had nothing to do, and until when that
     #: decision holds (its requeue time; inf without one) (see _decide_runs)
     _settled: dict[str, tuple[tuple[object, ...], float]] = field(default_factory=dict)
-    #: per run not yet started: (resourceVersion and Secrets seen, check_run's verdict)
-    _checks: dict[str, tuple[object, tuple[str, str] | None]] = field(default_factory=dict)
+    #: per run not yet started: (resourceVersion and Secrets seen, check_run's verdict, the
+    #: storage preflight's listings)
+    _checks: dict[str, tuple[object, tuple[str, str] | None, tuple[Probe, ...]]] = field(
+        default_factory=dict
+    )
+    #: the storage preflight (ACCORDION_STORAGE_PREFLIGHT); None = runs start unchecked
+    storage: StoragePreflight | None = None
+    #: per run: ((its version, the classes' and quotas' version), request at its class's
+    #: priority, why its class or quota refuses it) (`_prioritised`)
+    _resolved: dict[str, tuple[tuple[int, int], RunRequest, tuple[str, str] | None]] = field(
+        default_factory=dict
+    )
+    #: per run taking part in this pass's allocation: its priority (the order runs are acted on)
+    _priorities: dict[str, int] = field(default_factory=dict)
+    #: per run uid: the operator-owned status fields as this process last wrote (or first saw)
+    #: them; the run's launcher token can write status too (`decide.OwnStatus`)
+    _own: dict[str, OwnStatus] = field(default_factory=dict)
     passes: int = 0
 
     def __post_init__(self) -> None:
@@ -124,8 +145,8 @@ class Controller:
             key = (view.namespace, name)
             hit = self.secrets.get(key)
             if hit is None or now - hit[0] > self.secret_ttl:
-                keys = await self.kube.secret_keys(*key)
-                hit = (now, SecretInfo(keys) if keys is not None else None)
+                found = await self.kube.secret_keys(*key)
+                hit = (now, SecretInfo(*found) if found is not None else None)
                 self.secrets[key] = hit
             out[name] = hit[1]
         return out
@@ -147,12 +168,17 @@ class Controller:
         tally = _Tally(decide_seconds=time.perf_counter() - t0)
         if unread:
             tally.delays.append(self.cfg.debounce_seconds + 1.0)  # soon, not at the resync
+        recheck = self.storage.due_in(now) if self.storage is not None else None
+        if recheck is not None:
+            tally.delays.append(recheck)
         decided = [v for v in views if v.key not in unread]
         await self._decide_runs(decided, alloc.grants, invalid, now, tally)
         # refused creations are tried again when their backoff ends (those of runs gone are
         # forgotten)
         uids = {v.uid for v in views}
         self._create_failures = {u: f for u, f in self._create_failures.items() if u in uids}
+        if len(self._own) > len(uids):
+            self._own = {u: o for u, o in self._own.items() if u in uids}
         tally.delays += [max(0.0, f.retry_at - now) for f in self._create_failures.values()]
         t = time.perf_counter()
         for view in list(cache.runs.values()):
@@ -180,10 +206,11 @@ class Controller:
     ) -> tuple[dict[str, tuple[str, str] | None], list[RunRequest], set[str]]:
         """check_run's verdict on each run (key -> (reason, message) or None), the allocation
         requests of the runs that want GPUs and passed, and the runs that could not be checked
-        this pass (their Secrets could not be read): those are left as they are until the next."""
+        this pass (their Secrets could not be read, or their storage preflight has not answered
+        yet): those are left as they are until the next."""
         invalid: dict[str, tuple[str, str] | None] = {}
         requests: list[RunRequest] = []
-        checks: dict[str, tuple[object, tuple[str, str] | None]] = {}
+        checks: dict[str, tuple[object, tuple[str, str] | None, tuple[Probe, ...]]] = {}
         unread: set[str] = set()
         for v in views:
             # Checked only before the run starts: afterwards the pods already hold what they need.
@@ -200,13 +227,70 @@ class Controller:
                 seen = (v.resource_version, tuple(sorted(secrets.items())))
                 check = self._checks.get(v.key)
                 if check is None or check[0] != seen:
-                    check = (seen, check_run(v.model(), secrets, self.cfg))
+                    run = v.model()
+                    check = (seen, check_run(run, secrets, self.cfg), probes_for(run, secrets))
                 checks[v.key] = check
                 invalid[v.key] = check[1]
-            if v.wants_gpus and v.request is not None and invalid.get(v.key) is None:
-                requests.append(v.request)
+                if check[1] is None and v.wants_gpus and self.storage is not None:
+                    # The listings run in the background (storage.py): a run without an answer
+                    # yet is not decided this pass, so no tenant's object store delays a pass.
+                    found = self.storage.verdict(v.uid, check[2], now)
+                    if found is PENDING:
+                        unread.add(v.key)
+                        continue
+                    invalid[v.key] = found
+            own = self._own.setdefault(v.uid, OwnStatus(v.phase, v.last_scale_time))
+            wants = v.wants_gpus
+            if own.phase != v.phase:  # a forged phase: decide as the operator last wrote it
+                wants = own.phase not in FINISHED_PHASES and wants_gpus(
+                    v.model().model_copy(update={"status": _phase_only(own.phase)})
+                )
+            if wants and v.request is not None and invalid.get(v.key) is None:
+                request, verdict = self._prioritised(v, v.request)
+                if own.last_scale_time != v.last_scale_time:  # a forged lastScaleTime
+                    trusted = from_rfc3339(own.last_scale_time)
+                    request = dataclasses.replace(request, last_scale=trusted)
+                if verdict is not None and not v.started:
+                    invalid[v.key] = verdict
+                else:
+                    requests.append(request)
         self._checks = checks
+        if self.storage is not None:
+            self.storage.sweep()
+        self._priorities = {r.key: r.priority for r in requests}
+        if len(self._resolved) > len(views):  # runs gone
+            keys = {v.key for v in views}
+            self._resolved = {k: hit for k, hit in self._resolved.items() if k in keys}
         return invalid, requests, unread
+
+    def _prioritised(
+        self, v: CachedRun, request: RunRequest
+    ) -> tuple[RunRequest, tuple[str, str] | None]:
+        """The run's allocation request at its PriorityClass's value, and why it may not be
+        admitted (its class is missing, or a ResourceQuota can never admit its minimum).
+        Cached per version of the run and of the classes and quotas: at 10,000 runs, a
+        `dataclasses.replace` each pass would cost more than the allocation."""
+        version = (v.rv, self.cache.policy_version)
+        hit = self._resolved.get(v.key)
+        if hit is not None and hit[0] == version:
+            return hit[1], hit[2]
+        verdict: tuple[str, str] | None = None
+        got = priority.resolve(v.priority_class, self.cache.priority_classes)
+        if isinstance(got, tuple):
+            # A run that started keeps running when its class goes; it counts as priority 0.
+            verdict, got = got, priority.Priority()
+        else:
+            verdict = priority.quota_refusal(
+                list(self.cache.quotas.get(v.namespace, {}).values()),
+                got.class_name,
+                pods=1 + request.min,
+                gpus=request.min * request.gpus_per_worker,
+                gpu_resource=self.cfg.gpu_resource,
+            )
+        if (got.value, got.preempts) != (request.priority, request.preempts):
+            request = dataclasses.replace(request, priority=got.value, preempts=got.preempts)
+        self._resolved[v.key] = (version, request, verdict)
+        return request, verdict
 
     async def _decide_runs(
         self,
@@ -225,7 +309,8 @@ class Controller:
         # priority, runs whose current spec was never acted on (new runs, `kubectl scale`) before
         # the status refreshes of runs already decided: a burst of 10,000 arrivals otherwise
         # waits behind thousands of "worker became ready" updates.
-        ordered = sorted(views, key=lambda v: (-v.priority, v.decided, v.created))
+        prio = self._priorities
+        ordered = sorted(views, key=lambda v: (-prio.get(v.key, 0), v.decided, v.created))
         arrivals = self.cache.arrivals
         for i, v in enumerate(ordered):
             t = time.perf_counter()
@@ -254,7 +339,15 @@ class Controller:
                 continue
             run = v.model()
             children = Children(pods, auth_ready=v.uid in self.auth_done, create_error=refused)
-            plan = decide_run(run, children, grant, invalid=verdict, cfg=self.cfg, now=now)
+            plan = decide_run(
+                run,
+                children,
+                grant,
+                invalid=verdict,
+                cfg=self.cfg,
+                now=now,
+                own=self._own.get(v.uid),
+            )
             if plan.requeue_after is not None:
                 tally.delays.append(plan.requeue_after)
             if _has_work(plan):
@@ -331,6 +424,15 @@ class Controller:
         for etype, reason, message in plan.events:
             await self.kube.event(ref, etype, reason, message)
 
+    def _remember_own(self, uid: str, patch: Mapping[str, Any]) -> None:
+        """After a status write: the operator-owned fields it set are the trusted ones now."""
+        own = self._own.get(uid)
+        if own is None:
+            return
+        phase = patch.get("phase", own.phase)
+        last_scale = patch.get("lastScaleTime", own.last_scale_time)
+        self._own[uid] = OwnStatus(str(phase), last_scale)
+
     async def _patch_status(
         self, key: str, ns: str, name: str, patch: dict[str, Any]
     ) -> dict[str, Any] | None:
@@ -370,6 +472,8 @@ class Controller:
                     log.warning("%s: deleting pod %s: %s", run.key, pod, data.get("message"))
             if plan.status_patch is not None:
                 written = await self._patch_status(run.key, ns, name, plan.status_patch)
+                if written is not None:
+                    self._remember_own(run.metadata.uid, plan.status_patch)
                 if written is not None and self.export is not None:
                     status = written.get("status") or {}
                     self.export.after_write(run, plan, status, replaced)
@@ -503,3 +607,8 @@ def _has_work(plan: Plan) -> bool:
         or plan.events
         or plan.delete_run
     )
+
+
+def _phase_only(phase: str) -> TrainingRunStatus:
+    """A status with only `phase`, to ask whether a run in that phase wants GPUs."""
+    return TrainingRunStatus.model_validate({"phase": phase})

@@ -121,6 +121,16 @@ class Admission:
     conditions: tuple[Cond, ...]
 
 
+@dataclass(frozen=True)
+class OwnStatus:
+    """The status fields the operator alone may set, as it last wrote them (or first saw them).
+    The status subresource is writable by the run's own launcher token: where status disagrees,
+    these win and are written back."""
+
+    phase: str
+    last_scale_time: str | None
+
+
 # --- the decision --------------------------------------------------------------------------------
 
 
@@ -132,15 +142,41 @@ def decide_run(
     invalid: tuple[str, str] | None,
     cfg: Config,
     now: float,
+    own: OwnStatus | None = None,
 ) -> Plan:
     """Observed run + children + grant -> plan (children to create/delete, status, events).
-    `invalid` is check_run's verdict: (reason, message) keeps the run from starting."""
+    `invalid` is check_run's verdict: (reason, message) keeps the run from starting. `own`: what
+    the operator last wrote of the fields only it sets (None: status is trusted as it is)."""
     if run.metadata.deletion_timestamp:
         return Plan()  # garbage collection removes the children
+    restore = _forged(run, own)
+    if restore:
+        # decide as if the forged values were never written, and write the operator's back
+        assert own is not None
+        st = run.status.model_copy(
+            update={"phase": own.phase, "last_scale_time": own.last_scale_time}
+        )
+        run = run.model_copy(update={"status": st})
     pods = Pods.of(children)
     if run.status.phase in FINISHED_PHASES:
-        return _decide_finished(run, pods, now)
-    return _decide_active(run, pods, admission(run, grant, invalid), cfg, now)
+        plan = _decide_finished(run, pods, now)
+    else:
+        plan = _decide_active(run, pods, admission(run, grant, invalid), cfg, now)
+    if restore:
+        plan.status_patch = {**restore, **(plan.status_patch or {})}
+    return plan
+
+
+def _forged(run: TrainingRun, own: OwnStatus | None) -> dict[str, Any]:
+    """The operator's values of the fields someone else overwrote (a merge patch; {}: none)."""
+    if own is None:
+        return {}
+    st, out = run.status, dict[str, Any]()
+    if (st.phase or "Pending") != own.phase:
+        out["phase"] = own.phase
+    if st.last_scale_time != own.last_scale_time:
+        out["lastScaleTime"] = own.last_scale_time
+    return out
 
 
 def _decide_finished(run: TrainingRun, pods: Pods, now: float) -> Plan:

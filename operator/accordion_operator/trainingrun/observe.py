@@ -12,6 +12,7 @@ from accordion_operator.api.trainingrun import (
     COND_ADMITTED,
     FINISHED_PHASES,
     REASON_INVALID_HPARAMS,
+    REASON_PREEMPTED,
     TrainingRun,
 )
 from accordion_operator.core.objects import LABEL_MANAGED_BY, MANAGED_BY
@@ -57,6 +58,13 @@ class PodState:
     #: uid of the pod's controller ownerReference ("" when none): only a pod whose controller is
     #: the run itself counts as the run's child; labels alone can be copied by anyone
     owner_uid: str = ""
+    #: when the pod last turned Ready (its Ready condition's lastTransitionTime)
+    ready_since: float | None = None
+    #: metadata.creationTimestamp, which only the apiserver sets
+    created: float | None = None
+    #: a launcher's ACCORDION_MAX_WORKERS, horovodrun's --max-np: fixed when the pod was created,
+    #: while spec.workers.max may have grown since
+    max_workers: int | None = None
 
     @property
     def terminal(self) -> bool:
@@ -88,9 +96,10 @@ def pod_state(body: Mapping[str, Any], gpu_resource: str = "nvidia.com/gpu") -> 
     status = body.get("status") or {}
     lbl = meta.get("labels") or {}
     index_label = lbl.get(builders.LABEL_INDEX)
-    ready = any(
-        c.get("type") == "Ready" and c.get("status") == "True"
-        for c in status.get("conditions") or ()
+    ready_cond = next((c for c in status.get("conditions") or () if c.get("type") == "Ready"), None)
+    ready = ready_cond is not None and ready_cond.get("status") == "True"
+    ready_since = (
+        from_rfc3339(ready_cond.get("lastTransitionTime")) if ready_cond and ready else None
     )
     exit_code: int | None = None
     message = ""
@@ -123,7 +132,21 @@ def pod_state(body: Mapping[str, Any], gpu_resource: str = "nvidia.com/gpu") -> 
         waiting_message=waiting_message[:512],
         finished_at=finished_at,
         owner_uid=controller_uid(meta),
+        ready_since=ready_since,
+        created=from_rfc3339(meta.get("creationTimestamp")),
+        max_workers=_max_workers(spec)
+        if lbl.get(builders.LABEL_ROLE) == builders.ROLE_LAUNCHER
+        else None,
     )
+
+
+def _max_workers(spec: Mapping[str, Any]) -> int | None:
+    for c in spec.get("containers") or ():
+        for e in c.get("env") or ():
+            value = str(e.get("value") or "")
+            if e.get("name") == "ACCORDION_MAX_WORKERS" and value.isdigit():
+                return int(value)
+    return None
 
 
 def controller_uid(meta: Mapping[str, Any]) -> str:
@@ -167,6 +190,8 @@ class SecretInfo:
     """A credentials Secret as observed: None when missing, else its keys."""
 
     keys: frozenset[str]
+    #: its resourceVersion: a changed Secret is probed again by the storage preflight
+    resource_version: str = ""
 
 
 def parse_run(body: Mapping[str, Any]) -> TrainingRun | tuple[str, str]:
@@ -211,6 +236,8 @@ def wants_gpus(run: TrainingRun) -> bool:
 
 
 def run_request(run: TrainingRun) -> RunRequest:
+    """The allocator's view of the run at priority 0: its PriorityClass is resolved per pass
+    (`priority.resolve`), as classes come and go independently of the run."""
     st = run.status
     w = run.spec.workers
     admitted = _condition(run, COND_ADMITTED)
@@ -218,7 +245,8 @@ def run_request(run: TrainingRun) -> RunRequest:
     return RunRequest(
         key=run.key,
         uid=run.metadata.uid,
-        priority=run.spec.priority,
+        namespace=run.metadata.namespace,
+        priority=0,
         created=from_rfc3339(run.metadata.creation_timestamp) or 0.0,
         min=w.min,
         max=w.max,
@@ -227,6 +255,9 @@ def run_request(run: TrainingRun) -> RunRequest:
         placement=placement_of(run),
         previous=previous,
         last_scale=from_rfc3339(st.last_scale_time),
+        preempted=admitted is not None
+        and admitted.status == "False"
+        and admitted.reason == REASON_PREEMPTED,
     )
 
 

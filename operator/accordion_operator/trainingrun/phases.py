@@ -158,6 +158,14 @@ class BelowMin:
 
 
 @dataclass(frozen=True)
+class LeftWorld:
+    """A Ready worker that left the Horovod world, to delete; or when to look again."""
+
+    changes: Changes = Changes()
+    requeue_after: float | None = None
+
+
+@dataclass(frozen=True)
 class Progress:
     """What the phases of an admitted run decided (nothing, for a run not admitted)."""
 
@@ -191,17 +199,21 @@ def running(run: TrainingRun, pods: Pods, workers: int, cfg: Config, now: float)
         return Progress(
             step.changes, conds, outcome, step.requeue_after, step.restarted, step.failed_time
         )
+    # not while the launcher is being replaced: its world is going away
+    left = left_world(run, pods, workers, cfg, now) if step.changes == Changes() else LeftWorld()
     changes = (
         step.changes
         + launcher_creation(run, pods, cfg)
         + worker_replacement(pods)
         + scaling(run, pods, workers, cfg)
+        + left.changes
     )
     below = below_minimum(run, pods, now, step.requeue_after)
     if below.outcome is None and step.running is None:
         conds = (running_condition(pods, workers, run.spec.workers.min),)
     requeue = min(
-        (r for r in (below.requeue_after, step.requeue_after) if r is not None), default=None
+        (r for r in (below.requeue_after, step.requeue_after, left.requeue_after) if r is not None),
+        default=None,
     )
     return Progress(
         changes,
@@ -233,8 +245,11 @@ def stall_watch(
         return None  # still starting: the below-minimum deadline covers that
     stamps = (st.training.updated_at if st.training else None, running.last_transition_time)
     since = max((t for t in map(from_rfc3339, stamps) if t is not None), default=None)
-    # a time in the future (status is writable by the launcher) counts as now
-    if since is None or since > now:
+    # Status is writable by the launcher: a time in the future counts as now, and without a
+    # usable time (none, or garbage) the launcher pod's creation, which only the apiserver sets.
+    if since is None:
+        since = launcher.created if launcher.created is not None else now
+    if since > now:
         since = now
     left = since + limit - now
     if left > 0:
@@ -334,6 +349,65 @@ def worker_replacement(pods: Pods) -> Changes:
             for p in ended
         ),
     )
+
+
+def left_world(run: TrainingRun, pods: Pods, desired: int, cfg: Config, now: float) -> LeftWorld:
+    """A Ready worker whose training process left the Horovod world is deleted
+    (`WorkerLeftWorld`); `scaling` then creates its replacement, a new pod with a new IP (the
+    host Horovod dropped is an address), which Horovod admits at its next reset. Horovod drops
+    the host of a training process that died (killed, OOM-killed, crashed) for good and trains
+    on without it, while the pod stays Ready and holds its GPUs. The trainer reports its world
+    (`training.worldPods`, confirmed at `worldTime`: Horovod admits a discovered host at the
+    next commit); a Ready worker missing from it that was Ready more than
+    ACCORDION_WORLD_GRACE_SECONDS before `worldTime` was not admitted. Only for a Running run
+    with a running launcher, and only on a report taken after this launcher was created (a
+    restarted launcher's predecessor's report describes another world).
+
+    status.training is written by the run's own launcher, which runs user code, so a forged
+    report can make the operator delete only this run's own workers, and at most one per grace
+    period: nothing is deleted while a worker of the run is being created, replaced or removed,
+    or was created within the grace period (the replacement of the last one included); these
+    are facts of the pods, which only the apiserver sets. A `worldTime` in the future counts as
+    now."""
+    grace = cfg.world_grace_seconds
+    training, launcher = run.status.training, pods.launcher
+    if grace <= 0 or training is None or not training.world_pods or launcher is None:
+        return LeftWorld()
+    if run.status.phase != "Running" or launcher.phase != "Running" or launcher.deleting:
+        return LeftWorld()
+    running = next((c for c in run.status.conditions if c.type == COND_RUNNING), None)
+    seen = from_rfc3339(training.world_time)
+    if running is None or running.status != "True" or seen is None or launcher.created is None:
+        return LeftWorld()
+    seen = min(seen, now)
+    if seen <= launcher.created:
+        return LeftWorld()
+    world = set(training.world_pods)
+    if launcher.max_workers is not None and len(world) >= launcher.max_workers:
+        # horovodrun admits no more than its --max-np: a worker beyond it (spec.workers.max
+        # raised after the launcher started) waits outside the world, which is no failure
+        return LeftWorld()
+    gone = sorted(
+        (
+            p
+            for p in pods.ready
+            if p.name not in world and p.ready_since is not None and seen - p.ready_since > grace
+        ),
+        key=lambda p: p.name,
+    )
+    if not gone or not len(pods.workers) == len(pods.live) == desired:
+        return LeftWorld()  # workers are being created, replaced or removed: wait for them
+    newest = max((p.created for p in pods.workers if p.created is not None), default=None)
+    if newest is not None and now - newest < grace:
+        return LeftWorld(requeue_after=newest + grace - now)
+    victim = gone[0]
+    event = (
+        "Warning",
+        "WorkerLeftWorld",
+        f"worker {victim.name} is Ready but not in the Horovod world of {len(world)} pods its "
+        f"trainer confirmed at {training.world_time} (its training process ended): replacing it",
+    )
+    return LeftWorld(Changes(delete=(victim.name,), events=(event,)))
 
 
 def scaling(run: TrainingRun, pods: Pods, desired: int, cfg: Config) -> Changes:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -45,6 +46,8 @@ def run(
     previous: int = 0,
     last_scale: float | None = None,
     placement: Placement = ANYWHERE,
+    namespace: str = "",
+    preempts: Literal["never", "namespace", "cluster"] = "namespace",
 ) -> RunRequest:
     return RunRequest(
         key=key,
@@ -58,6 +61,8 @@ def run(
         placement=placement,
         previous=previous,
         last_scale=last_scale,
+        namespace=namespace,
+        preempts=preempts,
     )
 
 

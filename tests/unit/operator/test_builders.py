@@ -46,6 +46,8 @@ def test_worker_pod_shape() -> None:
     assert c["command"] == ["python", "-m", "accordion_trainer", "worker"]
     assert c["resources"]["requests"] == {"cpu": "4", "memory": "16Gi", "nvidia.com/gpu": "2"}
     assert c["resources"]["limits"] == c["resources"]["requests"]
+    # one Horovod slot per GPU (the launcher's discovery prints `<podIP>:2`)
+    assert env_of(pod)["ACCORDION_GPUS_PER_WORKER"]["value"] == "2"
     assert c["readinessProbe"]["tcpSocket"] == {"port": 2222}
     assert pod["spec"]["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists"}]
     assert pod["spec"]["restartPolicy"] == "Never"
@@ -69,11 +71,15 @@ def test_worker_pod_shape() -> None:
     with_group = builders.build_worker_pod(run, 0, Config(pod_fs_group=1000))
     assert with_group["spec"]["securityContext"]["fsGroup"] == 1000
     env = env_of(pod)
-    assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"] == {
+    assert env["ACCORDION_RESULTS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"] == {
         "name": "s3",
         "key": "accessKey",
     }
-    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["key"] == "secretKey"
+    assert env["ACCORDION_RESULTS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["key"] == (
+        "secretKey"
+    )
+    assert "ACCORDION_DATA_ACCESS_KEY_ID" not in env  # no spec.data
+    assert not any(name.startswith("AWS_") for name in env)
     assert json.loads(env["ACCORDION_MODEL"]["value"]) == {"builtin": "mnist-cnn"}
 
 
@@ -81,7 +87,7 @@ def test_launcher_never_gets_credentials_and_uses_its_service_account() -> None:
     run = make_run(spec={"image": "mine:2", "hyperparameters": {"learning_rate": 0.01}})
     pod = builders.build_launcher_pod(run, CFG)
     env = env_of(pod)
-    assert not any(name.startswith("AWS_") for name in env)
+    assert not any(name.endswith("ACCESS_KEY_ID") for name in env)
     assert not any("secretKeyRef" in e.get("valueFrom", {}) for e in env.values())
     assert pod["spec"]["serviceAccountName"] == "mnist-launcher"
     assert pod["spec"]["containers"][0]["image"] == "mine:2"
@@ -89,6 +95,25 @@ def test_launcher_never_gets_credentials_and_uses_its_service_account() -> None:
     assert json.loads(env["ACCORDION_HPARAMS"]["value"]) == {"learning_rate": 0.01}
     assert env["ACCORDION_MIN_WORKERS"]["value"] == "1"
     assert env["ACCORDION_MAX_WORKERS"]["value"] == "4"
+
+
+def test_data_and_results_credentials_each_come_from_their_own_secret() -> None:
+    """A data Secret that differs from the results one opens the data bucket only: each pair
+    of the worker's environment names its store (issue 16)."""
+    data = {"endpoint": "minio:9000", "bucket": "data", "credentialsSecret": {"name": "reader"}}
+    run = make_run(spec={"data": data})
+    env = env_of(builders.build_worker_pod(run, 0, CFG))
+    refs = {
+        name: e["valueFrom"]["secretKeyRef"]
+        for name, e in env.items()
+        if "secretKeyRef" in e.get("valueFrom", {})
+    }
+    assert refs == {
+        "ACCORDION_DATA_ACCESS_KEY_ID": {"name": "reader", "key": "accessKey"},
+        "ACCORDION_DATA_SECRET_ACCESS_KEY": {"name": "reader", "key": "secretKey"},
+        "ACCORDION_RESULTS_ACCESS_KEY_ID": {"name": "s3", "key": "accessKey"},
+        "ACCORDION_RESULTS_SECRET_ACCESS_KEY": {"name": "s3", "key": "secretKey"},
+    }
 
 
 def test_every_contract_variable_is_set() -> None:
@@ -109,12 +134,17 @@ def test_every_contract_variable_is_set() -> None:
     launcher = set(env_of(builders.build_launcher_pod(run, CFG)))
     assert names - worker == set()
     worker_only = {
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
+        "ACCORDION_DATA_ACCESS_KEY_ID",
+        "ACCORDION_DATA_SECRET_ACCESS_KEY",
+        "ACCORDION_RESULTS_ACCESS_KEY_ID",
+        "ACCORDION_RESULTS_SECRET_ACCESS_KEY",
         "ACCORDION_DATA_DIR",
         "ACCORDION_WORKER_INDEX",
+        "ACCORDION_POD_NAME",
     }
     assert names - launcher == worker_only
+    pod_name = env_of(builders.build_worker_pod(run, 0, CFG))["ACCORDION_POD_NAME"]
+    assert pod_name["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     pod_ip = env_of(builders.build_launcher_pod(run, CFG))["ACCORDION_POD_IP"]
     assert pod_ip["valueFrom"] == {"fieldRef": {"fieldPath": "status.podIP"}}
 

@@ -57,8 +57,8 @@ class Apiserver:
         self.runs[name] = body
         self.cache.apply("run", "ADDED", body)
 
-    async def secret_keys(self, namespace: str, name: str) -> frozenset[str]:
-        return frozenset({"accessKey", "secretKey"})
+    async def secret_keys(self, namespace: str, name: str) -> tuple[frozenset[str], str]:
+        return frozenset({"accessKey", "secretKey"}), "1"
 
     async def create(self, obj: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         meta = {**obj["metadata"], "resourceVersion": self._next_rv()}
@@ -129,7 +129,7 @@ async def test_a_pass_over_settled_runs_parses_none_of_them(
     assert parsed == []
     assert ctl.last.admitted == 5
     # one run changes: only it is parsed again
-    api.runs["r3"]["spec"]["priority"] = 5
+    api.runs["r3"]["spec"]["suspend"] = True
     api.runs["r3"]["metadata"]["resourceVersion"] = api._next_rv()
     ctl.cache.apply("run", "MODIFIED", api.runs["r3"])
     await ctl.reconcile_all()
@@ -211,7 +211,7 @@ async def test_a_failing_secret_read_in_one_namespace_does_not_stop_the_pass(
     ctl, api = cluster
     real = api.secret_keys
 
-    async def flaky(namespace: str, name: str) -> frozenset[str]:
+    async def flaky(namespace: str, name: str) -> tuple[frozenset[str], str]:
         if namespace == "team-b":
             raise ApiError(503, "GET secret: 503 the server is currently unable to handle it")
         return await real(namespace, name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from trainingrun_factory import make_body
 
 from accordion_operator.config import Config
@@ -64,9 +65,11 @@ def test_older_copies_do_not_overwrite_newer_ones() -> None:
     body = make_body(metadata={"resourceVersion": "20"})
     cache.apply("run", "MODIFIED", body)
     cache.apply(
-        "run", "MODIFIED", make_body(metadata={"resourceVersion": "3"}, spec={"priority": 9})
+        "run",
+        "MODIFIED",
+        make_body(metadata={"resourceVersion": "3"}, spec={"priorityClassName": "old"}),
     )
-    assert cache.runs[("team-a", "mnist")].model().spec.priority == 0
+    assert cache.runs[("team-a", "mnist")].model().spec.priority_class_name is None
 
 
 def test_a_list_forgets_what_is_gone_in_its_namespace_only() -> None:
@@ -159,7 +162,7 @@ def test_cached_run_summary_agrees_with_the_model() -> None:
     data = {"endpoint": "minio:9000", "bucket": "data", "credentialsSecret": {"name": "data-s3"}}
     cases = [
         make_body(),
-        make_body(spec={"suspend": True, "priority": 7, "data": data}),
+        make_body(spec={"suspend": True, "priorityClassName": "high", "data": data}),
         make_body(status={"phase": "Succeeded", "startTime": "2026-01-01T00:01:00Z"}),
         make_body(metadata={"deletionTimestamp": "2026-01-01T00:02:00Z", "labels": {"a": "b"}}),
     ]
@@ -170,8 +173,8 @@ def test_cached_run_summary_agrees_with_the_model() -> None:
         assert cached.key == run.key
         assert cached.wants_gpus == wants_gpus(run)
         assert cached.started == (run.status.start_time is not None)
-        assert (cached.priority, cached.created, cached.uid) == (
-            run.spec.priority,
+        assert (cached.priority_class, cached.created, cached.uid) == (
+            run.spec.priority_class_name,
             run.metadata.creation_timestamp,
             run.metadata.uid,
         )
@@ -184,3 +187,25 @@ def test_cached_run_summary_agrees_with_the_model() -> None:
     assert CachedRun.of(acted_on).decided
     rescaled = make_body(metadata={"generation": 4}, status={"observedGeneration": 3})
     assert not CachedRun.of(rescaled).decided
+
+
+def test_a_run_no_model_can_read_leaves_the_watch_and_other_runs_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 16: any exception reading one object (not only what the models reject) is that
+    object's problem; the watch goes on and the other runs stay cached."""
+    from accordion_operator.trainingrun.cache import CachedRun
+
+    cache = ClusterCache(Config())
+    cache.apply("run", "ADDED", make_body(metadata={"name": "good"}))
+    real = CachedRun.of
+
+    def explode(body: Any) -> CachedRun:
+        if body["metadata"]["name"] == "bad":
+            raise AttributeError("a shape nobody foresaw")
+        return real(body)
+
+    monkeypatch.setattr(CachedRun, "of", explode)
+    cache.apply("run", "ADDED", make_body(metadata={"name": "bad"}))
+    cache.apply("run", "ADDED", make_body(metadata={"name": "later"}))
+    assert sorted(name for _, name in cache.runs) == ["good", "later"]

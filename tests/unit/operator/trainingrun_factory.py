@@ -55,6 +55,9 @@ def pod(
     waiting_reason: str | None = None,
     waiting_message: str = "",
     finished_at: float | None = None,
+    ready_since: float | None = None,
+    created: float | None = None,
+    max_workers: int | None = None,
 ) -> PodState:
     """A child pod of the run `mnist` as the controller observes it; Ready while Running unless
     `ready` says otherwise."""
@@ -73,6 +76,9 @@ def pod(
         waiting_reason=waiting_reason,
         waiting_message=waiting_message,
         finished_at=finished_at,
+        ready_since=ready_since,
+        created=created,
+        max_workers=max_workers,
     )
 
 

@@ -109,6 +109,19 @@ def test_training_status_shape() -> None:
     assert status["updatedAt"] == "1970-01-01T00:00:00Z"
 
 
+def test_training_status_carries_the_world_and_when_it_was_confirmed() -> None:
+    """worldPods/worldTime (docs/contract.md): the operator replaces a Ready worker missing from
+    the world; a world without a time (no commit yet) is not reported."""
+    world = {"worldPods": ["mnist-worker-0", "mnist-worker-2"], "worldTime": 1_800_000_000.5}
+    status = build_training_status({"epoch": 1, **world}, now=1_800_000_010.0)
+    assert status["worldPods"] == ["mnist-worker-0", "mnist-worker-2"]
+    assert status["worldTime"] == "2027-01-15T08:00:00Z"
+    unconfirmed = build_training_status({"epoch": 1, **world, "worldTime": 0.0}, now=1.0)
+    assert "worldPods" not in unconfirmed
+    assert "worldTime" not in unconfirmed
+    assert "worldPods" not in build_training_status({"epoch": 1, "worldPods": []}, now=1.0)
+
+
 def test_parse_progress_from_any_launch_rank() -> None:
     doc = {"epoch": 1}
     assert parse_progress(f"[0]<stdout>:ACCORDION_PROGRESS {json.dumps(doc)}") == doc
@@ -127,6 +140,12 @@ def test_secrets_never_reach_the_horovodrun_environment(tmp_path: Any) -> None:
     assert "AWS_SECRET_ACCESS_KEY" not in env
     assert "AWS_ACCESS_KEY_ID" not in env
     assert env["PATH"].startswith(str(tmp_path))
+    pairs = {
+        f"ACCORDION_{s}_{k}": "x"
+        for s in ("DATA", "RESULTS")
+        for k in ("ACCESS_KEY_ID", "SECRET_ACCESS_KEY")
+    }
+    assert not set(launcher_env({**pairs, "PATH": "/usr/bin"}, tmp_path)) & set(pairs)
 
 
 def test_sshd_set_env_quotes_and_refuses_unsafe_values() -> None:

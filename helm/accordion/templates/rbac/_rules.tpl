@@ -48,6 +48,11 @@ The operator's permissions, least privilege: exactly the calls in operator/accor
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
+# Application: which PriorityClasses a namespace may use: its ResourceQuotas scoped to a
+# PriorityClass (read-only: the cache's LIST + WATCH; docs/helm.md, "Priority classes").
+- apiGroups: [""]
+  resources: [resourcequotas]
+  verbs: [list, watch]
 {{- end -}}
 
 {{/* Rules on cluster-scoped objects (always a ClusterRole). */}}
@@ -59,5 +64,11 @@ The operator's permissions, least privilege: exactly the calls in operator/accor
 # Framework: kopf notices CRDs created or deleted while it runs (read-only).
 - apiGroups: [apiextensions.k8s.io]
   resources: [customresourcedefinitions]
+  verbs: [list, watch]
+# Application: a run's priority is the value of the PriorityClass its spec.priorityClassName
+# names, and whether it may preempt other namespaces that class's annotation (read-only: the
+# cache's LIST + WATCH).
+- apiGroups: [scheduling.k8s.io]
+  resources: [priorityclasses]
   verbs: [list, watch]
 {{- end -}}
