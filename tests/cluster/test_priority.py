@@ -51,6 +51,20 @@ def admitted(a: Api, run: str) -> tuple[str, str]:
     return cond.get("status", ""), cond.get("reason", "")
 
 
+def delete_and_wait(a: Api, *runs: str) -> None:
+    """Delete runs and wait until their pods are gone (terminating ones too): the bystander
+    after a case needs a free GPU, and garbage collection takes its time."""
+    for run in runs:
+        a.delete(run)
+
+    def gone() -> bool:
+        r = a.http.get(f"/api/v1/namespaces/{a.ns}/pods")
+        labels = [p["metadata"].get("labels", {}) for p in r.json()["items"]]
+        return not [lb for lb in labels if lb.get("accordion.dev/run") in runs]
+
+    poll(gone, 60, what=f"pods of {runs} gone")
+
+
 def wait_admitted(a: Api, run: str, expected: tuple[str, str], timeout: float = 30) -> None:
     """Until the run's Admitted condition has `expected` (status, reason); says what it had."""
     seen: list[tuple[str, str]] = []
@@ -87,8 +101,7 @@ def test_a_team_class_preempts_only_its_own_namespace(
     poll(lambda: len(api.workers("a-high")) == gpus // 2, 30, what="a-high admitted")
     wait_admitted(api, "low", ("False", "PreemptedByHigherPriority"))
     assert {p["spec"].get("priorityClassName") for p in api.workers("a-high")} == {team}
-    api.delete("a-high")
-    api.delete("low")
+    delete_and_wait(api, "a-high", "low")
     bystander_progresses(other.cluster)
 
 
@@ -140,5 +153,5 @@ def test_a_class_the_namespace_may_not_use_takes_nothing_from_anyone(
     assert len(api.workers("low")) == gpus
     assert admitted(api, "low") == ("True", "MinimumWorkersFit")
     assert any(e["reason"] == "QuotaExceeded" for e in other.events("sneaky"))
-    api.delete("low")
+    delete_and_wait(api, "low")
     bystander_progresses(other.cluster)

@@ -6,8 +6,10 @@ meets, on the demo's cluster after its run (tests/e2e/test_demo.py):
 - a run whose worker pods keep failing: its data endpoint is a closed port, so every worker
   fails its data stage-in (DataUnreachable, a reason the operator retries: it replaces the
   worker) within seconds (`AccordionRunFailingRepeatedly` fires once three have failed);
-- API requests the apiserver refuses: a ResourceQuota of 0 pods in the namespace of a run, so
-  the operator's pod creations are answered 403 (`accordion_apiserver_request_errors_total`);
+- API requests the apiserver refuses: a ResourceQuota of 1 milli-CPU in the namespace of a run,
+  so the operator's pod creations are answered 403 (`accordion_apiserver_request_errors_total`;
+  not `pods: 0`, which the operator reads and refuses itself before creating anything,
+  `QuotaExceeded`);
 - the operator stops (`AccordionOperatorDown`, pending for its `for: 5m`).
 
 The runs need no GPU (`gpusPerWorker: 0`), so they never compete with the demo's.
@@ -72,7 +74,7 @@ def create(cluster: Cluster) -> None:
         _create(
             http,
             f"/api/v1/namespaces/{QUOTA_NS}/resourcequotas",
-            {"metadata": {"name": "no-pods"}, "spec": {"hard": {"pods": "0"}}},
+            {"metadata": {"name": "no-pods"}, "spec": {"hard": {"requests.cpu": "1m"}}},
         )
         runs = {
             PENDING_NS: training_run(cluster, "waits-for-secret", "does-not-exist"),
