@@ -54,7 +54,7 @@ typecheck: deps-python ## mypy (strict on the operator)
 
 .PHONY: test test-unit test-cluster
 test: deps lint typecheck ## install what is missing, then lint, types and every test tier
-	$(PY) -m pytest -n 2 --dist loadgroup
+	$(PY) -m pytest
 
 test-unit: deps-python ## pure-logic tests only (no cluster)
 	$(PY) -m pytest tests/unit

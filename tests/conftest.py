@@ -32,28 +32,10 @@ CLUSTER_FIXTURES = {
 }
 
 
-#: `make test` runs two pytest-xdist workers (`--dist loadgroup`): the operator tier, which mostly
-#: waits on the apiserver, on one, and the tiers that train for real (TensorFlow, Horovod,
-#: process nodes) on the other; the rest goes wherever there is room. Measured: the serial run
-#: kept this 2-core machine a third busy.
-XDIST_GROUPS = {"cluster": "operator-tier", "e2e": "training-tiers", "trainer": "training-tiers"}
-
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    tests = Path(__file__).resolve().parent
     for item in items:
         if CLUSTER_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.cluster)
-        tier = item.path.resolve().relative_to(tests).parts[0]
-        if tier in XDIST_GROUPS:
-            item.add_marker(pytest.mark.xdist_group(XDIST_GROUPS[tier]))
-
-
-def _first_port() -> int:
-    """Where this process's session cluster looks for free ports: apart per xdist worker, as
-    workers start their clusters at the same moment (both would see one block free)."""
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
-    return 26400 + 1000 * (int(worker) if worker.isdigit() else 0)
 
 
 @pytest.fixture(scope="session")
@@ -61,7 +43,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     state = tmp_path_factory.mktemp("cluster")
     cfg = ClusterConfig(
         state_dir=state,
-        base_port=free_port_block(first=_first_port()),
+        base_port=free_port_block(),
         kwok_nodes=int(os.environ.get("ACCORDION_TEST_KWOK_NODES", "4")),
     )
     c = Cluster(cfg)

@@ -10,7 +10,7 @@ from contextlib import closing
 
 import pytest
 from operator_support import Api, Operator
-from tenancy_support import bystander_progresses
+from tenancy_support import bystander_progresses, tenant_namespace
 
 from accordion_dev.cluster import Cluster
 from accordion_dev.polling import poll
@@ -22,19 +22,10 @@ KWOK = {"type": "kwok"}
 
 @pytest.fixture
 def other(cluster: Cluster, api: Api) -> Iterator[Api]:
-    """A second tenant's namespace, with the same credentials Secret name."""
-    name = f"{api.ns[:50]}-b"
-    r = api.http.post("/api/v1/namespaces", json={"metadata": {"name": name}})
-    assert r.status_code == 201, r.text
-    with closing(Api(cluster, name)) as b:
-        b.secret()
+    """A second tenant's namespace with the same credentials Secret name (deleted afterwards
+    without waiting: the session's end checks that it went)."""
+    with tenant_namespace(cluster, "prio-b") as name, closing(Api(cluster, name)) as b:
         yield b
-    api.http.delete(f"/api/v1/namespaces/{name}")
-    poll(
-        lambda: not api.http.get(f"/api/v1/namespaces/{name}/pods").json().get("items"),
-        120,
-        what=f"pods of {name} gone",
-    )
 
 
 @pytest.fixture
