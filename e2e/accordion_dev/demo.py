@@ -130,6 +130,21 @@ class Demo:
             body: dict[str, Any] = r.json()
             return body
 
+    def pods(self, run: str, role: str) -> list[dict[str, Any]]:
+        """The run's pods of `role` (launcher, worker) that are not being deleted."""
+        with self.c.http() as http:
+            r = http.get(
+                f"/api/v1/namespaces/{NS}/pods",
+                params={"labelSelector": f"accordion.dev/run={run},accordion.dev/role={role}"},
+            )
+            r.raise_for_status()
+            return [p for p in r.json()["items"] if not p["metadata"].get("deletionTimestamp")]
+
+    def finished(self, name: str) -> dict[str, Any] | None:
+        """The run once it is Succeeded or Failed, else None (a `poll` condition)."""
+        run = self.get("trainingruns", name)
+        return run if run.get("status", {}).get("phase") in ("Succeeded", "Failed") else None
+
     def view(self, run: dict[str, Any]) -> Table:
         st = run.get("status", {})
         tr = st.get("training") or {}

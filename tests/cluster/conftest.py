@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Iterator
-from contextlib import closing, contextmanager
+from contextlib import closing
 from pathlib import Path
 
 import pytest
-from operator_support import Api, ExpApi, Operator
+from operator_support import Api, ExpApi, Operator, running_operator
 
 from accordion_dev.cluster import Cluster
 from accordion_dev.polling import poll
@@ -43,22 +43,9 @@ def experiment_crd(cluster: Cluster) -> str:
     return _apply_crd(cluster, "experiments.accordion.dev")
 
 
-@contextmanager
-def _running_operator(cluster: Cluster, log_dir: Path) -> Iterator[Operator]:
-    """The operator for one test; the test fails if it died before the end."""
-    op = Operator(cluster, log_dir, {})
-    op.start()
-    try:
-        yield op
-    finally:
-        alive = op.alive()
-        op.stop()
-        assert alive, f"the operator died during the test:\n{op.tail()}"
-
-
 @pytest.fixture
 def operator(cluster: Cluster, trainingrun_crd: str, tmp_path: Path) -> Iterator[Operator]:
-    with _running_operator(cluster, tmp_path) as op:
+    with running_operator(cluster, tmp_path) as op:
         yield op
 
 
@@ -66,7 +53,7 @@ def operator(cluster: Cluster, trainingrun_crd: str, tmp_path: Path) -> Iterator
 def exp_operator(
     cluster: Cluster, trainingrun_crd: str, experiment_crd: str, tmp_path: Path
 ) -> Iterator[Operator]:
-    with _running_operator(cluster, tmp_path) as op:
+    with running_operator(cluster, tmp_path) as op:
         yield op
 
 

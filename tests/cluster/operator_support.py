@@ -9,6 +9,8 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -208,3 +210,18 @@ class ExpApi(ResourceApi):
             headers={"content-type": "application/merge-patch+json"},
         )
         assert r.status_code == 200, r.text
+
+
+@contextmanager
+def running_operator(
+    cluster: Cluster, log_dir: Path, env: dict[str, str] | None = None
+) -> Iterator[Operator]:
+    """The operator for a test (or a module of tests); the test fails if it died before the end."""
+    op = Operator(cluster, log_dir, env or {})
+    op.start()
+    try:
+        yield op
+    finally:
+        alive = op.alive()
+        op.stop()
+        assert alive, f"the operator died during the test:\n{op.tail()}"

@@ -18,7 +18,7 @@ import pytest
 from minio import Minio
 from minio.credentials import StaticProvider
 from minio.minioadmin import MinioAdmin
-from operator_support import Api, Operator
+from operator_support import Api, Operator, running_operator
 
 from accordion_dev.cluster import Cluster
 from accordion_dev.polling import poll
@@ -35,14 +35,8 @@ ADMIT_WITHIN = 10.0
 def preflight_operator(
     cluster: Cluster, trainingrun_crd: str, tmp_path: Path
 ) -> Iterator[Operator]:
-    op = Operator(cluster, tmp_path, {"ACCORDION_STORAGE_PREFLIGHT": "true"})
-    op.start()
-    try:
+    with running_operator(cluster, tmp_path, {"ACCORDION_STORAGE_PREFLIGHT": "true"}) as op:
         yield op
-    finally:
-        alive = op.alive()
-        op.stop()
-        assert alive, f"the operator died during the test:\n{op.tail()}"
 
 
 def store(cluster: Cluster, bucket: str, creds: str = "s3", **extra: Any) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
-from operator_support import Api, Operator
+from operator_support import Api, Operator, running_operator
 from tenancy_support import KWOK, bystander_progresses, tenant_namespace
 
 from accordion_dev.cluster import Cluster
@@ -83,14 +83,8 @@ def shared_operator(
     cluster: Cluster, trainingrun_crd: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Operator]:
     """One operator for the whole table (starting one per case would cost ~2 s each)."""
-    op = Operator(cluster, tmp_path_factory.mktemp("tenancy-operator"), {})
-    op.start()
-    try:
+    with running_operator(cluster, tmp_path_factory.mktemp("tenancy-operator")) as op:
         yield op
-    finally:
-        alive = op.alive()
-        op.stop()
-        assert alive, f"the operator died during the tenancy cases:\n{op.tail()}"
 
 
 @pytest.fixture

@@ -21,19 +21,9 @@ from accordion_dev.polling import poll
 RUN = "resilient"
 
 
-def pods(demo: Demo, role: str) -> list[dict[str, Any]]:
-    with demo.c.http() as http:
-        r = http.get(
-            f"/api/v1/namespaces/{NS}/pods",
-            params={"labelSelector": f"accordion.dev/run={RUN},accordion.dev/role={role}"},
-        )
-        r.raise_for_status()
-        return [p for p in r.json()["items"] if not p["metadata"].get("deletionTimestamp")]
-
-
 def launcher_pid(demo: Demo) -> tuple[str, int] | None:
     """(pod uid, pid) of the running launcher: process nodes report `process://<node>/<pid>`."""
-    for pod in pods(demo, "launcher"):
+    for pod in demo.pods(RUN, "launcher"):
         for cs in (pod.get("status") or {}).get("containerStatuses") or []:
             if "running" in (cs.get("state") or {}) and cs.get("containerID"):
                 return pod["metadata"]["uid"], int(cs["containerID"].rsplit("/", 1)[1])
@@ -68,21 +58,13 @@ def test_killed_launcher_is_replaced_and_training_resumes_from_the_checkpoint(
 
         def replaced() -> dict[str, Any] | None:
             run = demo.get("trainingruns", RUN)
-            new = [p for p in pods(demo, "launcher") if p["metadata"]["uid"] != uid]
+            new = [p for p in demo.pods(RUN, "launcher") if p["metadata"]["uid"] != uid]
             return run if new and run["status"].get("launcherRestarts") == 1 else None
 
         run = poll(replaced, 120, "a new launcher after the back-off")
         assert run["status"]["phase"] in ("Running", "Succeeded")
 
-        done = poll(
-            lambda: (
-                (r := demo.get("trainingruns", RUN))["status"].get("phase")
-                in ("Succeeded", "Failed")
-                and r
-            ),
-            300,
-            "the run to finish",
-        )
+        done = poll(lambda: demo.finished(RUN), 300, "the run to finish")
         st = done["status"]
         assert st["phase"] == "Succeeded", st
         assert st["launcherRestarts"] == 1
@@ -97,6 +79,6 @@ def test_killed_launcher_is_replaced_and_training_resumes_from_the_checkpoint(
         )
         assert "LauncherRestart" in events
         # finished: the workers are gone (the launcher pod stays for its logs)
-        poll(lambda: pods(demo, "worker") == [], 60, "workers to be removed")
+        poll(lambda: demo.pods(RUN, "worker") == [], 60, "workers to be removed")
     finally:
         demo.c.down()

@@ -25,20 +25,10 @@ PIN = re.compile(r"\[trainer\] rank (\d+) local_rank (\d+) pod (\S+) gpu (\S+)")
 WORKER_GPUS = re.compile(r"\[worker\] sshd on .*; GPUs (\S+)")
 
 
-def workers(demo: Demo, run: str) -> list[dict[str, Any]]:
-    with demo.c.http() as http:
-        r = http.get(
-            f"/api/v1/namespaces/{NS}/pods",
-            params={"labelSelector": f"accordion.dev/run={run},accordion.dev/role=worker"},
-        )
-        r.raise_for_status()
-        return [p for p in r.json()["items"] if not p["metadata"].get("deletionTimestamp")]
-
-
 def worker_gpus(demo: Demo, run: str, count: int) -> dict[str, str] | None:
     """Pod name -> the GPU ids its worker logged, once `count` workers have logged them."""
     out = {}
-    for pod in workers(demo, run):
+    for pod in demo.pods(run, "worker"):
         name = pod["metadata"]["name"]
         if (pod.get("status") or {}).get("phase") != "Running":
             return None
@@ -47,11 +37,6 @@ def worker_gpus(demo: Demo, run: str, count: int) -> dict[str, str] | None:
             return None
         out[name] = found.group(1)
     return out if len(out) == count else None
-
-
-def finished(demo: Demo, run: str) -> dict[str, Any] | None:
-    r = demo.get("trainingruns", run)
-    return r if r.get("status", {}).get("phase") in ("Succeeded", "Failed") else None
 
 
 def manifest(demo: Demo, name: str, workers: int, gpus: int) -> dict[str, Any]:
@@ -80,7 +65,7 @@ def test_a_worker_with_two_gpus_runs_two_pinned_processes(tmp_path: Path) -> Non
         cpu_gpus = poll(lambda: worker_gpus(demo, CPU_RUN, 1), 180, "the CPU worker serving")
 
         for name in (RUN, CPU_RUN):
-            run = poll(lambda name=name: finished(demo, name), 240, f"{name} to finish")
+            run = poll(lambda name=name: demo.finished(name), 240, f"{name} to finish")
             assert run["status"]["phase"] == "Succeeded", run["status"]
             epochs = [h["epoch"] for h in run["status"]["training"]["history"]]
             assert epochs == [1, 2], epochs

@@ -26,16 +26,6 @@ GRACE_S = 5
 EPOCHS = 16
 
 
-def workers(demo: Demo) -> list[dict[str, Any]]:
-    with demo.c.http() as http:
-        r = http.get(
-            f"/api/v1/namespaces/{NS}/pods",
-            params={"labelSelector": f"accordion.dev/run={RUN},accordion.dev/role=worker"},
-        )
-        r.raise_for_status()
-        return [p for p in r.json()["items"] if not p["metadata"].get("deletionTimestamp")]
-
-
 def training_process(pod: dict[str, Any]) -> psutil.Process:
     """The training process in a worker pod: started by horovodrun over ssh, so a descendant of
     the pod's container (process nodes report `process://<node>/<pid>`) through its sshd."""
@@ -75,15 +65,17 @@ def test_a_worker_whose_training_process_died_is_replaced_and_training_goes_on(
 
         before = poll(both_in_the_world, 120, "two workers training")
         # not rank 0: its pod stays, so the test sees the world shrink rather than move
-        [victim] = [p for p in workers(demo) if p["metadata"]["name"] != before["rank0Pod"]]
+        [victim] = [
+            p for p in demo.pods(RUN, "worker") if p["metadata"]["name"] != before["rank0Pod"]
+        ]
         name, uid = victim["metadata"]["name"], victim["metadata"]["uid"]
-        old_uids = {p["metadata"]["uid"] for p in workers(demo)}
+        old_uids = {p["metadata"]["uid"] for p in demo.pods(RUN, "worker")}
         assert name in before["worldPods"]
         training_process(victim).send_signal(signal.SIGKILL)
         t_killed = time.monotonic()
 
         def replaced() -> list[dict[str, Any]] | None:
-            now = workers(demo)
+            now = demo.pods(RUN, "worker")
             ready = [
                 p
                 for p in now
@@ -115,15 +107,7 @@ def test_a_worker_whose_training_process_died_is_replaced_and_training_goes_on(
 
         poll(joined, 120, "the replacement to join the Horovod world")
         t_joined = time.monotonic()
-        done = poll(
-            lambda: (
-                (r := demo.get("trainingruns", RUN))["status"].get("phase")
-                in ("Succeeded", "Failed")
-                and r
-            ),
-            180,
-            "the run to finish",
-        )
+        done = poll(lambda: demo.finished(RUN), 180, "the run to finish")
         st = done["status"]
         assert st["phase"] == "Succeeded", st
         assert not st.get("launcherRestarts"), st  # the world shrank and grew; no restart
