@@ -411,6 +411,16 @@ def runs_dashboard() -> dict[str, Any]:
             unit="s",
             w=8,
         ),
+        panel(
+            "Metrics as compiled (last epoch, by Keras name)",
+            [
+                (
+                    f"avg by (namespace, run, metric) (accordion_trainer_epoch_metric{trainer})",
+                    "{{run}} {{metric}}",
+                )
+            ],
+            w=24,
+        ),
         row("Experiments"),
         panel(
             "Experiment progress (trials by state)",

@@ -52,7 +52,7 @@ def _model_env(model: str, command: str | None) -> str:
 
 def cmd_run(a: argparse.Namespace) -> int:
     from . import standalone
-    from .data import load_dir
+    from .data import open_dir
     from .errors import parse_error_line
     from .models import BUILTIN_MODELS
 
@@ -63,7 +63,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     if a.data is None and not a.command:
         raise TrainerError(Reason.TrainingError, "--data is required (unless --command is given)")
     if not Path(a.model).exists():
-        load_dir(Path(a.data))
+        open_dir(Path(a.data))  # sharded data: its headers only
     work = Path(a.work).resolve() if a.work else Path(tempfile.mkdtemp(prefix="accordion-run-"))
     s3_env: dict[str, str] = {}
     if a.results.startswith("s3://"):

@@ -1,6 +1,7 @@
 """Datasets: the on-disk formats, the offline MNIST sample, and rank sharding.
 
-Formats in a data directory (after stage-in, or a local folder standalone):
+Formats in a data directory (after stage-in, or a local folder standalone): the sharded
+layout (`train-*.npz` shards, streamed: `shards`), else, read whole into memory:
 - `*.npz` with arrays `x_train`, `y_train` and optionally `x_val`/`y_val` (or `x_test`/`y_test`);
 - the seeds' pickled numpy arrays: `train.pkl`, `validation.pkl` (optional), `test.pkl`
   (optional), each a pickled `(x, y)` tuple or `{"x": ..., "y": ...}` dict.
@@ -25,6 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .errors import Reason, TrainerError
+from .shards import ShardedData, is_sharded, open_shards
 
 Array = npt.NDArray[Any]
 #: one array, or one per named output of a multi-output model
@@ -125,8 +127,14 @@ def _load_pickle(path: Path) -> tuple[Array, Array]:
     return _pair(obj, path.name)
 
 
+def open_dir(path: Path) -> Dataset | ShardedData:
+    """A data directory: the sharded layout (`train-*.npz`, streamed, see `shards`) if it has
+    one, else the in-memory formats above (`load_dir`)."""
+    return open_shards(path) if is_sharded(path) else load_dir(path)
+
+
 def load_dir(path: Path) -> Dataset:
-    """Read a data directory in one of the formats above."""
+    """Read a data directory in one of the in-memory formats above."""
     if not path.is_dir():
         raise TrainerError(Reason.DataNotFound, f"data directory {path} does not exist")
     files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))

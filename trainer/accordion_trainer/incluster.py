@@ -188,9 +188,10 @@ def cmd_worker(a: argparse.Namespace) -> int:
     if cfg.data is not None:
         stage(cfg)
     if not a.skip_data_check and (cfg.model.builtin is not None):
-        from .data import load_dir
+        from .data import open_dir
 
-        load_dir(cfg.data_dir)  # unreadable data fails here, with its reason, before Ready
+        # unreadable data fails here, with its reason, before Ready (shards: headers only)
+        open_dir(cfg.data_dir)
 
     gpu_ids = pod_gpu_ids(env)
     session_env = {
@@ -238,10 +239,12 @@ def cmd_stage(_: argparse.Namespace) -> int:
     if cfg.data is None:
         raise TrainerError(Reason.DataNotFound, "no ACCORDION_DATA_ENDPOINT/BUCKET configured")
     stage(cfg)
-    from .data import load_dir
+    from .data import open_dir
+    from .shards import ShardedData
 
-    ds = load_dir(cfg.data_dir)
-    print(f"[stage] {len(ds.x_train)} training / {len(ds.x_val)} validation samples", flush=True)
+    ds = open_dir(cfg.data_dir)
+    n_train = ds.n_train if isinstance(ds, ShardedData) else len(ds.x_train)
+    print(f"[stage] {n_train} training / {len(ds.x_val)} validation samples", flush=True)
     return 0
 
 

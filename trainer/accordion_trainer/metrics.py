@@ -9,7 +9,9 @@ address.
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Mapping
 from typing import Final
 
 from prometheus_client import (
@@ -45,6 +47,16 @@ LOSS = _live("accordion_trainer_loss", "Training loss of the last epoch.")
 ACCURACY = _live("accordion_trainer_accuracy", "Training accuracy of the last epoch.")
 VAL_LOSS = _live("accordion_trainer_val_loss", "Validation loss of the last epoch.")
 VAL_ACCURACY = _live("accordion_trainer_val_accuracy", "Validation accuracy of the last epoch.")
+EPOCH_METRIC = Gauge(
+    "accordion_trainer_epoch_metric",
+    "The last epoch's value of each metric the model was compiled with, by its Keras name "
+    "(label metric: loss, val_loss, mae, val_mae, ...).",
+    ["metric"],
+    multiprocess_mode=LIVE,
+)
+#: Metric names come from the user's compile: bound the series one run can create.
+MAX_EPOCH_METRICS: Final = 32
+MAX_METRIC_NAME: Final = 64
 RESETS = Counter("accordion_trainer_elastic_resets", "Elastic resets (world changes) seen.")
 RESET_SECONDS = _live(
     "accordion_trainer_elastic_reset_seconds",
@@ -59,6 +71,26 @@ CHECKPOINT_BYTES = _live(
 )
 STAGED_BYTES = Counter("accordion_trainer_staging_bytes", "Bytes downloaded by stage-in.")
 STAGING_SECONDS = _live("accordion_trainer_staging_seconds", "Seconds the last stage-in took.")
+
+
+def record_epoch(logs: Mapping[str, float], samples_per_s: float, epoch: int) -> None:
+    """Export an epoch's results: the fixed gauges the dashboards chart (loss/accuracy of the
+    built-in classifier) and every compiled metric under its own name. NaN and infinities are
+    left out (the epoch fails with TrainingDiverged anyway); at most MAX_EPOCH_METRICS names,
+    in sorted order, so a model with hundreds of metrics cannot flood Prometheus."""
+    EPOCH.set(epoch)
+    SAMPLES_PER_SECOND.set(samples_per_s)
+    finite = {k: float(v) for k, v in logs.items() if math.isfinite(float(v))}
+    for key, gauge in (
+        ("loss", LOSS),
+        ("accuracy", ACCURACY),
+        ("val_loss", VAL_LOSS),
+        ("val_accuracy", VAL_ACCURACY),
+    ):
+        if key in finite:
+            gauge.set(finite[key])
+    for name in sorted(finite)[:MAX_EPOCH_METRICS]:
+        EPOCH_METRIC.labels(metric=name[:MAX_METRIC_NAME]).set(finite[name])
 
 
 def serve(port: int, addr: str = "0.0.0.0") -> None:  # noqa: S104 - pods expose it on their IP

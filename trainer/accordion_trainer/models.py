@@ -4,7 +4,7 @@ User code is a Python module (a `.py` file, or a package/folder, or a zip/tar of
 exposes::
 
     def build_model(hparams: dict) -> keras.Model          # required, uncompiled or compiled
-    def load_data(path: str, hparams: dict) -> Dataset     # optional; default: data.load_dir
+    def load_data(path: str, hparams: dict) -> Dataset     # optional; default: data.open_dir
 
 `hparams` is the run's `spec.hyperparameters` (strings/numbers), the same standalone and in an
 Experiment. The trainer compiles the model (if the user did not), wraps the optimizer for Horovod,

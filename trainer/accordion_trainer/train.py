@@ -6,6 +6,9 @@ Elastic loop (hvd.elastic.run + KerasState) with these deliberate choices:
 - one callback updates batch/sample counters and then commits, so the committed batch never lags;
 - resume is batch-exact: the state carries `samples` (position in the epoch's global order) and
   each (re)start feeds only the samples not yet consumed, re-sharded for the current world size;
+- streamed data (`shards`): the state also carries the plan over the epoch's stream of shard
+  rows (`pending`, `plan_world`, `plan_steps`), so each sample is trained exactly once per epoch
+  across resets while each rank reads only its own shards;
 - the learning rate is `lr * world size` (Horovod's recommendation) and is re-set on every reset.
 
 Rank 0 prints machine-readable lines for the launcher (`ACCORDION_PROGRESS {json}`) and for tests
@@ -19,6 +22,7 @@ import os
 import socket
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,11 +30,12 @@ import numpy as np
 from . import checkpoint, metrics
 from .compiling import build_optimizer, describe_shape_error, plan_compile
 from .config import TrainConfig, from_env
-from .data import Dataset, class_labels, epoch_order, load_dir, shard_indices, take, to_dataset
+from .data import Dataset, class_labels, epoch_order, open_dir, shard_indices, take, to_dataset
 from .errors import Reason, TrainerError
 from .models import build, resolve
 from .outputs import emit, keep_log, open_results, save_results, write_checkpoint
 from .policy import decide_commit_every, divergence, scaled_lr
+from .shards import Plan, RankReader, ShardedData
 from .store import Store
 
 HISTORY_LIMIT = 50
@@ -43,16 +48,23 @@ def weights_checksum(weights: list[Any]) -> float:
     return float(sum(float(np.abs(w).sum()) for w in weights))
 
 
-def load_data(cfg: TrainConfig, code: Any) -> Dataset:
+#: `ACCORDION_SAMPLE_TRACE=<dir>`: every training process appends the ids of the samples of each
+#: batch it trained (`shards.ID_SHIFT`) to a file there (streamed data only; for tests).
+SAMPLE_TRACE_ENV = "ACCORDION_SAMPLE_TRACE"
+
+AnyData = Dataset | ShardedData
+
+
+def load_data(cfg: TrainConfig, code: Any) -> AnyData:
     if code.load_data is None:
-        return load_dir(cfg.data_dir)
+        return open_dir(cfg.data_dir)
     try:
         out = code.load_data(str(cfg.data_dir), cfg.hparams)
     except TrainerError:
         raise
     except Exception as e:
         raise TrainerError(Reason.DataUnreadable, f"load_data failed: {e!r}") from e
-    if isinstance(out, Dataset):
+    if isinstance(out, Dataset | ShardedData):  # ShardedData: shards.open_shards(folder)
         return out
     if isinstance(out, dict) and "x_train" in out and "y_train" in out:
         return to_dataset(out, where="load_data()")
@@ -66,7 +78,8 @@ def load_data(cfg: TrainConfig, code: Any) -> Dataset:
     raise TrainerError(
         Reason.ModelInvalid,
         f"load_data() returned {got}; return a dict with x_train and y_train (optionally "
-        "x_val/y_val, x_test/y_test) or ((x_train, y_train), (x_val, y_val))",
+        "x_val/y_val, x_test/y_test), ((x_train, y_train), (x_val, y_val)) or "
+        "accordion_trainer.shards.open_shards(folder)",
     )
 
 
@@ -109,7 +122,7 @@ def start_horovod(configure_threads: bool = True) -> tuple[Any, float, float]:
 def run_job(
     cfg: TrainConfig,
     hvd: Any,
-    ds: Dataset,
+    ds: AnyData,
     model: Any,
     opt: Any,
     boot: tuple[float | None, float, float],
@@ -125,21 +138,21 @@ def run_job(
     return list(job.state.history)
 
 
-def _compiled_model(cfg: TrainConfig, hvd: Any) -> tuple[Dataset, Any, Any, float]:
+def _compiled_model(cfg: TrainConfig, hvd: Any) -> tuple[AnyData, Any, Any, float]:
     """The user code's data and model, compiled (`compile_model`)."""
     code = resolve(cfg.model, cfg.work_dir)
     return compile_model(cfg, hvd, load_data(cfg, code), build(code, cfg.hparams))
 
 
 def compile_model(
-    cfg: TrainConfig, hvd: Any, ds: Dataset, model: Any
-) -> tuple[Dataset, Any, Any, float]:
+    cfg: TrainConfig, hvd: Any, ds: AnyData, model: Any
+) -> tuple[AnyData, Any, Any, float]:
     """The data, the model compiled with Horovod's optimizer (built here, before the state
     exists: a worker joining late would otherwise deadlock in the optimizer-variable broadcast)
     and the learning rate at world size 1. The user's compile is kept (`compiling`)."""
     plan = plan_compile(model, str(cfg.hparams.get("optimizer", "adam")), cfg.learning_rate)
     if not plan.user_compiled:
-        ds = class_labels(ds)
+        ds = ds.with_class_labels() if isinstance(ds, ShardedData) else class_labels(ds)
     opt = hvd.DistributedOptimizer(build_optimizer(plan, scaled_lr(plan.base_lr, hvd.size())))
     model.compile(optimizer=opt, **plan.compile_args)
     opt.build(model.trainable_variables)
@@ -171,7 +184,7 @@ class _Job:
     the steps of `train` share."""
 
     def __init__(
-        self, cfg: TrainConfig, hvd: Any, ds: Dataset, model: Any, opt: Any, store: Store
+        self, cfg: TrainConfig, hvd: Any, ds: AnyData, model: Any, opt: Any, store: Store
     ) -> None:
         self.cfg = cfg
         self.hvd = hvd
@@ -191,6 +204,10 @@ class _Job:
         #: hvd.elastic.KerasState, created by `run` once the checkpoint (if any) is loaded.
         self.state: Any = None
         self.progress = _progress_callback(self)
+        #: streamed data: the plan the current `fit` trains and the reader that feeds it
+        self.plan: Plan | None = None
+        self.reader: RankReader | None = None
+        self.trace_dir = os.environ.get(SAMPLE_TRACE_ENV, "")
 
     def rank0(self) -> bool:
         # Evaluated each time: ranks are re-assigned on every elastic reset (and horovodrun's
@@ -232,6 +249,11 @@ class _Job:
             # Part of the synced state: commits are collective (they broadcast the host-update
             # check), so every rank must commit after the same batches, joiners included.
             commit_every=self.cfg.commit_batches or 1,
+            # Streamed data (shards.Plan): the epoch's stream intervals not trained when the
+            # current plan was made, the world it was made for, and its steps trained since.
+            pending=(),
+            plan_world=0,
+            plan_steps=0,
         )
         self.state.register_reset_callbacks([self.on_reset])
         self.hvd.elastic.run(self.loop)(self.state)
@@ -262,7 +284,12 @@ class _Job:
 
     def count_batch(self, size: int, logs: Any) -> None:
         """Count the batch, then commit (in that order: the committed batch never lags)."""
-        self.state.samples += size * self.cfg.batch_size
+        if self.plan is not None:
+            self.trace_batch()
+            self.state.samples += self.plan.step_samples(self.state.plan_steps)
+            self.state.plan_steps += 1
+        else:
+            self.state.samples += size * self.cfg.batch_size
         self.state.batch += 1
         if self.state.batch % self.state.commit_every == 0:
             self.commit()
@@ -353,12 +380,11 @@ class _Job:
         """The rest of the current epoch: the samples not yet consumed, re-sharded for `size`."""
         cfg = self.cfg
         t_epoch = time.time()
-        order = epoch_order(len(self.ds.x_train), state.epoch, cfg.seed)
-        idx = shard_indices(order, state.samples, rank, size, cfg.batch_size)
+        data, trained = self.train_data(state, size, rank)
         fit_logs: dict[str, float] = {}
         train_s, step_s = 0.0, 0.0
-        if len(idx):
-            fit_logs, train_s = self.fit(idx, size)
+        if data is not None:
+            fit_logs, train_s = self.fit(data, size)
         if fit_logs:
             fit_logs = self.average(fit_logs)
             step_s = fit_logs.pop("_step_s")
@@ -382,14 +408,15 @@ class _Job:
                 # Training only (no validation), and the median step: for throughput.
                 "trainSeconds": round(train_s, 4),
                 "stepSeconds": round(step_s, 5),
-                "samples": len(idx) * size,
+                "samples": trained,
                 **epoch_logs,
             },
         ][-HISTORY_LIMIT:]
         state.epoch += 1
         state.samples = 0
         state.batch = 0
-        _epoch_metrics(epoch_logs, len(idx) * size / max(elapsed, 1e-9), int(state.epoch))
+        state.pending, state.plan_world, state.plan_steps = (), 0, 0
+        metrics.record_epoch(epoch_logs, trained / max(elapsed, 1e-9), int(state.epoch))
         if self.rank0():
             self.log(
                 f"epoch {state.epoch}/{cfg.epochs} world_size={size} "
@@ -401,20 +428,86 @@ class _Job:
             self.report(epoch_logs)
         self.commit()
 
-    def fit(self, idx: Any, size: int) -> tuple[dict[str, float], float]:
-        """Train on this rank's shard `idx`: its last metrics (and `_step_s`, the median step),
-        and the seconds it took."""
+    def train_data(self, state: Any, size: int, rank: int) -> tuple[Any, int]:
+        """This rank's batches for the rest of the epoch (a tf.data.Dataset, None when nothing
+        is left) and how many samples all ranks train with them."""
         import tensorflow as tf
 
         bs = self.cfg.batch_size
+        if isinstance(self.ds, ShardedData):
+            return self.stream(state, size, rank)
+        self.plan = self.reader = None
+        order = epoch_order(len(self.ds.x_train), state.epoch, self.cfg.seed)
+        idx = shard_indices(order, state.samples, rank, size, bs)
+        if not len(idx):
+            return None, 0
         data = (
             tf.data.Dataset.from_tensor_slices((self.ds.x_train[idx], take(self.ds.y_train, idx)))
             .batch(bs)
             .prefetch(tf.data.AUTOTUNE)
         )
+        return data, len(idx) * size
+
+    def stream(self, state: Any, size: int, rank: int) -> tuple[Any, int]:
+        """Streamed data: plan the epoch's untrained stream for this world (shards.Plan) and
+        read this rank's part shard by shard. The plan is made from the synced state, so every
+        rank makes the same one; after a reset, the steps the previous plan trained (counted
+        in `plan_steps`, committed with the weights) are taken out of `pending` first."""
+        import tensorflow as tf
+
+        assert isinstance(self.ds, ShardedData)
+        bs = self.cfg.batch_size
+        if state.plan_world:
+            old = Plan(tuple(map(tuple, state.pending)), int(state.plan_world), bs)
+            pending = old.remaining_after(int(state.plan_steps))
+        else:  # the epoch starts: all of its stream
+            pending = ((0, self.ds.n_train),)
+        # new objects, never changed in place: Horovod's saved state keeps references to them
+        state.pending, state.plan_world, state.plan_steps = pending, size, 0
+        plan = Plan(pending, size, bs)
+        if plan.dropped and self.rank0():
+            self.log(f"epoch {int(state.epoch) + 1}: {plan.dropped} last samples < world {size}")
+        if not plan.steps:
+            self.plan = self.reader = None
+            return None, 0
+        self.plan = plan
+        self.reader = reader = RankReader(
+            self.ds, plan, rank, int(state.epoch), self.cfg.seed, trace=bool(self.trace_dir)
+        )
+        x_shape, y_shape, y_dtype = self.ds.signature()
+        data = tf.data.Dataset.from_generator(
+            reader.batches,
+            output_signature=(
+                tf.TensorSpec(x_shape, tf.float32),
+                tf.TensorSpec(y_shape, tf.as_dtype(y_dtype)),
+            ),
+        ).prefetch(2)
+        return data, plan.total - plan.dropped
+
+    def trace_batch(self) -> None:
+        """`ACCORDION_SAMPLE_TRACE`: the ids of the batch just trained (batch k of a `fit` is
+        the reader's k-th; counted before the commit, which keeps it)."""
+        if not (self.trace_dir and self.reader is not None and self.reader.ids is not None):
+            return
+        ids = self.reader.ids[int(self.state.plan_steps)]
+        line = {"epoch": int(self.state.epoch), "world": self.hvd.size(), "ids": ids}
+        path = Path(self.trace_dir) / f"trace-{socket.gethostname()}-{os.getpid()}.jsonl"
+        with path.open("a") as f:
+            f.write(json.dumps(line) + "\n")
+
+    def fit(self, data: Any, size: int) -> tuple[dict[str, float], float]:
+        """Train on this rank's batches `data`: its last metrics (and `_step_s`, the median
+        step), and the seconds it took."""
         cb = self.progress(size)
         t_fit = time.time()
-        h = self.model.fit(data, epochs=1, verbose=0, callbacks=[cb])
+        try:
+            h = self.model.fit(data, epochs=1, verbose=0, callbacks=[cb])
+        except Exception as e:
+            # tf.data hands a reader's error on as its own: report the shard's, with its reason
+            reader = self.reader
+            if reader is not None and reader.error is not None:
+                raise reader.error from e
+            raise
         train_s = time.time() - t_fit
         fit_logs = {k: float(v[-1]) for k, v in h.history.items()}
         fit_logs["_step_s"] = float(np.median(cb.step_times)) if cb.step_times else 0.0
@@ -483,7 +576,7 @@ def _progress_callback(job: _Job) -> type[Any]:
     return Progress
 
 
-def _pretrace(model: Any, ds: Dataset, batch_size: int) -> None:
+def _pretrace(model: Any, ds: AnyData, batch_size: int) -> None:
     """Trace the train step before the first collective (the state sync).
 
     Tracing takes 1-2 s. Done here, a model that cannot train fails in its own process before
@@ -493,8 +586,12 @@ def _pretrace(model: Any, ds: Dataset, batch_size: int) -> None:
     so no collective is entered here."""
     import tensorflow as tf
 
-    y = take(ds.y_train, slice(None, batch_size))
-    warm = tf.data.Dataset.from_tensor_slices((ds.x_train[:batch_size], y)).batch(batch_size)
+    y: Any
+    if isinstance(ds, ShardedData):  # the training set stays on disk: a validation batch
+        x, y = ds.x_val[:batch_size], ds.y_val[:batch_size]
+    else:
+        x, y = ds.x_train[:batch_size], take(ds.y_train, slice(None, batch_size))
+    warm = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size)
     fn = model.make_train_function()
     if hasattr(fn, "get_concrete_function"):
         try:
@@ -515,19 +612,6 @@ def _pos(state: Any) -> dict[str, int]:
     if isinstance(state, dict):
         return {"epoch": int(state.get("epoch", 0)), "samples": int(state.get("samples", 0))}
     return {"epoch": int(state.epoch), "samples": int(state.samples), "batch": int(state.batch)}
-
-
-def _epoch_metrics(logs: dict[str, float], samples_per_s: float, epoch: int) -> None:
-    metrics.EPOCH.set(epoch)
-    metrics.SAMPLES_PER_SECOND.set(samples_per_s)
-    for key, gauge in (
-        ("loss", metrics.LOSS),
-        ("accuracy", metrics.ACCURACY),
-        ("val_loss", metrics.VAL_LOSS),
-        ("val_accuracy", metrics.VAL_ACCURACY),
-    ):
-        if key in logs:
-            gauge.set(logs[key])
 
 
 def main(t_boot: float | None = None) -> int:
