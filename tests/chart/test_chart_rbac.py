@@ -38,7 +38,7 @@ FRAMEWORK: set[Perm] = {
     ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
     ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
 }
-CLUSTER_SCOPED = {"nodes", "customresourcedefinitions", "priorityclasses"}
+CLUSTER_SCOPED = {"nodes", "customresourcedefinitions", "priorityclasses", "namespaces"}
 HTTP_VERB = {"GET": "get", "POST": "create", "DELETE": "delete", "PATCH": "patch", "PUT": "update"}
 KIND_GROUP = {
     "Role": "rbac.authorization.k8s.io",

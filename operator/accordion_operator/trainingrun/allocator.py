@@ -1,16 +1,21 @@
 """The elastic GPU allocator: pure policy, no I/O, no clock (``now`` is an argument).
 
-Given the nodes, every pod's GPU use and the runs that want GPUs, decide how many workers each run
-gets. The plan is a simulated placement (best fit, node by node), so a plan never needs more GPUs
-on a node than the node has; which real node a worker lands on is still the kube-scheduler's call.
+Given the nodes, every pod's GPU use, the namespaces' GPU quotas and fair-share weights and the
+runs that want GPUs, decide how many workers each run gets. The plan is a simulated placement
+(best fit, node by node), so a plan never needs more GPUs on a node than the node has, nor more
+GPUs in a namespace than its quotas allow; which real node a worker lands on is still the
+kube-scheduler's call.
 
 Rules, in the order they are applied:
 
 1. *Gang minimum, priority first.* Runs are visited by priority (high first); within a priority
-   the runs already admitted come first (so a newcomer never evicts an equal), then FIFO by
-   creation time. A run is admitted only if all its ``min`` workers fit. A later, smaller run of
-   the same priority may still be admitted when an earlier one does not fit (best-effort FIFO:
-   a big run does not block the queue behind it).
+   the runs already admitted come first (so a newcomer never evicts an equal), then the waiting
+   ones in *fair order*: the namespace furthest below its weighted share of the GPUs granted so
+   far goes next (ties: the older run), FIFO by creation time within a namespace. A run is
+   admitted only if all its ``min`` workers fit, on the nodes and in every ResourceQuota of its
+   namespace that counts its pods (``GpuQuota``); a quota short of it gives ``QuotaExceeded``.
+   A later, smaller run may still be admitted when an earlier one does not fit (best-effort
+   FIFO: a big run does not block the queue behind it).
 2. *Elastic surplus last.* Workers above ``min`` are planned only after every admitted run's
    minimum, so the surplus of lower-priority runs is what a higher-priority minimum takes first.
    A lower-priority run loses its minimum (is preempted whole) only when the higher-priority
@@ -19,19 +24,28 @@ Rules, in the order they are applied:
    run keeps its minimum ahead of every higher priority unless some run that may preempt it is
    present: one of its own namespace (class default), or of any namespace whose class says
    ``cluster``; a ``never`` class preempts nobody. Such protected runs are placed first.
-3. *Fair growth.* Within a priority, free GPUs are shared by water-filling: the run with the fewest
-   workers gets the next one, up to its requested count (``spec.workers.replicas`` or ``max``).
+3. *Fair growth.* Within a priority, free GPUs are shared by two-level water-filling: the next
+   worker goes to the namespace with the fewest GPUs per unit of weight (all its runs' GPUs,
+   minimums included; ``weights``, default 1), and within it to the run with the fewest workers,
+   up to its requested count (``spec.workers.replicas`` or ``max``) and its namespace's quotas.
    Surplus levels count a priority above 0 only for classes that may preempt other namespaces:
    otherwise a team's own high class would grow its runs first by taking other teams' surplus.
 4. *Hysteresis.* A run whose count changed less than ``cooldown`` seconds ago keeps its previous
-   count (as far as GPUs allow after all minimums) instead of being trimmed for fairness, so runs
-   do not oscillate when others come and go. Growth is never delayed.
+   count (as far as GPUs and quotas allow after all minimums) instead of being trimmed for
+   fairness, so runs do not oscillate when others come and go. Growth is never delayed.
+
+Quotas: a namespace's GPUs are counted as its quotas count them, from the pods (``PodUse``):
+the pods of the runs being planned are re-planned, every other pod of the namespace that a
+quota counts (bound or not yet bound: the apiserver charged it at creation) takes its GPUs out
+of that quota first.
 """
 
 from __future__ import annotations
 
 import functools
 import heapq
+import math
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -40,6 +54,7 @@ from accordion_operator.api.trainingrun import (
     REASON_GANG_ADMITTED,
     REASON_PREEMPTED,
     REASON_QUEUED,
+    REASON_QUOTA_EXCEEDED,
     REASON_UNSCHEDULABLE,
 )
 
@@ -139,13 +154,17 @@ class Node:
 
 @dataclass(frozen=True)
 class PodUse:
-    """A bound, non-terminal pod that requests GPUs; ``run`` is its run's key if Accordion's,
-    ``owner`` the uid of its controller (a pod counts as a run's worker only if both match)."""
+    """A non-terminal pod that requests GPUs; ``run`` is its run's key if Accordion's, ``owner``
+    the uid of its controller (a pod counts as a run's worker only if both match). ``node`` ""
+    is a pod not bound yet: it takes no node's GPUs, but its namespace's quotas count it."""
 
     node: str
     gpus: int
     run: str | None = None
     owner: str = ""
+    #: its namespace and spec.priorityClassName: which quotas count it (``GpuQuota``)
+    namespace: str = ""
+    priority_class: str | None = None
 
 
 @dataclass(frozen=True)
@@ -169,6 +188,8 @@ class RunRequest:
     namespace: str = ""
     #: it was preempted and has not been re-admitted since (its refusal keeps saying so)
     preempted: bool = False
+    #: the PriorityClass its pods carry: which of its namespace's quotas count them
+    priority_class: str | None = None
 
     @property
     def surplus_level(self) -> int:
@@ -178,6 +199,30 @@ class RunRequest:
     @property
     def cap(self) -> int:
         return max(self.min, min(self.requested, self.max))
+
+
+@dataclass(frozen=True)
+class GpuQuota:
+    """A ResourceQuota's hard limit on the GPUs requested by the pods of one namespace (of some
+    priority classes only, when the quota is scoped to classes).
+
+    Which pods it counts, by their priority class ``c`` (None: the pod has none):
+    ``(only is None or c in only) and c not in exclude`` (`priority.gpu_quotas` makes these
+    from a ResourceQuota's scopes)."""
+
+    namespace: str
+    name: str
+    #: GPUs (the quota's hard `requests.<gpu resource>`)
+    hard: int
+    only: frozenset[str | None] | None = None
+    exclude: frozenset[str | None] = frozenset()
+    #: the quota's resource name, for messages
+    resource: str = "requests.nvidia.com/gpu"
+
+    def covers(self, priority_class: str | None) -> bool:
+        return (
+            self.only is None or priority_class in self.only
+        ) and priority_class not in self.exclude
 
 
 # --- outputs -------------------------------------------------------------------------------------
@@ -201,6 +246,8 @@ class Allocation:
     node_used: dict[str, int]
     #: planned workers per (run, node), for checking a plan against node capacity
     placements: dict[str, dict[str, int]]
+    #: GPUs granted per namespace (its runs' workers; other pods not included)
+    namespace_gpus: dict[str, int] = field(default_factory=dict)
 
 
 # --- the capacity model --------------------------------------------------------------------------
@@ -313,24 +360,39 @@ def decide_allocation(
     runs: Sequence[RunRequest],
     now: float,
     cooldown: float = 30.0,
+    *,
+    quotas: Sequence[GpuQuota] = (),
+    weights: Mapping[str, float] | None = None,
 ) -> Allocation:
-    """Target worker count per run (see the module docstring for the rules)."""
+    """Target worker count per run (see the module docstring for the rules). `quotas`: the
+    namespaces' GPU quotas; `weights`: fair-share weight per namespace (absent: 1; a weight
+    that is not a positive finite number counts as 1)."""
     owners = {(r.key, r.uid) for r in runs}
+    quota_order = sorted(quotas, key=lambda q: (q.namespace, q.name, q.hard))
+    in_ns: dict[str, list[int]] = {}
+    for qi, q in enumerate(quota_order):
+        in_ns.setdefault(q.namespace, []).append(qi)
     foreign: dict[str, int] = {}
+    quota_foreign = [0] * len(quota_order)
     for pod in pods:
         # Accordion's own workers are re-planned from scratch; everything else is fixed load,
         # a pod that only carries a run's labels included.
         if pod.gpus > 0 and (pod.run is None or (pod.run, pod.owner) not in owners):
-            foreign[pod.node] = foreign.get(pod.node, 0) + pod.gpus
-    plan = _Planner(_Capacity(nodes, foreign), runs)
+            if pod.node:
+                foreign[pod.node] = foreign.get(pod.node, 0) + pod.gpus
+            for qi in in_ns.get(pod.namespace, ()):
+                if quota_order[qi].covers(pod.priority_class):
+                    quota_foreign[qi] += pod.gpus
+    plan = _Planner(_Capacity(nodes, foreign), runs, weights or {})
+    plan.set_quotas(quota_order, in_ns, quota_foreign, runs)
     order = sorted(runs, key=lambda r: (-r.priority, r.previous < r.min, r.created, r.key))
     # 1. gang minimums: first those no present run may preempt, then highest priority first
     protected = _protected(runs)
-    for run in [r for r in order if r.key in protected] + [
-        r for r in order if r.key not in protected
-    ]:
-        if plan.place_gang(run, run.min):
-            plan.granted[run.key] = run.min
+    admit = plan.admit
+    for run in order:
+        if run.key in protected:
+            admit(run)
+    plan.admit_in_fair_order([r for r in order if r.key not in protected])
     # 2.-4. surplus per priority level: cooldown-frozen counts first, then fair water-filling
     levels: dict[int, list[RunRequest]] = {}
     for run in order:
@@ -342,15 +404,23 @@ def decide_allocation(
     cap = plan.cap
     node_used = {n: cap.used[n] + cap.initial_free[n] - cap.free[n] for n in cap.used}
     grants: dict[str, Grant] = {}
+    limited = plan.quota_limited
     for run in runs:
         n = plan.granted.get(run.key, 0)
         if n:  # inline: the common case, 10,000 times a decision
             gpus = n * run.gpus_per_worker
             msg = f"granted {n} of {run.cap} requested workers ({gpus} GPUs)"
+            if limited and run.key in limited and n < run.cap:
+                msg += plan.quota_note(limited[run.key])
             grants[run.key] = Grant(n, REASON_GANG_ADMITTED, msg)
         else:
             grants[run.key] = plan.refusal(run)
-    return Allocation(grants=grants, node_used=node_used, placements=plan.placements)
+    return Allocation(
+        grants=grants,
+        node_used=node_used,
+        placements=plan.placements,
+        namespace_gpus=dict(plan.ns_gpus),
+    )
 
 
 def _protected(runs: Sequence[RunRequest]) -> set[str]:
@@ -374,12 +444,28 @@ def _protected(runs: Sequence[RunRequest]) -> set[str]:
 
 
 class _Planner:
-    """One decision's working state: the capacity left, and the workers granted and placed."""
+    """One decision's working state: the capacity and quotas left, the workers granted and
+    placed, and the GPUs granted per namespace."""
 
-    def __init__(self, cap: _Capacity, runs: Sequence[RunRequest]) -> None:
+    def __init__(
+        self, cap: _Capacity, runs: Sequence[RunRequest], weights: Mapping[str, float]
+    ) -> None:
         self.cap = cap
         self.granted: dict[str, int] = {}
         self.placements: dict[str, dict[str, int]] = {}
+        self.ns_gpus: dict[str, int] = {}
+        self.weights = {ns: w for ns, w in weights.items() if w != 1 and w > 0 and math.isfinite(w)}
+        # quotas (set_quotas): per quota the GPUs left and those other pods hold; per run the
+        # quotas that count its pods (only runs that have any)
+        self.quotas: Sequence[GpuQuota] = ()
+        self.quota_left: list[int] = []
+        self.quota_foreign: list[int] = []
+        self.quotas_of: dict[str, tuple[int, ...]] = {}
+        #: run -> (the quota that refused its minimum, the GPUs that quota had left)
+        self.quota_refused: dict[str, tuple[int, int]] = {}
+        #: run -> the quota that stopped its growth
+        self.quota_limited: dict[str, int] = {}
+        self._refusals: dict[tuple[int, int, int, int], Grant] = {}
         classes_of = {r.key: cap.eligible(r.placement) for r in runs}
         for classes in classes_of.values():
             for cid in classes:
@@ -395,6 +481,101 @@ class _Planner:
             classes_of[key] = got
         #: per run: the node classes it may use, least contended first
         self.classes_of = classes_of
+
+    def set_quotas(
+        self,
+        quotas: Sequence[GpuQuota],
+        in_ns: Mapping[str, list[int]],
+        foreign: list[int],
+        runs: Sequence[RunRequest],
+    ) -> None:
+        if not quotas:
+            return
+        self.quotas = quotas
+        self.quota_foreign = foreign
+        self.quota_left = [q.hard - used for q, used in zip(quotas, foreign, strict=True)]
+        covering: dict[tuple[str, str | None], tuple[int, ...]] = {}
+        for r in runs:
+            ids = in_ns.get(r.namespace)
+            if not ids:
+                continue
+            k = (r.namespace, r.priority_class)
+            got = covering.get(k)
+            if got is None:
+                got = covering[k] = tuple(i for i in ids if quotas[i].covers(r.priority_class))
+            if got:
+                self.quotas_of[r.key] = got
+
+    def share(self, namespace: str) -> float:
+        """The namespace's GPUs granted so far per unit of its weight."""
+        gpus = self.ns_gpus.get(namespace, 0)
+        return gpus / self.weights[namespace] if namespace in self.weights else gpus
+
+    def _charge(self, run: RunRequest, workers: int) -> None:
+        gpus = workers * run.gpus_per_worker
+        ns_gpus, ns = self.ns_gpus, run.namespace
+        ns_gpus[ns] = ns_gpus.get(ns, 0) + gpus
+        if self.quotas_of:
+            for qi in self.quotas_of.get(run.key, ()):
+                self.quota_left[qi] -= gpus
+
+    def _quota_room(self, run: RunRequest) -> tuple[int, int] | None:
+        """(workers the run's quotas still allow, the quota allowing fewest); None: no quota."""
+        ids = self.quotas_of.get(run.key)
+        if not ids:
+            return None
+        left = self.quota_left
+        qi = ids[0] if len(ids) == 1 else min(ids, key=left.__getitem__)
+        gpus = run.gpus_per_worker
+        return (left[qi] // gpus if gpus else run.cap), qi
+
+    def admit_in_fair_order(self, order: Sequence[RunRequest]) -> None:
+        """`admit` each run of `order` (priority, admitted first, FIFO), each priority's waiting
+        runs interleaved by namespace: next comes the namespace furthest below its weighted
+        share of the GPUs granted so far, FIFO within it (ties: the older run). Admitted runs
+        keep their place: fairness orders the queue, it does not preempt."""
+        admit, share = self.admit, self.share
+        i, end = 0, len(order)
+        while i < end:
+            head = order[i]
+            if head.previous >= head.min:
+                admit(head)
+                i += 1
+                continue
+            j = i + 1
+            while j < end and order[j].priority == head.priority:
+                j += 1  # the rest of this priority: all waiting (admitted ones sort first)
+            queues: dict[str, deque[RunRequest]] = {}
+            for r in order[i:j]:
+                queues.setdefault(r.namespace, deque()).append(r)
+            if len(queues) == 1:
+                for r in order[i:j]:
+                    admit(r)
+                i = j
+                continue
+            i = j
+            heap = [(share(ns), q[0].created, q[0].key, ns) for ns, q in queues.items()]
+            heapq.heapify(heap)
+            while heap:
+                ns = heap[0][3]
+                queue = queues[ns]
+                admit(queue.popleft())
+                if queue:
+                    nxt = queue[0]
+                    heapq.heapreplace(heap, (share(ns), nxt.created, nxt.key, ns))
+                else:
+                    heapq.heappop(heap)
+
+    def admit(self, run: RunRequest) -> None:
+        """Grant the run its minimum if it fits its quotas and the nodes, all at once."""
+        if self.quotas_of:
+            room = self._quota_room(run)
+            if room is not None and room[0] < run.min:
+                self.quota_refused[run.key] = (room[1], self.quota_left[room[1]])
+                return
+        if self.place_gang(run, run.min):
+            self.granted[run.key] = run.min
+            self._charge(run, run.min)
 
     def place(self, run: RunRequest, count: int) -> int:
         """Place up to `count` more workers of `run`; returns how many fit."""
@@ -434,22 +615,78 @@ class _Planner:
             since = None if run.last_scale is None else now - run.last_scale
             keep = min(run.previous, run.cap) - self.granted[run.key]
             if since is not None and 0 <= since < cooldown and keep > 0:
-                self.granted[run.key] += self.place(run, keep)
+                room = self._quota_room(run) if self.quotas_of else None
+                if room is not None and room[0] < keep:
+                    keep = room[0]
+                    self.quota_limited[run.key] = room[1]
+                got = self.place(run, keep)
+                self.granted[run.key] += got
+                self._charge(run, got)
+
+    def _grow_one(self, run: RunRequest) -> bool:
+        """One more worker for `run`, if its quotas and the nodes have room."""
+        ids = self.quotas_of.get(run.key) if self.quotas_of else None
+        if ids:
+            gpus = run.gpus_per_worker
+            for qi in ids:
+                if self.quota_left[qi] < gpus:
+                    self.quota_limited[run.key] = qi
+                    return False
+        if self.place(run, 1) == 0:
+            return False
+        self.granted[run.key] += 1
+        if ids:
+            self._charge(run, 1)
+        else:  # inline: once per surplus worker
+            ns_gpus, ns = self.ns_gpus, run.namespace
+            ns_gpus[ns] = ns_gpus.get(ns, 0) + run.gpus_per_worker
+        return True
 
     def grow_fairly(self, level: Sequence[RunRequest]) -> None:
-        """Water-filling: one worker at a time to the run of this level that has fewest."""
-        granted, place = self.granted, self.place
-        heap = [(granted[r.key], i) for i, r in enumerate(level) if granted[r.key] < r.cap]
-        heapq.heapify(heap)
-        pop, push = heapq.heappop, heapq.heappush
-        while heap:
-            count, i = pop(heap)
+        """Two-level water-filling: the next worker goes to the namespace of this level with the
+        fewest GPUs per unit of weight, and within it to the run with fewest workers."""
+        granted, grow = self.granted, self._grow_one
+        heaps: dict[str, list[tuple[int, int]]] = {}
+        for i, r in enumerate(level):
+            if granted[r.key] < r.cap:
+                heaps.setdefault(r.namespace, []).append((granted[r.key], i))
+        pop, replace = heapq.heappop, heapq.heapreplace
+        if len(heaps) == 1:  # one namespace: water-filling by run only
+            heap = next(iter(heaps.values()))
+            heapq.heapify(heap)
+            while heap:
+                count, i = heap[0]
+                run = level[i]
+                if grow(run) and count + 1 < run.cap:
+                    replace(heap, (count + 1, i))
+                else:
+                    pop(heap)
+            return
+        for heap in heaps.values():
+            heapq.heapify(heap)
+        share = self.share
+        outer = [(share(ns), ns) for ns in heaps]
+        heapq.heapify(outer)
+        while outer:
+            ns = outer[0][1]
+            heap = heaps[ns]
+            count, i = heap[0]
             run = level[i]
-            if place(run, 1) == 0:
-                continue  # nothing more fits this run's nodes; others may still grow
-            granted[run.key] = count + 1
-            if count + 1 < run.cap:
-                push(heap, (count + 1, i))
+            if grow(run) and count + 1 < run.cap:
+                replace(heap, (count + 1, i))
+            else:
+                pop(heap)
+            if heap:
+                replace(outer, (share(ns), ns))
+            else:
+                pop(outer)
+
+    def quota_note(self, qi: int) -> str:
+        """What the Admitted message of a run that its namespace's quota keeps from growing
+        adds: the quota and its limit (not its use, which moves with every other run of the
+        namespace: each move would rewrite the status of every run the quota holds back)."""
+        q = self.quotas[qi]
+        return f"; ResourceQuota {q.namespace}/{q.name} caps {q.resource} at {q.hard}"
 
     def refusal(self, run: RunRequest) -> Grant:
         """Why a run got no workers, as its status shows it."""
@@ -461,6 +698,9 @@ class _Planner:
                 f"no schedulable nodes can ever hold {run.min} workers of "
                 f"{run.gpus_per_worker} GPUs matching the run's nodeSelector/tolerations/affinity",
             )
+        refused = self.quota_refused.get(run.key)
+        if refused is not None:
+            return self._quota_refusal(run, *refused)
         if run.previous >= run.min or run.preempted:
             return Grant(
                 0,
@@ -470,4 +710,29 @@ class _Planner:
             )
         return Grant(
             0, REASON_QUEUED, f"waiting for {need} free GPUs for the minimum of {run.min} workers"
+        )
+
+    def _quota_refusal(self, run: RunRequest, qi: int, left: int) -> Grant:
+        # the runs a quota refuses are often most of a namespace's queue, with few distinct
+        # messages: each is made once
+        key = (qi, left, run.min, run.gpus_per_worker)
+        got = self._refusals.get(key)
+        if got is None:
+            got = self._refusals[key] = self._make_quota_refusal(run, qi, left)
+        return got
+
+    def _make_quota_refusal(self, run: RunRequest, qi: int, left: int) -> Grant:
+        q = self.quotas[qi]
+        other = self.quota_foreign[qi]
+        ahead = q.hard - other - left  # the minimums of the namespace's runs placed before it
+        need = run.min * run.gpus_per_worker
+        workers = f"{run.min} worker{'s' if run.min != 1 else ''}"
+        return Grant(
+            0,
+            REASON_QUOTA_EXCEEDED,
+            f"ResourceQuota {q.namespace}/{q.name} allows {q.resource}: {q.hard}; "
+            f"{ahead + other} used ({ahead} by the minimums of runs admitted ahead of this one, "
+            f"{other} by other pods), the minimum of {workers} needs {need}: it waits "
+            f"until runs of {q.namespace} free that much (they finish, are suspended or "
+            "deleted); or lower spec.workers.min, or ask a cluster admin to raise the quota",
         )

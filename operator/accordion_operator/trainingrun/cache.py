@@ -37,6 +37,7 @@ from accordion_operator.trainingrun.priority import (
     PriorityClassInfo,
     QuotaInfo,
     class_from,
+    fair_share_weight,
     quota_from,
 )
 
@@ -49,6 +50,8 @@ WATCHES = (
     Watch("run", API_VERSION, PLURAL),
     Watch("priorityclass", "scheduling.k8s.io/v1", "priorityclasses", namespaced=False),
     Watch("quota", "v1", "resourcequotas"),
+    # cluster-wide even in namespaced mode: only a fair-share weight is kept per namespace
+    Watch("namespace", "v1", "namespaces", namespaced=False),
 )
 
 
@@ -204,7 +207,7 @@ class ClusterCache(Store):
     runs: dict[tuple[str, str], CachedRun] = field(default_factory=dict)
     #: Accordion pods by (namespace, run) -> name -> state
     run_pods: dict[tuple[str, str], dict[str, PodState]] = field(default_factory=dict)
-    #: every bound, non-terminal GPU pod: (namespace, name) -> use
+    #: every non-terminal GPU pod, bound or not (node ""): (namespace, name) -> use
     gpu_pods: dict[tuple[str, str], PodUse] = field(default_factory=dict)
     nodes: dict[str, Node] = field(default_factory=dict)
     _pod_rv: dict[tuple[str, str], int] = field(default_factory=dict)
@@ -219,6 +222,10 @@ class ClusterCache(Store):
     quotas: dict[str, dict[str, QuotaInfo]] = field(default_factory=dict)
     #: bumped on every change of either: runs' resolved priorities are cached until it moves
     policy_version: int = 0
+    #: fair-share weights of the namespaces that set one other than 1 (`priority`)
+    weights: dict[str, float] = field(default_factory=dict)
+    #: namespaces whose weight was refused (logged once per refusal, not per event)
+    _bad_weights: dict[str, str] = field(default_factory=dict)
 
     # --- feeding -----------------------------------------------------------------------------
 
@@ -236,6 +243,8 @@ class ClusterCache(Store):
             self._apply_node(body, deleted)
         elif kind in ("priorityclass", "quota"):
             self._apply_policy(kind, body, deleted)
+        elif kind == "namespace":
+            self._apply_namespace(body, deleted)
         if wake:
             self.dirty.set()
 
@@ -286,9 +295,13 @@ class ClusterCache(Store):
                         self.run_pods.pop((key[0], run or ""), None)
             return
         self._pod_rv[key] = rv
-        if state.gpus and state.node and not state.terminal:
+        if state.gpus and not state.terminal:
+            # unbound ones too: their namespace's quotas counted them when they were created
             owner = f"{key[0]}/{run}" if ours else None
-            self.gpu_pods[key] = PodUse(state.node, state.gpus, owner, state.owner_uid)
+            pclass = (body.get("spec") or {}).get("priorityClassName") or None
+            self.gpu_pods[key] = PodUse(
+                state.node or "", state.gpus, owner, state.owner_uid, key[0], pclass
+            )
         else:
             self.gpu_pods.pop(key, None)
         if ours:
@@ -314,8 +327,25 @@ class ClusterCache(Store):
             if deleted:
                 self.quotas.get(ns, {}).pop(name, None)
             else:
-                self.quotas.setdefault(ns, {})[name] = quota_from(body)
+                quota = quota_from(body)
+                if self.quotas.get(ns, {}).get(name) == quota:
+                    return  # only its status.used moved (each pod created or deleted)
+                self.quotas.setdefault(ns, {})[name] = quota
         self.policy_version += 1
+
+    def _apply_namespace(self, body: Mapping[str, Any], deleted: bool) -> None:
+        meta = body.get("metadata") or {}
+        name = str(meta.get("name", ""))
+        weight, refused = (1.0, None) if deleted else fair_share_weight(meta)
+        if refused is None:
+            self._bad_weights.pop(name, None)
+        elif self._bad_weights.get(name) != refused:  # once per value, not per event
+            self._bad_weights[name] = refused
+            log.warning("namespace %s: %s", name, refused)
+        if weight == 1.0:
+            self.weights.pop(name, None)
+        else:
+            self.weights[name] = weight
 
     def forget_missing(
         self, kind: str, seen: set[tuple[str, str]], namespace: str | None, newest: int
@@ -354,6 +384,10 @@ class ClusterCache(Store):
             names = {name for _, name in seen}
             self.priority_classes = {n: c for n, c in self.priority_classes.items() if n in names}
             self.policy_version += 1
+        elif kind == "namespace":
+            names = {name for _, name in seen}
+            self.weights = {n: w for n, w in self.weights.items() if n in names}
+            self._bad_weights = {n: m for n, m in self._bad_weights.items() if n in names}
         elif kind == "quota":
             for ns, quotas in self.quotas.items():
                 if in_scope(ns):

@@ -29,7 +29,12 @@ from accordion_operator.core.objects import TRAININGRUNS, object_ref
 from accordion_operator.core.timefmt import from_rfc3339
 from accordion_operator.metrics import OperatorMetrics
 from accordion_operator.trainingrun import builders, priority
-from accordion_operator.trainingrun.allocator import Grant, RunRequest, decide_allocation
+from accordion_operator.trainingrun.allocator import (
+    GpuQuota,
+    Grant,
+    RunRequest,
+    decide_allocation,
+)
 from accordion_operator.trainingrun.cache import WATCHES, CachedRun, ClusterCache
 from accordion_operator.trainingrun.checks import check_run
 from accordion_operator.trainingrun.decide import (
@@ -123,6 +128,8 @@ class Controller:
     _resolved: dict[str, tuple[tuple[int, int], RunRequest, tuple[str, str] | None]] = field(
         default_factory=dict
     )
+    #: (the cache's policy_version, the GPU quotas made of its ResourceQuotas) (`_gpu_quotas`)
+    _quotas_seen: tuple[int, list[GpuQuota]] = field(default_factory=lambda: (-1, []))
     #: per run taking part in this pass's allocation: its priority (the order runs are acted on)
     _priorities: dict[str, int] = field(default_factory=dict)
     #: per run uid: the operator-owned status fields as this process last wrote (or first saw)
@@ -164,6 +171,8 @@ class Controller:
             requests,
             now,
             self.cfg.scale_cooldown_seconds,
+            quotas=self._gpu_quotas(),
+            weights=cache.weights,
         )
         tally = _Tally(decide_seconds=time.perf_counter() - t0)
         if unread:
@@ -287,10 +296,28 @@ class Controller:
                 gpus=request.min * request.gpus_per_worker,
                 gpu_resource=self.cfg.gpu_resource,
             )
-        if (got.value, got.preempts) != (request.priority, request.preempts):
-            request = dataclasses.replace(request, priority=got.value, preempts=got.preempts)
+        if (got.value, got.preempts, got.class_name) != (
+            request.priority,
+            request.preempts,
+            request.priority_class,
+        ):
+            request = dataclasses.replace(
+                request,
+                priority=got.value,
+                preempts=got.preempts,
+                priority_class=got.class_name,
+            )
         self._resolved[v.key] = (version, request, verdict)
         return request, verdict
+
+    def _gpu_quotas(self) -> list[GpuQuota]:
+        """The namespaces' GPU quotas as the allocator takes them, made again only when a
+        quota's spec (or a PriorityClass) changed."""
+        version = self.cache.policy_version
+        if self._quotas_seen[0] != version:
+            every = [q for quotas in self.cache.quotas.values() for q in quotas.values()]
+            self._quotas_seen = (version, priority.gpu_quotas(every, self.cfg.gpu_resource))
+        return self._quotas_seen[1]
 
     async def _decide_runs(
         self,

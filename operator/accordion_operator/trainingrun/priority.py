@@ -9,8 +9,9 @@ on `PriorityClass`): those two decide who may use high priority, as they do for 
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -18,6 +19,7 @@ from accordion_operator.api.trainingrun import (
     REASON_PRIORITY_CLASS_NOT_FOUND,
     REASON_QUOTA_EXCEEDED,
 )
+from accordion_operator.trainingrun.allocator import GpuQuota
 
 #: set to "true" by a cluster admin on a PriorityClass whose runs may preempt runs of other
 #: namespaces (without it, a run preempts only runs of its own namespace)
@@ -54,6 +56,9 @@ class QuotaInfo:
     #: spec.scopes and spec.scopeSelector, ANDed
     scopes: tuple[str, ...] = ()
     expressions: tuple[ScopeExpression, ...] = ()
+    #: status.hard: the limits the apiserver's admission enforces, which the quota controller
+    #: copies from spec.hard a moment after each edit (None: not yet)
+    enforced: Mapping[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,11 @@ def quota_from(body: Mapping[str, Any]) -> QuotaInfo:
         namespace=str(meta.get("namespace", "")),
         name=str(meta.get("name", "")),
         hard={str(k): str(v) for k, v in (spec.get("hard") or {}).items()},
+        enforced=(
+            {str(k): str(v) for k, v in status_hard.items()}
+            if isinstance(status_hard := (body.get("status") or {}).get("hard"), Mapping)
+            else None
+        ),
         scopes=tuple(str(s) for s in spec.get("scopes") or ()),
         expressions=tuple(
             ScopeExpression(
@@ -167,30 +177,111 @@ def _scoped(quota: QuotaInfo) -> bool:
     )
 
 
-def _applies(quota: QuotaInfo, class_name: str | None) -> bool:
-    """Whether the quota counts the run's pods. Scopes that depend on more than the pods'
-    priority class (BestEffort, CrossNamespacePodAffinity, ...) are not judged here: the
-    apiserver does at creation."""
+#: a class filter: (only these classes, or None for all; never these) - None stands for "no
+#: class" in both sets (`allocator.GpuQuota.covers`)
+ClassFilter = tuple[frozenset[str | None] | None, frozenset[str | None]]
+
+
+def _class_filter(quota: QuotaInfo) -> ClassFilter | None:
+    """Which priority classes' pods the quota counts, or None when it counts no pod of a run.
+    Scopes that depend on more than the pods' priority class (BestEffort, Terminating,
+    CrossNamespacePodAffinity, ...) never match a run's pods (they have requests, no
+    activeDeadlineSeconds and no cross-namespace affinity); NotTerminating always does."""
+    only: frozenset[str | None] | None = None
+    exclude: set[str | None] = set()
+
+    def narrow(allowed: frozenset[str | None]) -> None:
+        nonlocal only
+        only = allowed if only is None else only & allowed
+
     for scope in quota.scopes:
         if scope == "PriorityClass":
-            if class_name is None:
-                return False
-        elif scope != "NotTerminating":  # the run's pods have no activeDeadlineSeconds
-            return False
+            exclude.add(None)  # the scope alone: pods that have a class
+        elif scope != "NotTerminating":
+            return None
     for e in quota.expressions:
         if e.scope == "NotTerminating" and e.operator == "Exists":
             continue
         if e.scope != "PriorityClass":
-            return False
-        if e.operator == "In" and class_name not in e.values:
-            return False
-        if e.operator == "NotIn" and class_name in e.values:
-            return False
-        if e.operator == "Exists" and class_name is None:
-            return False
-        if e.operator == "DoesNotExist" and class_name is not None:
-            return False
-    return True
+            return None
+        if e.operator == "In":
+            narrow(frozenset(e.values))
+        elif e.operator == "NotIn":
+            exclude.update(e.values)
+        elif e.operator == "Exists":
+            exclude.add(None)
+        elif e.operator == "DoesNotExist":
+            narrow(frozenset({None}))
+        else:
+            return None  # an operator the apiserver would not have accepted
+    return only, frozenset(exclude)
+
+
+def _applies(quota: QuotaInfo, class_name: str | None) -> bool:
+    """Whether the quota counts the run's pods (of priority class `class_name`)."""
+    found = _class_filter(quota)
+    if found is None:
+        return False
+    only, exclude = found
+    return (only is None or class_name in only) and class_name not in exclude
+
+
+def gpu_quotas(quotas: Iterable[QuotaInfo], gpu_resource: str) -> list[GpuQuota]:
+    """The allocator's view of the quotas that cap the GPUs of runs' pods: every quota with a
+    hard `requests.<gpu_resource>` (the only form the apiserver accepts for an extended
+    resource) that counts pods of some run (unscoped, or scoped to priority classes). A limit
+    in a form that is not a plain count is left to the apiserver (as in `quota_refusal`).
+    The limit is the lower of spec.hard and status.hard."""
+    resource = f"requests.{gpu_resource}"
+    out = []
+    for quota in quotas:
+        limit = parse_quantity(quota.hard.get(resource))
+        found = _class_filter(quota)
+        if limit is None or found is None:
+            continue
+        # The lower of spec.hard and status.hard: a lowered limit holds at once, a raised one
+        # once the apiserver enforces it (before that it would refuse the pods).
+        enforced = parse_quantity((quota.enforced or {}).get(resource))
+        if enforced is not None:
+            limit = min(limit, enforced)
+        out.append(
+            GpuQuota(
+                namespace=quota.namespace,
+                name=quota.name,
+                hard=math.floor(limit),
+                only=found[0],
+                exclude=found[1],
+                resource=resource,
+            )
+        )
+    return out
+
+
+#: set by a cluster admin on a Namespace (annotation, else label): the namespace's weight when
+#: elastic surplus GPUs are shared between namespaces (default 1)
+FAIR_SHARE_WEIGHT = "accordion.dev/fair-share-weight"
+#: the largest weight accepted (a bound, so that a typo such as 1e300 is refused, not obeyed)
+MAX_WEIGHT = 1000.0
+
+
+def fair_share_weight(meta: Mapping[str, Any]) -> tuple[float, str | None]:
+    """A Namespace's fair-share weight from its metadata: the annotation, else the label, else
+    1; and why the value written was refused (then the weight is 1), or None."""
+    for where in ("annotations", "labels"):
+        raw = (meta.get(where) or {}).get(FAIR_SHARE_WEIGHT)
+        if raw is None:
+            continue
+        try:
+            weight = float(str(raw).strip())
+        except ValueError:
+            weight = math.nan
+        if not (0 < weight <= MAX_WEIGHT):  # NaN and inf fail too
+            return 1.0, (
+                f"{where[:-1]} {FAIR_SHARE_WEIGHT}={str(raw)[:64]!r} is not a number in "
+                f"(0, {MAX_WEIGHT:g}]; using 1"
+            )
+        return weight, None
+    return 1.0, None
 
 
 # (The node agent parses quantities too: accordion_dev and the operator are independent packages

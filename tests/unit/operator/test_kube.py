@@ -21,6 +21,7 @@ def pod(
     node: str | None = "n1",
     phase: str = "Running",
     rv: str = "5",
+    priority_class: str | None = None,
 ) -> dict[str, Any]:
     labels = {}
     if run:
@@ -35,6 +36,7 @@ def pod(
         "spec": {
             "nodeName": node,
             "containers": [{"resources": {"requests": {"nvidia.com/gpu": str(gpus)}}}],
+            **({"priorityClassName": priority_class} if priority_class else {}),
         },
         "status": {"phase": phase},
     }
@@ -46,15 +48,21 @@ def test_pods_feed_gpu_use_and_run_children() -> None:
     cache.apply("pod", "ADDED", pod("other", gpus=2))
     cache.apply("pod", "ADDED", pod("pending", node=None))
     cache.apply("pod", "ADDED", pod("done", phase="Succeeded"))
-    assert sorted(cache.gpu_pods.values(), key=lambda p: p.gpus) == [
-        PodUse("n1", 1, "team-a/mnist"),
-        PodUse("n1", 2, None),
+    cache.apply("pod", "ADDED", pod("high", gpus=3, priority_class="high"))
+    # a pod not bound yet takes no node's GPUs but counts for its namespace's quotas (node "")
+    assert sorted(cache.gpu_pods.values(), key=lambda p: (p.gpus, p.node)) == [
+        PodUse("", 1, None, "", "team-a"),
+        PodUse("n1", 1, "team-a/mnist", "", "team-a"),
+        PodUse("n1", 2, None, "", "team-a"),
+        PodUse("n1", 3, None, "", "team-a", "high"),
     ]
     assert [p.name for p in cache.pods_of("team-a", "mnist")] == ["mnist-worker-0"]
     assert cache.dirty.is_set()
     cache.apply("pod", "DELETED", pod("mnist-worker-0", run="mnist"))
+    cache.apply("pod", "DELETED", pod("pending", node=None))
+    cache.apply("pod", "DELETED", pod("high"))
     assert cache.pods_of("team-a", "mnist") == []
-    assert list(cache.gpu_pods.values()) == [PodUse("n1", 2, None)]
+    assert list(cache.gpu_pods.values()) == [PodUse("n1", 2, None, "", "team-a")]
 
 
 def test_older_copies_do_not_overwrite_newer_ones() -> None:

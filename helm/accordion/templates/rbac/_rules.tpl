@@ -71,4 +71,10 @@ The operator's permissions, least privilege: exactly the calls in operator/accor
 - apiGroups: [scheduling.k8s.io]
   resources: [priorityclasses]
   verbs: [list, watch]
+# Application: each namespace's fair-share weight, the accordion.dev/fair-share-weight
+# annotation or label that a cluster admin sets (read-only: the cache's LIST + WATCH; only the
+# weight is kept).
+- apiGroups: [""]
+  resources: [namespaces]
+  verbs: [list, watch]
 {{- end -}}
