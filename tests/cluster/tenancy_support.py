@@ -62,7 +62,7 @@ def tenant_namespace(cluster: Cluster, stem: str = "tenant") -> Iterator[str]:
             assert r.status_code == 201, r.text
             yield name
         finally:
-            http.delete(f"/api/v1/namespaces/{name}")
+            cluster.delete_namespace(name)
 
 
 @dataclass(frozen=True)
