@@ -88,6 +88,21 @@ chart-sync: deps-python ## copy crds/ into the Helm chart and regenerate its Gra
 chart-test: deps ## Helm chart: lint, template tests, promtool alert tests, image recipe
 	$(PY) -m pytest tests/chart tests/images tests/unit/operator/test_metrics.py
 
+.PHONY: images images-deps test-images
+images-deps: ## Debian packages for image builds: buildah, mmdebstrap, skopeo, umoci
+	@if ! command -v buildah >/dev/null || ! command -v mmdebstrap >/dev/null || \
+	    ! command -v skopeo >/dev/null || ! command -v umoci >/dev/null; then \
+	  echo "[deps] installing Debian packages: buildah mmdebstrap skopeo umoci"; \
+	  SUDO=$$( [[ $$(id -u) -eq 0 ]] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends buildah mmdebstrap skopeo umoci >/dev/null; \
+	fi
+
+images: images-deps ## build the base, operator and trainer images (buildah) and push them to the local registry
+	images/build-images.sh
+
+test-images: deps images ## process nodes running the built images; the Helm e2e with them (slow)
+	$(PY) -m pytest images/tests
+
 .PHONY: bench
 bench: deps ## run the benchmarks under benchmarks/ (writes results as data)
 	$(PY) -m benchmarks

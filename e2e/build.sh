@@ -4,6 +4,9 @@
 #
 #   e2e/build.sh            build what is missing, print the bin dir on stdout
 #   e2e/build.sh --check    exit 0 if everything is cached, 1 otherwise
+#   e2e/build.sh [--check] registry   the same, plus the image registry (`make images` and the
+#                           cluster's registry need it; `make test` does not build it)
+#   e2e/build.sh --only registry      the registry alone (`make images`)
 #
 # Pins live here and in e2e/kube/go.mod (Kubernetes, etcd); change them together.
 set -euo pipefail
@@ -12,6 +15,7 @@ KWOK_VERSION=v0.8.0
 HELM_VERSION=v4.3.1
 MINIO_VERSION=v0.0.0-20260212201848-7aac2a2c5b7c  # github.com/minio/minio, commit 7aac2a2c5b7c
 KUBE_VERSION=v1.36.3                                # must match e2e/kube/go.mod
+REGISTRY_VERSION=v3.1.2                             # github.com/distribution/distribution/v3
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cache="${ACCORDION_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/accordion}"
@@ -25,16 +29,26 @@ kube_key=$(key "$KUBE_VERSION" "$(cat "$here/kube/go.mod" "$here/kube/go.sum" "$
 kwok_key=$(key "$KWOK_VERSION" stages-v2)
 helm_key=$(key "$HELM_VERSION")
 minio_key=$(key "$MINIO_VERSION")
+registry_key=$(key "$REGISTRY_VERSION")
 
 bin="$cache/bin"
 want=("kube:$kube_key" "kwok:$kwok_key" "helm:$helm_key" "minio:$minio_key")
+check=""
+for arg in "$@"; do
+  case $arg in
+    --check) check=1 ;;
+    --only) want=() ;;
+    registry) want+=("registry:$registry_key") ;;
+    *) echo "usage: e2e/build.sh [--check] [--only] [registry]" >&2; exit 2 ;;
+  esac
+done
 
 missing=()
 for w in "${want[@]}"; do
   name=${w%%:*} k=${w#*:}
   [[ -x "$cache/store/$name-$k/$name" ]] || missing+=("$name")
 done
-if [[ "${1:-}" == "--check" ]]; then
+if [[ -n "$check" ]]; then
   [[ ${#missing[@]} -eq 0 ]]
   exit
 fi
@@ -70,6 +84,9 @@ for name in "${missing[@]}"; do
            GOBIN="$out.tmp" go install -ldflags "-s -w -X helm.sh/helm/v4/internal/version.version=$HELM_VERSION" "helm.sh/helm/v4/cmd/helm@$HELM_VERSION" ;;
     minio) out="$cache/store/minio-$minio_key"; step "($n/$total) minio $MINIO_VERSION"
            GOBIN="$out.tmp" go install -ldflags "-s -w" "github.com/minio/minio@$MINIO_VERSION" ;;
+    registry) out="$cache/store/registry-$registry_key"; step "($n/$total) registry (distribution) $REGISTRY_VERSION"
+           GOBIN="$out.tmp" go install -ldflags "-s -w -X github.com/distribution/distribution/v3/version.version=$REGISTRY_VERSION" \
+             "github.com/distribution/distribution/v3/cmd/registry@$REGISTRY_VERSION" ;;
   esac
   rm -rf "$out" && mv "$out.tmp" "$out"  # publish atomically: a killed build leaves no half binary
   step "    done in $((SECONDS - start)) s"
@@ -85,4 +102,7 @@ ln -sfn "$cache/store/kwok-$kwok_key/kwok" "$bin/kwok"
 ln -sfn "$cache/store/kwok-$kwok_key/stages" "$bin/kwok-stages"
 ln -sfn "$cache/store/helm-$helm_key/helm" "$bin/helm"
 ln -sfn "$cache/store/minio-$minio_key/minio" "$bin/minio"
+if [[ -x "$cache/store/registry-$registry_key/registry" ]]; then
+  ln -sfn "$cache/store/registry-$registry_key/registry" "$bin/registry"
+fi
 echo "$bin"

@@ -26,6 +26,8 @@ def _cluster_from(args: argparse.Namespace) -> Cluster:
             setattr(cfg, attr, getattr(args, attr))
     if getattr(args, "no_gpu_taint", False):
         cfg.gpu_taint = False
+    # The developer's cluster serves the image registry unless told not to (`make images`).
+    cfg.registry = not getattr(args, "no_registry", False)
     return Cluster(cfg)
 
 
@@ -51,6 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     up.add_argument("--process-nodes", type=int, help="nodes that really run pods (default 0)")
     up.add_argument("--process-node-gpus", type=int, help="simulated GPUs per process node (1)")
+    up.add_argument(
+        "--no-registry",
+        action="store_true",
+        help="do not serve the local image registry (`make images`; built once, ~1 min)",
+    )
     verbs.add_parser("status", help="state of each component; exit 1 if any is down")
     down = verbs.add_parser("down", help="stop everything the cluster started")
     down.add_argument("--purge", action="store_true", help="also delete the state directory")

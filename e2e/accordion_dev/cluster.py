@@ -74,11 +74,13 @@ def bin_dir() -> Path:
     return cache_dir() / "bin"
 
 
-def ensure_binaries() -> Path:
-    """Build (or find cached) binaries; the build prints its own progress."""
-    if subprocess.run([REPO / "e2e/build.sh", "--check"], check=False).returncode != 0:
+def ensure_binaries(*extra: str) -> Path:
+    """Build (or find cached) binaries; the build prints its own progress. `extra`: optional
+    components of e2e/build.sh (`registry`)."""
+    build = [str(REPO / "e2e/build.sh"), *extra]
+    if subprocess.run([*build, "--check"], check=False).returncode != 0:
         print("[cluster] building binaries from pinned Go modules (cached after the first time)")
-    out = subprocess.run([REPO / "e2e/build.sh"], check=True, stdout=subprocess.PIPE, text=True)
+    out = subprocess.run(build, check=True, stdout=subprocess.PIPE, text=True)
     return Path(out.stdout.strip().splitlines()[-1])
 
 
@@ -116,6 +118,11 @@ class ClusterConfig:
     monitoring: bool = True
     #: serve Go's pprof on the apiserver (/debug/pprof, admin only): benchmarks profile it
     apiserver_profiling: bool = False
+    #: serve the local image registry (`make images` pushes there; accordion_dev.registry) on a
+    #: free port, and let process nodes run the images it holds (pods naming
+    #: `<registry address>/<repository>@<digest>`). Off by default: the tests' pods run from the
+    #: checkout, and the registry binary is built only when asked for.
+    registry: bool = False
 
 
 @dataclass(frozen=True)
@@ -214,7 +221,7 @@ class Cluster:
                 )
             self.procs.stop_all(timeout=2)  # leftovers of a crashed run, if any
             started = time.monotonic()
-            bins = ensure_binaries()
+            bins = ensure_binaries(*(["registry"] if self.config.registry else []))
             try:
                 self._up(bins, log)
             except BaseException:
@@ -238,6 +245,8 @@ class Cluster:
         self._step(log, "kube-apiserver", lambda: self._start_apiserver(bins))
         self._step(log, "kube-controller-manager + kube-scheduler", lambda: self._start_ctrl(bins))
         self._step(log, "MinIO", lambda: self._start_minio(bins))
+        if self.config.registry:
+            self._step(log, "image registry", lambda: self._start_registry(bins))
         if self.config.monitoring:
             self._step(log, "Prometheus", self._start_prometheus)
         # kwok always runs (cheap), so simulated nodes can be added later (benchmarks, tests).
@@ -417,6 +426,26 @@ class Cluster:
         self._wait("minio", lambda: self._get_ok(url), p)
 
     @property
+    def registry(self) -> str | None:
+        """host:port of this cluster's image registry (plain HTTP), or None without one."""
+        path = self.state_dir / "registry.json"
+        if not self.config.registry or not path.exists():
+            return None
+        return str(json.loads(path.read_text())["address"])
+
+    def _start_registry(self, bins: Path) -> None:
+        from accordion_dev import registry
+
+        address = f"127.0.0.1:{registry.free_port()}"
+        root = registry.storage_root()
+        root.mkdir(parents=True, exist_ok=True)
+        cfg = self.state_dir / "registry.yml"
+        cfg.write_text(json.dumps(registry.config(root, address), indent=1))
+        p = self.procs.start("registry", [str(bins / "registry"), "serve", str(cfg)])
+        (self.state_dir / "registry.json").write_text(json.dumps({"address": address}))
+        self._wait("registry", lambda: self._get_ok(f"http://{address}/v2/"), p)
+
+    @property
     def prometheus_targets_dir(self) -> Path:
         return self.state_dir / "prometheus" / "targets"
 
@@ -575,6 +604,7 @@ class Cluster:
                 index=i,
                 gpu_product=self.config.gpu_product,
                 log_file=self.procs.log_dir / f"node-{name}.log",
+                image_registries=[self.registry] if self.registry else None,
             )
             self.procs.add(
                 Proc(
@@ -639,6 +669,8 @@ class Cluster:
             "kube-scheduler": f"https://127.0.0.1:{self.ports.scheduler}/healthz",
             "kube-controller-manager": f"https://127.0.0.1:{self.ports.controller_manager}/healthz",
         }
+        if self.registry:
+            health["registry"] = f"http://{self.registry}/v2/"
         rows = []
         for p in self.procs.load():
             if not p.alive():
@@ -650,7 +682,8 @@ class Cluster:
                     ok = self.http(timeout=3).get("/readyz").status_code == 200
                 elif p.name in health:
                     ok = self._get_ok(health[p.name], verify=False)
-            rows.append((p.name, "ok" if ok else "UNHEALTHY", f"pid {p.pid}"))
+            detail = f"pid {p.pid}" + (f", {self.registry}" if p.name == "registry" else "")
+            rows.append((p.name, "ok" if ok else "UNHEALTHY", detail))
         return rows
 
 
@@ -727,6 +760,12 @@ def wait_nodes_ready(cluster: Cluster, count: int, selector: str, timeout: float
 
 def print_summary(cluster: Cluster, out: Any = sys.stdout) -> None:
     m = cluster.minio
+    registry = (
+        f"\n  Registry:   http://{cluster.registry}   (`make images` pushes there; process "
+        f"nodes run pods whose image is {cluster.registry}/<repository>@<digest>)"
+        if cluster.registry
+        else ""
+    )
     print(
         f"""
 Local cluster is up ({cluster.state_dir}).
@@ -734,7 +773,7 @@ Local cluster is up ({cluster.state_dir}).
   export PATH={bin_dir()}:$PATH      # kubectl, helm of the pinned versions
   kubectl get nodes
   MinIO:      {m.url}   (credentials in {cluster.state_dir / "minio-credentials.json"})
-  Prometheus: {cluster.prometheus_url}
+  Prometheus: {cluster.prometheus_url}{registry}
 Stop it with: make cluster-down""",
         file=out,
     )

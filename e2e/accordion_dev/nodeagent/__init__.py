@@ -54,10 +54,23 @@ What a pod gets
 - Node index: the agent claims its index machine-wide by binding that endpoint; if another
   cluster's node holds it, the agent takes the next free one (so clusters never share pod IPs).
 
-Not supported: images, lifecycle hooks (postStart/preStop), startup probes (containers count as
-started at once), `kubectl exec/port-forward`, previous-instance logs, persistentVolumeClaim
-volumes, service-account token refresh (tokens last their expirationSeconds; the default
-projected token is extended to a year by the apiserver).
+Images (`images.py`): a container whose image is in a registry named by `--image-registry`
+(the local cluster's, `<address>/<repository>[:tag|@digest]`), or of a pod annotated
+`accordion.dev/run-image: "true"`, runs from that image instead of the checkout. The image is
+pulled once per digest (skopeo copy to an OCI layout, umoci unpack; a machine-wide cache under
+`$ACCORDION_CACHE/images/rootfs`, shared by the nodes) and each container gets an overlay of
+its root filesystem (a fresh writable layer per container instance) in its own mount namespace,
+with /proc, /sys, a minimal /dev, the volumes at their mountPaths, and its command (image
+ENTRYPOINT/CMD with Kubernetes' command/args rules), env (image's, then the pod's), user
+(runAsUser/runAsGroup, else the image's USER; fsGroup and supplementalGroups as supplementary
+groups and volume ownership; runAsNonRoot checked), workingDir (else the image's) and
+readOnlyRootFilesystem. A failed pull is `ErrImagePull`, then `ImagePullBackOff` while it backs
+off (10 s doubling to 5 min, like kubelet). Every other pod runs from the checkout as below.
+
+Not supported: images other than as above, lifecycle hooks (postStart/preStop), startup probes
+(containers count as started at once), `kubectl exec/port-forward`, previous-instance logs,
+persistentVolumeClaim volumes, service-account token refresh (tokens last their
+expirationSeconds; the default projected token is extended to a year by the apiserver).
 """
 
 from __future__ import annotations
@@ -80,6 +93,7 @@ class AgentOptions(TypedDict, total=False):
     taints: list[str] | None
     heartbeat_seconds: float | None
     backoff_base: float | None
+    image_registries: list[str] | None
 
 
 def agent_argv(
@@ -95,6 +109,7 @@ def agent_argv(
     taints: list[str] | None = None,
     heartbeat_seconds: float | None = None,
     backoff_base: float | None = None,
+    image_registries: list[str] | None = None,
 ) -> list[str]:
     argv = [
         sys.executable,
@@ -123,6 +138,8 @@ def agent_argv(
         argv += ["--heartbeat-seconds", str(heartbeat_seconds)]
     if backoff_base is not None:
         argv += ["--backoff-base", str(backoff_base)]
+    for r in image_registries or []:
+        argv += ["--image-registry", r]
     return argv
 
 

@@ -37,6 +37,12 @@ def main(argv: list[str] | None = None) -> int:
         default=10.0,
         help="crash-loop back-off base in seconds (cap: 30x)",
     )
+    p.add_argument(
+        "--image-registry",
+        action="append",
+        default=[],
+        help="host:port of a registry whose images this node runs (plain HTTP; repeatable)",
+    )
     a = p.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format=f"%(asctime)s {a.node} %(levelname)s %(message)s"
@@ -60,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         heartbeat_seconds=a.heartbeat_seconds,
         backoff_base=a.backoff_base,
         backoff_cap=30 * a.backoff_base,
+        image_registries=tuple(a.image_registry),
     )
     return main_loop(cfg)
 

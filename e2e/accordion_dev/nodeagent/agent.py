@@ -25,7 +25,7 @@ from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from accordion_dev.nodeagent import logserver, runtime
+from accordion_dev.nodeagent import images, logserver, runtime
 from accordion_dev.nodeagent.alloc import GpuAllocator, IpAllocator, node_ip
 from accordion_dev.nodeagent.kube import Kube, Kubeconfig, KubeError, load_kubeconfig
 from accordion_dev.nodeagent.node import (
@@ -52,6 +52,8 @@ class AgentConfig:
     backoff_base: float = 10.0
     backoff_cap: float = 300.0
     tick: float = 0.1
+    #: registries whose images run from their root filesystem (images.py)
+    image_registries: tuple[str, ...] = ()
 
 
 @dataclass
@@ -312,6 +314,10 @@ class Agent:
             if passthrough in os.environ:
                 base_env[passthrough] = os.environ[passthrough]
         probes = ThreadPoolExecutor(max_workers=8, thread_name_prefix="probe")
+        # Images (images.py): a store shared by every node of this machine, two pulls at a time.
+        cache = Path(os.environ.get("ACCORDION_CACHE") or Path.home() / ".cache" / "accordion")
+        store = images.ImageStore(cache / "images" / "store", self.cfg.image_registries)
+        pullers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pull")
         self.ctx = Context(
             node=self.cfg.node,
             kube=self.kube,
@@ -328,6 +334,9 @@ class Agent:
             node_key=key,
             memcg_root=memcg / key if (memcg := runtime.memory_cgroup_root()) else None,
             protected=(REPO, Path(sys.base_prefix).resolve()),
+            image_registries=self.cfg.image_registries,
+            image_store=store if isolate else None,
+            pullers=pullers,
         )
         self.register()
         log.info(
@@ -350,6 +359,7 @@ class Agent:
             server.shutdown()
             self._shutdown()
             probes.shutdown(wait=False, cancel_futures=True)
+            pullers.shutdown(wait=False, cancel_futures=True)
         return 0
 
     def _loop(self) -> None:

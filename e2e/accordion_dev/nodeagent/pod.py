@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from accordion_dev.nodeagent import runtime
+from accordion_dev.nodeagent import images, runtime
 from accordion_dev.nodeagent.alloc import (
     AllocationError,
     GpuAllocator,
@@ -47,6 +47,8 @@ from accordion_dev.nodeagent.status import (
 from accordion_dev.nodeagent.volumes import (
     Mount,
     VolumeError,
+    apply_fs_group,
+    apply_owner,
     decode_data,
     etc_hosts,
     materialise,
@@ -55,6 +57,17 @@ from accordion_dev.nodeagent.volumes import (
 
 Obj = dict[str, Any]
 log = logging.getLogger("accordion.nodeagent")
+#: the agent's variables that describe this machine, not a container of an image
+_HOST_ONLY = frozenset({"PATH", "HOME", "LANG", "ACCORDION_CACHE", "TZ"})
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
+
+
 #: how long an agent shutting down waits for SIGTERMed containers before SIGKILL
 SHUTDOWN_GRACE = 3.0
 SETUP_RETRY = 1.0
@@ -83,6 +96,21 @@ class Context:
     pids: dict[str, dict[str, int]] = field(default_factory=dict)  # uid -> container -> pid
     #: host paths no mountPath may hide (the repo with its venv, the python installation)
     protected: tuple[Path, ...] = ()
+    #: containers whose image is in one of these registries run from it (images.py)
+    image_registries: tuple[str, ...] = ()
+    image_store: images.ImageStore | None = None
+    pullers: ThreadPoolExecutor | None = None
+
+
+@dataclass
+class Pull:
+    """One container's image pull: in flight, done, or failed and backing off."""
+
+    future: Future[images.Image] | None = None
+    image: images.Image | None = None
+    failures: int = 0
+    retry_at: float = 0.0
+    error: str = ""
 
 
 class ApiSources:
@@ -144,6 +172,7 @@ class Running:
     liveness: ProbeState | None = None
     inflight: dict[str, Future[bool]] = field(default_factory=dict)
     killed_by_liveness: bool = False
+    identity: images.Identity | None = None  # set when it runs from an image
 
 
 class PodRunner:
@@ -165,6 +194,8 @@ class PodRunner:
         for c in self.apps:
             c.waiting_reason = "PodInitializing" if self.inits else "ContainerCreating"
         self.images = {n: str(c.get("image", "")) for n, c in self.specs.items()}
+        self.pulls: dict[str, Pull] = {}
+        self.fs_group_applied = False
         self.backoff_n: dict[str, int] = {}
         self.running: dict[str, Running] = {}
         self.sandbox = False
@@ -335,8 +366,116 @@ class PodRunner:
         }
         return {**self.pod, "status": status}
 
+    def _from_image(self, name: str) -> bool:
+        annotations = self.pod["metadata"].get("annotations") or {}
+        return self.ctx.image_store is not None and images.runs_from_image(
+            self.images[name], annotations, self.ctx.image_registries
+        )
+
+    def _pulled(self, c: Container, now: float) -> images.Image | None:
+        """The container's image once pulled; meanwhile its waiting state says why not (as
+        kubelet: ContainerCreating while pulling, ErrImagePull when a pull fails, then
+        ImagePullBackOff until the next attempt)."""
+        assert self.ctx.image_store is not None
+        assert self.ctx.pullers is not None
+        pull = self.pulls.setdefault(c.name, Pull())
+        if pull.image is not None:
+            return pull.image
+        ref = self.images[c.name]
+        if pull.future is None:
+            if now < pull.retry_at:
+                c.waiting_reason, c.waiting_message = (
+                    "ImagePullBackOff",
+                    f'Back-off pulling image "{ref}": {pull.error}',
+                )
+                c.backoff_until = pull.retry_at
+                return None
+            policy = images.pull_policy(self.specs[c.name]) if ref else "IfNotPresent"
+            pull.future = self.ctx.pullers.submit(self.ctx.image_store.pull, ref, policy)
+            pull.future.add_done_callback(lambda _: self.ctx.mark_dirty())
+        if not pull.future.done():
+            c.waiting_reason, c.waiting_message = "ContainerCreating", f'Pulling image "{ref}"'
+            c.backoff_until = now + 0.2
+            return None
+        try:
+            pull.image = pull.future.result()
+        except Exception as e:  # every failure of a pull is ErrImagePull
+            pull.failures += 1
+            pull.error = str(e)
+            pull.retry_at = now + images.pull_backoff(pull.failures)
+            c.waiting_reason, c.waiting_message = "ErrImagePull", str(e)
+            c.backoff_until = now + 1.0  # reported once, then ImagePullBackOff
+            log.warning("pod %s/%s: pull of %s failed: %s", self.ns, self.name, ref, e)
+            return None
+        finally:
+            pull.future = None if pull.image is None else pull.future
+        log.info("pod %s/%s: image %s at %s", self.ns, self.name, ref, pull.image.rootfs)
+        return pull.image
+
+    def _image_run(
+        self, name: str, image: images.Image, base: dict[str, str]
+    ) -> tuple[runtime.ImageRun, dict[str, str]]:
+        """How container `name` runs from `image`, and its environment before the pod's own
+        variables (the image's, then the runtime's: never this machine's PATH or HOME)."""
+        spec = self.specs[name]
+        etc = image.rootfs / "etc"
+        identity = images.resolve_identity(
+            self.pod["spec"],
+            spec,
+            image.config.user,
+            _read(etc / "passwd"),
+            _read(etc / "group"),
+        )
+        fs_group = (self.pod["spec"].get("securityContext") or {}).get("fsGroup")
+        if not self.fs_group_applied:
+            for vol in self.pod["spec"].get("volumes") or []:
+                if "hostPath" in vol or vol["name"] not in self.volumes:
+                    continue
+                if "emptyDir" in vol:
+                    self.volumes[vol["name"]].chmod(0o777)  # kubelet's emptyDir: anyone writes
+                if fs_group is not None:
+                    apply_fs_group(self.volumes[vol["name"]], int(fs_group), "emptyDir" in vol)
+                elif "projected" in vol and (uid := images.pod_user(self.pod["spec"])) is not None:
+                    # kubelet: without fsGroup, a projected token (mode 0600) belongs to the
+                    # user every container runs as, so that a non-root process can read it
+                    apply_owner(self.volumes[vol["name"]], uid)
+            self.fs_group_applied = True
+        runtime_env = {k: v for k, v in base.items() if k not in _HOST_ONLY}
+        run = runtime.ImageRun(
+            lower=image.rootfs,
+            state=self.dir / "containers" / name,
+            identity=identity,
+            workdir=str(spec.get("workingDir") or image.config.working_dir or "/"),
+            read_only=images.read_only_root(spec),
+            no_new_privs=(spec.get("securityContext") or {}).get("allowPrivilegeEscalation")
+            is False,
+        )
+        return run, images.container_env(image.config, runtime_env, identity)
+
+    def _pod_files(self) -> list[Mount]:
+        """The files kubelet manages in every container of an image: /etc/hosts (the pod's
+        hostname at its IP), /etc/hostname, /etc/resolv.conf (the node's)."""
+        hosts = self.dir / "etc-hosts"
+        hosts.write_text(etc_hosts(self.pod_ip, self.hostname))
+        hostname = self.dir / "etc-hostname"
+        hostname.write_text(self.hostname + "\n")
+        resolv = self.dir / "etc-resolv.conf"
+        resolv.write_text(_read(Path("/etc/resolv.conf")))
+        for f in (hosts, hostname, resolv):
+            f.chmod(0o644)
+        return [
+            Mount(hosts, "/etc/hosts", read_only=False, is_file=True),
+            Mount(hostname, "/etc/hostname", read_only=False, is_file=True),
+            Mount(resolv, "/etc/resolv.conf", read_only=False, is_file=True),
+        ]
+
     def _start(self, c: Container, now: float) -> None:
         spec = self.specs[c.name]
+        image: images.Image | None = None
+        if self._from_image(c.name):
+            image = self._pulled(c, now)
+            if image is None:
+                return
         sources = ApiSources(self.ctx.kube, self.pod)
         devs = visible_devices(self.devices.get(c.name, []))
         base = {
@@ -350,7 +489,10 @@ class PodRunner:
             "ACCORDION_POD_UID": self.uid,
         }
         term_file = self.dir / "termination" / c.name
+        run_image: runtime.ImageRun | None = None
         try:
+            if image is not None:
+                run_image, base = self._image_run(c.name, image, base)
             env = resolve_env(
                 spec,
                 self._pod_with_ips(),
@@ -359,17 +501,22 @@ class PodRunner:
                 base,
                 self.ctx.node.resources(),
             )
-            argv = command_line(spec, env)
+            if image is not None:
+                argv = images.image_command(spec, image.config, env)
+            else:
+                argv = command_line(spec, env)
             mounts = mounts_for(spec, self.volumes, term_file)
-            if self.ctx.isolate:
+            if run_image is not None:
+                mounts = [*mounts, *self._pod_files()]
+            elif self.ctx.isolate:
                 # kubelet manages /etc/hosts so the pod's hostname resolves to its own IP
                 # (Gloo, MPI and friends look their hostname up to pick an address).
                 hosts = self.dir / "etc-hosts"
                 hosts.write_text(etc_hosts(self.pod_ip, self.hostname))
                 mounts = [*mounts, Mount(hosts, "/etc/hosts", read_only=False, is_file=True)]
-            if self.ctx.isolate:
+            if self.ctx.isolate and run_image is None:
                 mounts = runtime.restore_shadowed(mounts, self.ctx.protected)
-            if hidden := runtime.shadowing(mounts, self.ctx.protected):
+            if run_image is None and (hidden := runtime.shadowing(mounts, self.ctx.protected)):
                 raise VolumeError(
                     f"on a process node (no own root filesystem) these mountPaths would hide "
                     f"what the process needs: {hidden}; mount elsewhere"
@@ -383,6 +530,8 @@ class PodRunner:
             c.backoff_until = now + SETUP_RETRY
             return
         term_file.write_bytes(b"")
+        if run_image is not None:
+            term_file.chmod(0o666)  # written by the container's user
         cgroup = self.ctx.cgroup_root / self.uid / c.name if self.ctx.cgroup_root else None
         limit = ((spec.get("resources") or {}).get("limits") or {}).get("memory")
         memory = None
@@ -399,6 +548,7 @@ class PodRunner:
                 cgroup,
                 self.ctx.isolate,
                 memory,
+                run_image,
             )
         except (OSError, ValueError) as e:
             # ValueError: an argument or environment value the OS cannot take (a NUL byte);
@@ -413,7 +563,7 @@ class PodRunner:
         c.state, c.terminated, c.started_at = "running", None, proc.started
         c.waiting_reason = c.waiting_message = ""
         c.container_id = f"process://{self.ctx.node.name}/{proc.pid}"
-        run = Running(proc, env, spec)
+        run = Running(proc, env, spec, identity=run_image.identity if run_image else None)
         if spec.get("readinessProbe"):
             p = spec["readinessProbe"]
             run.readiness = ProbeState(p, now + float(p.get("initialDelaySeconds", 0)))
@@ -525,6 +675,7 @@ class PodRunner:
                         r.proc.pid,
                         r.env,
                         self.ctx.isolate,
+                        r.identity,
                     )
 
     def _update_phase(self, now: float) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 
+from accordion_dev.nodeagent.images import Identity
 from accordion_dev.nodeagent.runtime import exec_in
 
 
@@ -57,11 +58,12 @@ def run_probe(
     pid: int,
     env: Mapping[str, str],
     isolate: bool,
+    identity: Identity | None = None,
 ) -> bool:
     timeout = float(spec.get("timeoutSeconds", 1))
     try:
         if "exec" in spec:
-            return exec_in(pid, spec["exec"]["command"], env, timeout, isolate) == 0
+            return exec_in(pid, spec["exec"]["command"], env, timeout, isolate, identity) == 0
         if "tcpSocket" in spec:
             port = resolve_port(spec["tcpSocket"]["port"], container)
             host = spec["tcpSocket"].get("host") or pod_ip

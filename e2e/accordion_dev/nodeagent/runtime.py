@@ -17,6 +17,11 @@ The wrapper
 SIGTERM goes to the container's main process only (like a runtime's PID 1); SIGKILL to every
 process of its cgroup.
 
+A container that runs from an image (images.py) gets `image_wrapper_script` instead: an overlay
+of the image's root filesystem with a fresh writable layer, /proc, /sys (read-only), a minimal
+/dev, the volumes at their mountPaths inside it, readOnlyRootFilesystem as a read-only remount,
+then `enter.py` chroots, takes the container's user and execs its command.
+
 Without root (no unshare/mount) containers run unisolated: volumes are then not at their
 mountPaths; the env var ACCORDION_VOLUME_MAP holds a JSON object mountPath -> host directory.
 """
@@ -30,12 +35,18 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from accordion_dev.nodeagent.images import Identity, secure_join
 from accordion_dev.nodeagent.volumes import Mount
+
+ENTER = Path(__file__).with_name("enter.py")
+#: device nodes a container's /dev gets (bind-mounted from the host), as runc's defaults
+DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 
 CGROUP_ROOT = Path("/sys/fs/cgroup/unified/accordion")
 
@@ -132,6 +143,96 @@ def wrapper_script(
     return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class ImageRun:
+    """How a container runs from an image: `lower` is the unpacked image (shared, never
+    written), `state` the container instance's own directory (its overlay's upper and work
+    directories and the mount point of its root)."""
+
+    lower: Path
+    state: Path
+    identity: Identity
+    workdir: str
+    read_only: bool
+    #: securityContext.allowPrivilegeEscalation: false (setuid binaries gain nothing)
+    no_new_privs: bool = False
+
+    @property
+    def root(self) -> Path:
+        return self.state / "root"
+
+    def enter_argv(self, argv: Sequence[str]) -> list[str]:
+        ident = self.identity
+        groups = ",".join(str(g) for g in ident.groups)
+        return [
+            sys.executable, "-I", "-S", str(ENTER), str(self.root), str(ident.uid),
+            str(ident.gid), groups, self.workdir, "1" if self.no_new_privs else "0", "--", *argv,
+        ]  # fmt: skip
+
+
+def image_wrapper_script(
+    mounts: Sequence[Mount],
+    image: ImageRun,
+    hostname: str,
+    cgroup: Path | None,
+    memcg: Path | None = None,
+) -> str:
+    """The shell that becomes a container running from an image (in its own mount and UTS
+    namespaces). Mount targets are resolved inside the image (`secure_join`: its symlinks,
+    such as /var/run -> /run, never lead to the host's directories)."""
+    q = shlex.quote
+    root = image.root
+
+    def inside(path: str) -> str:
+        return q(str(secure_join(image.lower, path)).replace(str(image.lower), str(root), 1))
+
+    lines = ["set -e"]
+    for cg in (cgroup, memcg):
+        if cg is not None:
+            lines.append(f"echo $$ > {q(str(cg / 'cgroup.procs'))}")
+    lines.append(f"hostname {q(hostname)}")
+    upper, work = image.state / "upper", image.state / "work"
+    lines.append(
+        f"mount -t overlay overlay -o lowerdir={q(str(image.lower))},upperdir={q(str(upper))},"
+        f"workdir={q(str(work))} {q(str(root))}"
+    )
+    dev = q(str(root / "dev"))
+    lines += [
+        f"mkdir -p {q(str(root / 'proc'))} {q(str(root / 'sys'))} {dev}",
+        f"mount -t proc -o nosuid,nodev,noexec proc {q(str(root / 'proc'))}",
+        f"mount --rbind /sys {q(str(root / 'sys'))}",
+        f"mount -o remount,bind,ro {q(str(root / 'sys'))}",
+        f"mount -t tmpfs -o nosuid,mode=755,size=65536k dev {dev}",
+    ]
+    for d in DEVICES:
+        lines.append(f": > {dev}/{d} && mount --bind /dev/{d} {dev}/{d}")
+    lines += [
+        f"mkdir {dev}/pts {dev}/shm",
+        f"mount -t devpts -o newinstance,ptmxmode=0666,mode=620 devpts {dev}/pts",
+        f"ln -s pts/ptmx {dev}/ptmx",
+        f"mount -t tmpfs -o nosuid,nodev,mode=1777 shm {dev}/shm",
+        f"ln -s /proc/self/fd {dev}/fd",
+        f"ln -s /proc/self/fd/0 {dev}/stdin",
+        f"ln -s /proc/self/fd/1 {dev}/stdout",
+        f"ln -s /proc/self/fd/2 {dev}/stderr",
+    ]
+    for m in mounts:
+        t = inside(m.target)
+        if m.is_file:
+            lines.append(f"if [ -L {t} ]; then rm -f {t}; fi")  # a link would lead elsewhere
+            lines.append(f'[ -e {t} ] || {{ mkdir -p "$(dirname {t})"; : > {t}; }}')
+        else:
+            lines.append(f"mkdir -p {t}")
+        lines.append(f"mount --bind {q(str(m.source))} {t}")
+        if m.read_only:
+            lines.append(f"mount -o remount,bind,ro {t}")
+    lines.append(f"mkdir -p {inside(image.workdir or '/')}")
+    if image.read_only:
+        lines.append(f"mount -o remount,ro {q(str(root))}")
+    lines.append('exec "$@"')
+    return "\n".join(lines)
+
+
 @dataclass
 class Process:
     popen: subprocess.Popen[bytes]
@@ -178,9 +279,11 @@ def spawn(
     cgroup: Path | None,
     isolate: bool,
     memory: tuple[Path, int] | None = None,
+    image: ImageRun | None = None,
 ) -> Process:
     """Start a container. `memory` = (memory cgroup, limit in bytes) puts it under a limit that
-    the kernel enforces with its OOM killer."""
+    the kernel enforces with its OOM killer; `image`: run it from an image's root filesystem
+    (needs `isolate`)."""
     if cgroup is not None:
         # A leftover of an earlier instance is killed first: a cgroup is one container instance.
         kill_cgroup(cgroup)
@@ -191,7 +294,16 @@ def spawn(
         remove_cgroup_tree(memcg, timeout=1.0)  # a fresh one: its OOM counter starts at 0
         memcg.mkdir(parents=True, exist_ok=True)
         (memcg / "memory.limit_in_bytes").write_text(str(limit))
-    script = wrapper_script(mounts, workdir, hostname, cgroup, isolate, memcg)
+    if image is not None:
+        if not isolate:
+            raise OSError("running an image needs root (mount namespaces, overlayfs, chroot)")
+        shutil.rmtree(image.state, ignore_errors=True)  # a fresh writable layer per instance
+        for d in ("upper", "work", "root"):
+            (image.state / d).mkdir(parents=True)
+        script = image_wrapper_script(mounts, image, hostname, cgroup, memcg)
+        argv = image.enter_argv(argv)
+    else:
+        script = wrapper_script(mounts, workdir, hostname, cgroup, isolate, memcg)
     if isolate:
         cmd = ["unshare", "--mount", "--uts", "--propagation", "private", "--"]
     else:
@@ -290,11 +402,22 @@ def log_tail(path: Path, lines: int = 80, limit: int = 2048) -> str:
 
 
 def exec_in(
-    pid: int, argv: Sequence[str], env: Mapping[str, str], timeout: float, isolate: bool
+    pid: int,
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    timeout: float,
+    isolate: bool,
+    identity: Identity | None = None,
 ) -> int:
     """Run `argv` in the mount/UTS namespace of the container whose main process is `pid`
-    (exec probes). Returns the exit code, or -1 on timeout."""
-    cmd = ["nsenter", "--target", str(pid), "--mount", "--uts", "--", *argv] if isolate else argv
+    (exec probes); with `identity` (a container of an image) also in its root directory,
+    working directory and user. Returns the exit code, or -1 on timeout."""
+    cmd = list(argv)
+    if isolate:
+        ns = ["nsenter", "--target", str(pid), "--mount", "--uts"]
+        if identity is not None:
+            ns += ["--root", "--wd", "-S", str(identity.uid), "-G", str(identity.gid)]
+        cmd = [*ns, "--", *argv]
     try:
         return subprocess.run(
             cmd,

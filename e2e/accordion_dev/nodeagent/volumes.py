@@ -172,3 +172,35 @@ def decode_data(obj: Mapping[str, Any]) -> dict[str, bytes]:
     for k, v in (obj.get("binaryData") or {}).items():
         out[k] = base64.b64decode(v)
     return out
+
+
+def fs_group_mode(mode: int, is_dir: bool, writable: bool) -> int:
+    """kubelet's SetVolumeOwnership: group read (and write for a writable volume) for fsGroup,
+    and the setgid bit on directories so that new files inherit the group."""
+    mode |= 0o060 if writable else 0o040
+    if is_dir:
+        mode |= 0o010 | 0o2000
+    return mode
+
+
+def apply_fs_group(root: Path, gid: int, writable: bool) -> None:
+    """Give the pod's fsGroup the volume at `root` (its files, then itself), as kubelet does for
+    emptyDir, secret, configMap, downwardAPI and projected volumes. emptyDir is writable."""
+    import os
+
+    paths = [*sorted(root.rglob("*")), root]
+    for p in paths:
+        st = p.lstat()
+        if p.is_symlink():
+            continue
+        os.chown(p, -1, gid)
+        p.chmod(fs_group_mode(st.st_mode & 0o7777, p.is_dir(), writable))
+
+
+def apply_owner(root: Path, uid: int) -> None:
+    """Make `uid` the owner of the volume's files (kubelet's projected volumes without fsGroup)."""
+    import os
+
+    for p in [*sorted(root.rglob("*")), root]:
+        if not p.is_symlink():
+            os.chown(p, uid, -1)
