@@ -80,10 +80,29 @@ class Config:
     #: credentials, and report a missing bucket, an empty data prefix or refused keys as
     #: Admitted=False (an endpoint the operator cannot reach does not hold the run back).
     storage_preflight: bool = True
+    #: Seconds before a negative storage answer (missing bucket, empty prefix, refused keys) is
+    #: asked again; doubles per answer in a row, up to 300 s.
+    storage_retry_seconds: float = 10.0
     #: Resource name that counts GPUs on nodes and pods.
     gpu_resource: str = "nvidia.com/gpu"
     #: Extra labels (k=v,k=v) put on every child pod, e.g. for cost attribution.
     extra_pod_labels: tuple[str, ...] = ()
+    #: Elect a leader through a coordination.k8s.io Lease, so that several replicas can run and
+    #: only one acts (docs/helm.md, "High availability"); false = act at once, alone.
+    leader_election: bool = True
+    #: Name of the Lease (the chart sets the release's operator name).
+    leader_lease_name: str = "accordion-operator"
+    #: Namespace of the Lease; empty = the operator's own (its service account's namespace in a
+    #: pod, else "default").
+    leader_lease_namespace: str = ""
+    #: Seconds a standby waits after the Lease last changed before it takes over: a leader's
+    #: death (SIGKILL) is noticed within this plus twice the retry period (14 s by default).
+    leader_lease_seconds: float = 10.0
+    #: Seconds a leader may go without renewing before it stops acting; below the lease, so the
+    #: old leader stops before a standby may start.
+    leader_renew_deadline_seconds: float = 7.0
+    #: Seconds between a leader's renewals and between a standby's looks at the Lease.
+    leader_retry_seconds: float = 2.0
     #: Log level (DEBUG, INFO, WARNING, ERROR).
     log_level: str = "INFO"
 

@@ -107,6 +107,12 @@ class OperatorMetrics:
             "Always 1; the operator's version as a label.",
             ("version",),
         )
+        self.leader = _gauge(
+            r,
+            "accordion_operator_leader",
+            "1 while this replica holds the operator's Lease and reconciles; 0 on a standby.",
+            (),
+        )
         self.runs = _gauge(
             r, "accordion_runs", "TrainingRuns by namespace and phase.", ("namespace", "phase")
         )
@@ -329,6 +335,25 @@ class OperatorMetrics:
         self.experiment_best_objective.remove(namespace, experiment)
 
     # -- operator health --------------------------------------------------------------------
+
+    def forget_state(self) -> None:
+        """A term of leadership ended: drop every gauge of the cluster's state (runs, queues,
+        pods, experiments, capacity), which a standby does not keep current, so that sums over
+        the replicas count each run once. Counters and histograms stay (they are per process)."""
+        with self._lock:
+            self._run_state.clear()
+            self._run_failures.clear()
+            self._pods.clear()
+            self._trial_states.clear()
+            self.runs.clear()
+            self.queue_length.clear()
+        for gauge in (
+            self.experiment_trials,
+            self.experiment_trials_max,
+            self.experiment_best_objective,
+        ):
+            gauge.clear()
+        self.cluster_gpus_capacity.set(0)
 
     def declare_handlers(self, handlers: Iterable[str]) -> None:
         """Export 0 errors for each handler up front: `rate()` and `increase()` miss the first

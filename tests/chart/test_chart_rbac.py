@@ -173,7 +173,12 @@ def permissions_from_handlers() -> set[Perm]:
                     group, _version, plural = (_value(a, scope) for a in deco.args[:3])
                     perms |= {(group, plural, "list"), (group, plural, "watch")}
                 elif name.startswith("kopf.on."):
-                    assert name in ("kopf.on.startup", "kopf.on.cleanup", "kopf.on.login"), (
+                    assert name in (
+                        "kopf.on.startup",
+                        "kopf.on.cleanup",
+                        "kopf.on.login",
+                        "kopf.on.probe",  # a value in /healthz; no API call
+                    ), (
                         f"{name}: a change handler makes kopf patch finalizers/annotations: "
                         "add those verbs here and in the chart"
                     )
@@ -206,7 +211,17 @@ def permissions_granted_to_launchers() -> set[Perm]:
     }
 
 
+#: The operator's Lease (core/election.py): granted by a Role in the release namespace, not by
+#: the (Cluster)Roles of the watched namespaces.
+LEASE_GROUP = "coordination.k8s.io"
+
+
 def needed() -> set[Perm]:
+    """What the (Cluster)Roles of the watched namespaces must grant."""
+    return {p for p in needed_with_lease() if p[0] != LEASE_GROUP}
+
+
+def needed_with_lease() -> set[Perm]:
     return (
         permissions_from_api_calls()
         | permissions_from_create()
@@ -239,6 +254,37 @@ def test_the_code_derivation_finds_the_known_calls() -> None:
     assert ("accordion.dev", "experiments", "watch") in perms
     assert ("", "nodes", "list") in perms
     assert ("rbac.authorization.k8s.io", "rolebindings", "create") in perms
+
+
+def test_the_lease_role_is_what_leader_election_uses_in_the_release_namespace_only(
+    defaults: list[Obj],
+) -> None:
+    """get/update on the one Lease by name, create (which RBAC cannot limit by name), nothing
+    else, in the release namespace; no Lease rule in any ClusterRole or watched-namespace Role."""
+    lease = {p for p in needed_with_lease() if p[0] == LEASE_GROUP}
+    assert lease == {(LEASE_GROUP, "leases", v) for v in ("get", "update", "create")}
+    role = one(defaults, "Role", "acc-accordion-operator-lease")
+    assert role["metadata"]["namespace"] == "accordion-system"
+    granted: set[Perm] = set()
+    for rule in role["rules"]:
+        perms = {
+            (g, r, v) for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]
+        }
+        if "create" in rule["verbs"]:
+            assert "resourceNames" not in rule
+        else:
+            assert rule["resourceNames"] == ["acc-accordion-operator"]  # the chart's lease name
+        granted |= perms
+    assert granted == lease
+    binding = one(defaults, "RoleBinding", "acc-accordion-operator-lease")
+    assert binding["subjects"][0]["name"] == "acc-accordion-operator"
+    settings = one(defaults, "ConfigMap", "acc-accordion-operator-settings")["data"]
+    assert settings["ACCORDION_LEADER_LEASE_NAME"] == "acc-accordion-operator"
+    assert settings["ACCORDION_LEADER_LEASE_NAMESPACE"] == "accordion-system"
+    cluster = _expand(one(defaults, "ClusterRole", "acc-accordion-operator")["rules"])
+    assert not [p for p in cluster if p[0] == LEASE_GROUP]
+    objs = render({"operator.leaderElection.enabled": "false", "operator.replicas": "1"})
+    assert find(objs, "Role", "acc-accordion-operator-lease") == []
 
 
 def test_cluster_wide_rules_equal_what_the_code_uses(defaults: list[Obj]) -> None:

@@ -52,9 +52,12 @@ def test_default_objects(defaults: list[Obj]) -> None:
         ("CustomResourceDefinition", "experiments.accordion.dev"),
         ("CustomResourceDefinition", "trainingruns.accordion.dev"),
         ("Deployment", "acc-accordion-operator"),
+        ("PodDisruptionBudget", "acc-accordion-operator"),
         ("PriorityClass", "accordion-default"),
         ("PriorityClass", "accordion-high"),
         ("PriorityClass", "accordion-low"),
+        ("Role", "acc-accordion-operator-lease"),
+        ("RoleBinding", "acc-accordion-operator-lease"),
         ("Service", "acc-accordion-operator-metrics"),
         ("ServiceAccount", "acc-accordion-operator"),
     ]
@@ -70,10 +73,47 @@ def test_default_objects(defaults: list[Obj]) -> None:
         assert o["metadata"]["labels"]["app.kubernetes.io/instance"] == "acc"
 
 
-def test_operator_runs_one_replica_recreated_never_two_at_once(defaults: list[Obj]) -> None:
+def test_operator_runs_two_replicas_that_roll_one_leading(defaults: list[Obj]) -> None:
+    """HA by default (docs/helm.md, "High availability"): two replicas elect a leader through a
+    Lease, so an upgrade may roll (a new standby first), a drain leaves one replica (the PDB), and
+    the replicas prefer different nodes."""
     spec = _deployment(defaults)["spec"]
-    assert spec["replicas"] == 1
-    assert spec["strategy"] == {"type": "Recreate"}
+    assert spec["replicas"] == 2
+    assert spec["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
+    pod = spec["template"]["spec"]
+    term = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0]
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert (
+        term["podAffinityTerm"]["labelSelector"]["matchLabels"] == spec["selector"]["matchLabels"]
+    )
+    pdb = one(defaults, "PodDisruptionBudget", "acc-accordion-operator")
+    assert pdb["spec"]["minAvailable"] == 1
+    assert pdb["spec"]["selector"] == spec["selector"]
+    env = {e["name"]: e for e in _container(defaults).get("env", [])}
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    settings = _settings(defaults)
+    assert settings["ACCORDION_LEADER_ELECTION"] == "true"
+    # leader election off: one replica, Recreate, no PDB; two replicas without it are refused
+    single = render({"operator.replicas": "1", "operator.leaderElection.enabled": "false"})
+    assert _deployment(single)["spec"]["strategy"] == {"type": "Recreate"}
+    assert find(single, "PodDisruptionBudget") == []
+    r = helm(
+        "template",
+        "acc",
+        str(CHART),
+        *set_args({"operator.leaderElection.enabled": "false"}),
+        check=False,
+    )
+    assert r.returncode != 0
+    assert "needs operator.leaderElection.enabled" in r.stderr
+    # one replica with leader election: no PDB (it would block every drain)
+    assert find(render({"operator.replicas": "1"}), "PodDisruptionBudget") == []
+    # an explicit affinity replaces the default anti-affinity; `none` drops it
+    spread = render({"operator.podAntiAffinity": '"none"'})
+    assert "affinity" not in _deployment(spread)["spec"]["template"]["spec"]
     c = _container(defaults)
     assert c["command"] == ["python", "-m", "accordion_operator"]
     assert c["image"] == "ghcr.io/accordion-dev/accordion-operator:0.1.0"
@@ -136,8 +176,14 @@ def test_rendered_defaults_equal_the_operator_defaults() -> None:
     trainer image, which the chart pins to its appVersion)."""
     settings = _settings(render())
     parsed = operator_config.Config.from_env(settings)
-    assert dataclasses.replace(parsed, trainer_image="x") == dataclasses.replace(
-        operator_config.Config(), trainer_image="x"
+    # the chart names the Lease after the release, in the release namespace
+    assert (parsed.leader_lease_name, parsed.leader_lease_namespace) == (
+        "acc-accordion-operator",
+        "accordion-system",
+    )
+    local = {"trainer_image": "x", "leader_lease_name": "x", "leader_lease_namespace": "x"}
+    assert dataclasses.replace(parsed, **local) == dataclasses.replace(
+        operator_config.Config(), **local
     )
     assert parsed.trainer_image.endswith(":0.1.0")
 
@@ -290,7 +336,8 @@ def test_notes_tell_the_next_steps() -> None:
     ("values", "message"),
     [
         ({"opertor.replicas": "1"}, "additional properties 'opertor' not allowed"),
-        ({"operator.replicas": "2"}, "at '/operator/replicas': maximum: got 2, want 1"),
+        ({"operator.replicas": "-1"}, "at '/operator/replicas': minimum: got -1, want 0"),
+        ({"operator.podAntiAffinity": '"soft"'}, "at '/operator/podAntiAffinity'"),
         ({"operator.resources.limit": '{"memory":"1Gi"}'}, "additional properties 'limit'"),
         ({"operator.logLevel": '"verbose"'}, "at '/operator/logLevel'"),
         ({"monitoring.serviceMonitor.enable": "true"}, "additional properties 'enable'"),

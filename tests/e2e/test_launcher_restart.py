@@ -33,8 +33,10 @@ def launcher_pid(demo: Demo) -> tuple[str, int] | None:
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_killed_launcher_is_replaced_and_training_resumes_from_the_checkpoint(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # the operator's first back-off, 10 s by default: the wait is the same code at any length
+    monkeypatch.setenv("ACCORDION_LAUNCHER_BACKOFF_SECONDS", "2")
     demo = Demo(Cluster(demo_config(tmp_path / "cluster", free_port_block(first=25400))), ci=True)
     try:
         demo.cluster_up()

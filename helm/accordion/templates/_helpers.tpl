@@ -51,9 +51,16 @@ app.kubernetes.io/component: operator
 {{- define "accordion.operatorSettings" -}}
 ACCORDION_NAMESPACES: {{ join "," .Values.watch.namespaces | quote }}
 ACCORDION_LOG_LEVEL: {{ .Values.operator.logLevel | quote }}
+ACCORDION_LEADER_ELECTION: {{ .Values.operator.leaderElection.enabled | quote }}
+ACCORDION_LEADER_LEASE_NAME: {{ include "accordion.operatorName" . | quote }}
+ACCORDION_LEADER_LEASE_NAMESPACE: {{ .Release.Namespace | quote }}
+ACCORDION_LEADER_LEASE_SECONDS: {{ .Values.operator.leaderElection.leaseDurationSeconds | quote }}
+ACCORDION_LEADER_RENEW_DEADLINE_SECONDS: {{ .Values.operator.leaderElection.renewDeadlineSeconds | quote }}
+ACCORDION_LEADER_RETRY_SECONDS: {{ .Values.operator.leaderElection.retryPeriodSeconds | quote }}
 ACCORDION_HEALTH_PORT: {{ .Values.operator.healthPort | quote }}
 ACCORDION_OPERATOR_METRICS_PORT: {{ .Values.operator.metricsPort | quote }}
 ACCORDION_STORAGE_PREFLIGHT: {{ .Values.operator.storagePreflight | quote }}
+ACCORDION_STORAGE_RETRY_SECONDS: {{ .Values.operator.storageRetrySeconds | quote }}
 ACCORDION_RESYNC_SECONDS: {{ .Values.operator.reconcile.resyncSeconds | quote }}
 ACCORDION_DEBOUNCE_SECONDS: {{ .Values.operator.reconcile.debounceSeconds | quote }}
 ACCORDION_RELIST_SECONDS: {{ .Values.operator.reconcile.relistSeconds | quote }}

@@ -13,7 +13,7 @@ import base64
 import logging
 import time
 import warnings
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Protocol
 
 import aiohttp
@@ -116,6 +116,14 @@ def api_path(version: str, url: str, namespace: str | None = None) -> str:
     return f"{base}/namespaces/{namespace}/{url}" if namespace else f"{base}/{url}"
 
 
+class NotLeaderError(ApiError):
+    """A write refused before it was sent: this process does not (or no longer) hold the
+    operator's Lease (`Kube.may_write`, core/election.py)."""
+
+    def __init__(self, method: str, url: str) -> None:
+        super().__init__(503, f"{method} {url}: not the leader; write not sent")
+
+
 class ListWatchSink(Protocol):
     """Where `Kube.list_watch` delivers a LIST (pages, then the end) and the WATCH events."""
 
@@ -136,6 +144,10 @@ class Kube:
         self.cfg = cfg
         self.metrics = metrics
         self.sem = asyncio.Semaphore(cfg.max_concurrent_requests)
+        #: the fence of leader election: asked right before each write (any method but GET) is
+        #: sent, so that a leader past its renew deadline sends nothing more, whatever task
+        #: tries; None = always (leader election off, or the Lease's own client)
+        self.may_write: Callable[[], bool] | None = None
 
     @classmethod
     async def connect(
@@ -195,6 +207,8 @@ class Kube:
         Retry-After seconds of a 429."""
         try:
             async with self.sem:
+                if method != "GET" and self.may_write is not None and not self.may_write():
+                    raise NotLeaderError(method, url)
                 for renew in (False, True):
                     session = await self.http.session(renew=renew)
                     async with session.request(method, self.http.url(path), **kwargs) as resp:

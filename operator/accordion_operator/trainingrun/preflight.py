@@ -150,6 +150,6 @@ def _problem(probe: Probe, result: ProbeResult) -> tuple[str, str] | None:
     return None
 
 
-def retry_delay(failures: int) -> float:
+def retry_delay(failures: int, first: float = RETRY_FIRST_S) -> float:
     """Seconds before a negative answer is asked again, after `failures` in a row (>= 1)."""
-    return float(min(RETRY_FIRST_S * 2 ** min(failures - 1, 16), RETRY_MAX_S))
+    return float(min(first * 2 ** min(failures - 1, 16), RETRY_MAX_S))

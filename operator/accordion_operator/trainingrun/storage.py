@@ -41,6 +41,7 @@ from accordion_operator.trainingrun import builders
 from accordion_operator.trainingrun.preflight import (
     DATA,
     NEGATIVE,
+    RETRY_FIRST_S,
     Outcome,
     Probe,
     ProbeResult,
@@ -147,6 +148,7 @@ class StoragePreflight:
     global_limit: int = GLOBAL_PROBES
     namespace_limit: int = NAMESPACE_PROBES
     timeout_s: float = PROBE_TIMEOUT_S
+    retry_first_s: float = RETRY_FIRST_S
     _entries: dict[Probe, _Entry] = field(default_factory=dict)
     #: run uid -> the listings that all passed for it: its verdict for its life
     _passed: dict[str, tuple[Probe, ...]] = field(default_factory=dict)
@@ -224,7 +226,7 @@ class StoragePreflight:
     def _due(self, entry: _Entry) -> float:
         assert entry.result is not None
         if entry.result.outcome in NEGATIVE:
-            return entry.at + retry_delay(entry.failures)
+            return entry.at + retry_delay(entry.failures, self.retry_first_s)
         return entry.at + SHARE_S
 
     async def _probe(self, probe: Probe, entry: _Entry) -> None:
