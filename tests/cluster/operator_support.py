@@ -5,6 +5,7 @@ Experiments and their pods."""
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -61,6 +62,10 @@ class Operator:
             # fail to resolve (such runs start unchecked) and cost a probe per namespace. The
             # preflight's own tests turn it on (test_storage_preflight.py).
             "ACCORDION_STORAGE_PREFLIGHT": "false",
+            # Leader election stays on, but each process elects itself on a Lease of its own:
+            # a process started after a SIGKILLed one would otherwise wait out the dead one's
+            # Lease (10 s) at every restart. The HA test names one Lease for its two replicas.
+            "ACCORDION_LEADER_LEASE_NAME": f"accordion-test-{secrets.token_hex(4)}",
             **self.env,
         }
         self.proc = subprocess.Popen(
