@@ -95,6 +95,9 @@ class Config:
     #: Namespace of the Lease; empty = the operator's own (its service account's namespace in a
     #: pod, else "default").
     leader_lease_namespace: str = ""
+    #: Create the Lease when it is missing. The chart creates it with the release and sets
+    #: false, so that a replica still stopping after `helm uninstall` cannot leave one behind.
+    leader_lease_create: bool = True
     #: Seconds a standby waits after the Lease last changed before it takes over: a leader's
     #: death (SIGKILL) is noticed within this plus twice the retry period (14 s by default).
     leader_lease_seconds: float = 10.0

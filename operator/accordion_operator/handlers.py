@@ -227,7 +227,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     lease_kube = await Kube.connect(dataclasses.replace(cfg, max_concurrent_requests=2))
     me = identity(os.environ.get("POD_NAME") or socket.gethostname())
     namespace = lease_namespace(cfg)
-    elector = LeaderElector(lease_kube, namespace, cfg.leader_lease_name, me, timing)
+    elector = LeaderElector(
+        lease_kube, namespace, cfg.leader_lease_name, me, timing, create=cfg.leader_lease_create
+    )
     supervisor = Supervisor(cfg, metrics, elector)
     supervisor.task = asyncio.create_task(supervisor.run(), name="accordion-leader-election")
     memo.supervisor = supervisor

@@ -52,6 +52,7 @@ def test_default_objects(defaults: list[Obj]) -> None:
         ("CustomResourceDefinition", "experiments.accordion.dev"),
         ("CustomResourceDefinition", "trainingruns.accordion.dev"),
         ("Deployment", "acc-accordion-operator"),
+        ("Lease", "acc-accordion-operator"),
         ("PodDisruptionBudget", "acc-accordion-operator"),
         ("PriorityClass", "accordion-default"),
         ("PriorityClass", "accordion-high"),
@@ -176,12 +177,19 @@ def test_rendered_defaults_equal_the_operator_defaults() -> None:
     trainer image, which the chart pins to its appVersion)."""
     settings = _settings(render())
     parsed = operator_config.Config.from_env(settings)
-    # the chart names the Lease after the release, in the release namespace
-    assert (parsed.leader_lease_name, parsed.leader_lease_namespace) == (
-        "acc-accordion-operator",
-        "accordion-system",
-    )
-    local = {"trainer_image": "x", "leader_lease_name": "x", "leader_lease_namespace": "x"}
+    # the chart names the Lease after the release, in the release namespace, and creates it
+    # itself (its replicas do not: templates/operator/lease.yaml)
+    assert (
+        parsed.leader_lease_name,
+        parsed.leader_lease_namespace,
+        parsed.leader_lease_create,
+    ) == ("acc-accordion-operator", "accordion-system", False)
+    local = {
+        "trainer_image": "x",
+        "leader_lease_name": "x",
+        "leader_lease_namespace": "x",
+        "leader_lease_create": True,
+    }
     assert dataclasses.replace(parsed, **local) == dataclasses.replace(
         operator_config.Config(), **local
     )

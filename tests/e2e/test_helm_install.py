@@ -110,7 +110,16 @@ def diagnose(env: Env) -> str:
     for what in ("trainingruns", "experiments"):
         got = env.run("kubectl", "get", what, "-A", "-o", "yaml", check=False)
         out.append(got.stdout[-6000:] + got.stderr)
-    log = env.run("kubectl", "logs", "-n", SYSTEM, "deployment/accordion-operator", check=False)
+    log = env.run(
+        "kubectl",
+        "logs",
+        "-n",
+        SYSTEM,
+        "-l",
+        "app.kubernetes.io/component=operator",
+        "--prefix",
+        check=False,
+    )
     out.append("operator log:\n" + (log.stdout + log.stderr)[-6000:])
     return "\n".join(out)
 
@@ -206,6 +215,14 @@ def install_train_uninstall(env: Env) -> None:
     health, metrics = c.ports.base + 9, c.ports.base + 10
     values = {
         "operator": {
+            # One replica without leader election here: pods on process nodes share this
+            # machine's network and the operator listens on all addresses (0.0.0.0), so a
+            # second replica on the same ports could not serve its own /metrics and /healthz;
+            # and a leader renewing its Lease while `helm uninstall` deletes it can leave one
+            # behind (see docs/helm.md, High availability). Two replicas electing a leader are
+            # tested as processes (tests/cluster/test_operator_ha.py).
+            "replicas": 1,
+            "leaderElection": {"enabled": False},
             "nodeSelector": {"accordion.dev/process-node": "true"},
             "healthPort": health,
             "metricsPort": metrics,
@@ -224,9 +241,11 @@ def install_train_uninstall(env: Env) -> None:
     out = env.helm(*install, "--wait", "--timeout", "3m")
     assert "STATUS: deployed" in out, out
     selector = "labelSelector=app.kubernetes.io/component=operator"
-    (op,) = env.get(f"/api/v1/namespaces/{SYSTEM}/pods?{selector}")["items"]
-    assert op["spec"]["nodeName"] in c.process_node_names()
-    assert op["spec"]["serviceAccountName"] == "accordion-operator"
+    ops = env.get(f"/api/v1/namespaces/{SYSTEM}/pods?{selector}")["items"]
+    assert len(ops) == 1, [p["metadata"]["name"] for p in ops]
+    for op in ops:
+        assert op["spec"]["nodeName"] in c.process_node_names()
+        assert op["spec"]["serviceAccountName"] == "accordion-operator"
     ready = datetime.now()  # local time, like the operator's log lines
     lap("helm install")
 
@@ -277,13 +296,25 @@ def install_train_uninstall(env: Env) -> None:
     lap("training (run, experiment, helm test)")
 
     # ---- the chart's least privilege was enough, and nothing failed ------------------------
-    log = env.kubectl("logs", "-n", SYSTEM, "deployment/accordion-operator")
+    log = "\n".join(env.kubectl("logs", "-n", SYSTEM, op["metadata"]["name"]) for op in ops)
     (c.state_dir / "operator.log").write_text(log)
     # "forbidden", not "403": every refusal's message says it (kopf's APIForbiddenError, the
     # apiserver's "... is forbidden: User ..."), while "403" is also a log timestamp's millis
     denied = [x for x in log.splitlines() if "forbidden" in x.lower()]
     assert denied == [], "\n".join(denied)
-    scrape = httpx.get(f"http://{op['status']['podIP']}:{metrics}/metrics", timeout=10).text
+    scrapes = [
+        httpx.get(f"http://{op['status']['podIP']}:{metrics}/metrics", timeout=10).text
+        for op in ops
+    ]
+    # alone, it acts at once and says so
+    leading = [
+        float(line.split()[-1])
+        for s in scrapes
+        for line in s.splitlines()
+        if line.startswith("accordion_operator_leader ")
+    ]
+    assert leading == [1.0], leading
+    scrape = "\n".join(scrapes)
     assert "accordion_operator_build_info" in scrape
     # the operator counts every refused request by code, logged or not
     refused = [
@@ -310,7 +341,11 @@ def install_train_uninstall(env: Env) -> None:
     out = env.helm("uninstall", RELEASE, "-n", SYSTEM, "--wait", "--timeout", "2m")
     assert "These resources were kept due to the resource policy" in out, out
     # the operator pod ends with its grace period, its EndpointSlices go with the Service
-    poll(lambda: env.objects(SYSTEM) == before[SYSTEM], 60, "the release namespace to be clean")
+    poll(
+        lambda: env.objects(SYSTEM) == before[SYSTEM],
+        60,
+        f"the release namespace to be clean (left: {env.objects(SYSTEM) - before[SYSTEM]})",
+    )
     after = env.objects()
     assert after - before[None] == CRDS | {
         "apiservice.apiregistration.k8s.io/v1alpha1.accordion.dev"

@@ -54,6 +54,7 @@ ACCORDION_LOG_LEVEL: {{ .Values.operator.logLevel | quote }}
 ACCORDION_LEADER_ELECTION: {{ .Values.operator.leaderElection.enabled | quote }}
 ACCORDION_LEADER_LEASE_NAME: {{ include "accordion.operatorName" . | quote }}
 ACCORDION_LEADER_LEASE_NAMESPACE: {{ .Release.Namespace | quote }}
+ACCORDION_LEADER_LEASE_CREATE: "false"
 ACCORDION_LEADER_LEASE_SECONDS: {{ .Values.operator.leaderElection.leaseDurationSeconds | quote }}
 ACCORDION_LEADER_RENEW_DEADLINE_SECONDS: {{ .Values.operator.leaderElection.renewDeadlineSeconds | quote }}
 ACCORDION_LEADER_RETRY_SECONDS: {{ .Values.operator.leaderElection.retryPeriodSeconds | quote }}

@@ -57,6 +57,8 @@ class LeaderElector:
     name: str
     me: str
     timing: Timing
+    #: create the Lease when it is missing (the chart creates it with the release instead)
+    create: bool = True
     clock: Callable[[], float] = time.monotonic
     wall: Callable[[], datetime] = _now
     #: monotonic time our last successful write of the Lease was sent; None: not leading
@@ -94,6 +96,16 @@ class LeaderElector:
         if action is Action.WAIT:
             if self.renewed_at is not None:
                 log.warning("lease %s/%s is held by %s now", self.namespace, self.name, record)
+            self.renewed_at = None
+            return
+        if action is Action.CREATE and not self.create:
+            # a replica still stopping after `helm uninstall` must not leave a new Lease behind
+            log.warning(
+                "lease %s/%s does not exist and is not created here (it comes with the chart's "
+                "release; `helm upgrade` restores it): standing by",
+                self.namespace,
+                self.name,
+            )
             self.renewed_at = None
             return
         new = next_record(record, action, self.me, self.timing, self.wall())

@@ -224,6 +224,9 @@ class ClusterCache(Store):
     policy_version: int = 0
     #: fair-share weights of the namespaces that set one other than 1 (`priority`)
     weights: dict[str, float] = field(default_factory=dict)
+    #: namespaces being deleted: their runs are going too, and no pod can be created there, so
+    #: they are granted nothing (a dying namespace's runs must not hold back another's)
+    terminating: set[str] = field(default_factory=set)
     #: namespaces whose weight was refused (logged once per refusal, not per event)
     _bad_weights: dict[str, str] = field(default_factory=dict)
 
@@ -336,6 +339,13 @@ class ClusterCache(Store):
     def _apply_namespace(self, body: Mapping[str, Any], deleted: bool) -> None:
         meta = body.get("metadata") or {}
         name = str(meta.get("name", ""))
+        if not deleted and (
+            meta.get("deletionTimestamp")
+            or (body.get("status") or {}).get("phase") == "Terminating"
+        ):
+            self.terminating.add(name)
+        else:
+            self.terminating.discard(name)
         weight, refused = (1.0, None) if deleted else fair_share_weight(meta)
         if refused is None:
             self._bad_weights.pop(name, None)
@@ -387,6 +397,7 @@ class ClusterCache(Store):
         elif kind == "namespace":
             names = {name for _, name in seen}
             self.weights = {n: w for n, w in self.weights.items() if n in names}
+            self.terminating &= names
             self._bad_weights = {n: m for n, m in self._bad_weights.items() if n in names}
         elif kind == "quota":
             for ns, quotas in self.quotas.items():

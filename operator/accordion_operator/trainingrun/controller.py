@@ -165,6 +165,8 @@ class Controller:
         cache = self.cache
         views = [v for v in list(cache.runs.values()) if v.invalid is None]
         invalid, requests, unread = await self._check_runs(views, now)
+        if cache.terminating:
+            requests = [r for r in requests if r.namespace not in cache.terminating]
         alloc = decide_allocation(
             list(cache.nodes.values()),
             list(cache.gpu_pods.values()),

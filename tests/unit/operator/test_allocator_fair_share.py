@@ -545,6 +545,25 @@ def test_the_cache_keeps_weights_and_logs_a_bad_one_once(
     assert cache.weights == {}
 
 
+def test_the_cache_knows_which_namespaces_are_being_deleted() -> None:
+    """Their runs get no grant (controller): they are going, and their pods cannot be created,
+    so they must not hold GPUs another namespace's runs could use."""
+    cache = ClusterCache(Config())
+    cache.apply("namespace", "ADDED", namespace("a", None))
+    going = namespace("b", None)
+    cache.apply("namespace", "ADDED", going)
+    assert cache.terminating == set()
+    going["metadata"]["deletionTimestamp"] = "2026-12-02T15:00:00Z"
+    going["status"] = {"phase": "Terminating"}
+    cache.apply("namespace", "MODIFIED", going)
+    assert cache.terminating == {"b"}
+    cache.apply("namespace", "DELETED", going)
+    assert cache.terminating == set()
+    cache.apply("namespace", "MODIFIED", going)
+    cache.replace_all("namespace", [namespace("a", None)])  # b went while the watch was down
+    assert cache.terminating == set()
+
+
 def test_a_quotas_status_update_is_no_policy_change() -> None:
     """status.used moves with every pod created: runs' resolved priorities must stay cached."""
     cache = ClusterCache(Config())

@@ -295,3 +295,29 @@ async def test_a_term_starts_fresh_controllers_and_a_lost_lease_cancels_them(
     await sup.shutdown()
     assert state.lease is not None
     assert state.lease["spec"]["holderIdentity"] == ""  # released on the way out
+
+
+async def test_a_replica_that_may_not_create_the_lease_stands_by_until_it_exists(
+    server: tuple[LeaseServer, str],
+) -> None:
+    """The chart creates the Lease with the release (create=False in its replicas): a replica
+    still stopping after `helm uninstall` must not leave a new one behind."""
+    state, url = server
+    clock = Clock()
+    a = LeaderElector(_kube(url), "ops", "accordion", "a", T, create=False, clock=clock)
+    try:
+        await a.attempt()
+        assert not a.leading()
+        assert state.writes == []
+        assert state.lease is None
+        # the release's empty Lease (`spec: {}`): nobody holds it, so a takes it at once
+        state.rv += 1
+        state.lease = {
+            "metadata": {"name": "accordion", "resourceVersion": str(state.rv)},
+            "spec": {},
+        }
+        await a.attempt()
+        assert a.leading()
+        assert state.writes == [("PUT", "a")]
+    finally:
+        await a.kube.close()
