@@ -33,19 +33,16 @@ import argparse
 import math
 import os
 import re
-import signal
-import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from accordion_dev.cluster import Cluster, ClusterConfig, free_port_block
+from accordion_dev.operator_proc import OperatorProcess
+from accordion_dev.polling import poll
 from accordion_dev.simulated_runs import run_body
 from accordion_operator.config import Config
 from accordion_operator.core.leader import Timing
@@ -67,92 +64,28 @@ def metric(text: str, name: str) -> float | None:
     return float(m.group(1)) if m else None
 
 
-@dataclass
-class Replica:
-    """One `python -m accordion_operator` process at a time, restartable; POD_NAME `name`, so
-    that its Lease holder identity reads `<name>_<random>`."""
+class Replica(OperatorProcess):
+    """One replica, restartable; POD_NAME `name`, so that its Lease holder identity reads
+    `<name>_<random>`. The production leader-election settings: any override inherited from the
+    caller's environment is dropped."""
 
-    cluster: Cluster
-    name: str
-    log_dir: Path
-    health_port: int
-    metrics_port: int
-    proc: subprocess.Popen[bytes] | None = None
-    starts: int = 0
-    started_at: float = 0.0
-    log: Path = field(default_factory=Path)
-
-    def start(self) -> None:
-        assert self.proc is None
-        self.starts += 1
-        self.log = self.log_dir / f"operator-{self.name}-{self.starts}.log"
-        env = {
-            # the production leader-election settings: drop any override inherited from the
-            # caller's environment
-            **{k: v for k, v in os.environ.items() if not k.startswith("ACCORDION_LEADER_")},
-            "KUBECONFIG": str(self.cluster.kubeconfig),
-            "POD_NAME": self.name,
-            "ACCORDION_HEALTH_PORT": str(self.health_port),
-            "ACCORDION_OPERATOR_METRICS_PORT": str(self.metrics_port),
-            # the runs name a fake endpoint (minio.local:9000), as in benchmarks._common
-            "ACCORDION_STORAGE_PREFLIGHT": "false",
-        }
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "accordion_operator"],
-            env=env,
-            stdout=self.log.open("wb"),
-            stderr=subprocess.STDOUT,
+    def __init__(self, cluster: Cluster, name: str, log_dir: Path) -> None:
+        super().__init__(
+            cluster,
+            log_dir,
+            {
+                "POD_NAME": name,
+                # the runs name a fake endpoint (minio.local:9000), as in benchmarks._common
+                "ACCORDION_STORAGE_PREFLIGHT": "false",
+            },
+            name=name,
+            base_env={k: v for k, v in os.environ.items() if not k.startswith("ACCORDION_LEADER_")},
         )
-        self.started_at = time.monotonic()
-
-    def healthy(self) -> bool:
-        if self.proc is None or self.proc.poll() is not None:
-            raise RuntimeError(f"operator {self.name} exited: {self.tail()}")
-        try:
-            url = f"http://127.0.0.1:{self.health_port}/healthz"
-            return httpx.get(url, timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
 
     def metrics(self) -> tuple[float | None, float | None]:
         """(accordion_operator_leader, trainingruns passes), None where not readable."""
-        try:
-            text = httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=1).text
-        except httpx.HTTPError:
-            return None, None
-        return metric(text, GAUGE), metric(text, PASSES)
-
-    def kill(self) -> float:
-        """SIGKILL (no cleanup: the Lease is not released); the moment it was sent."""
-        assert self.proc is not None
-        at = time.monotonic()
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-        self.proc = None
-        return at
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
-        self.proc = None
-
-    def tail(self) -> str:
-        return self.log.read_text()[-3000:] if self.log.exists() else ""
-
-
-def wait_for(check: Callable[[], Any], timeout: float, what: str, every: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := check():
-            return value
-        time.sleep(every)
-    raise TimeoutError(f"no {what} within {timeout:.0f} s")
+        text = self.metrics_text()
+        return (None, None) if text is None else (metric(text, GAUGE), metric(text, PASSES))
 
 
 def holder(http: httpx.Client) -> str:
@@ -167,16 +100,18 @@ def pods_in(http: httpx.Client, ns: str) -> int:
 def settle(http: httpx.Client, leader: Replica, standby: Replica, timing: Timing) -> None:
     """Until `leader` leads (gauge 1, Lease names it) and `standby` is a healthy standby that
     has been up long enough to have looked at the Lease (one jittered retry period and more)."""
-    wait_for(standby.healthy, 60, f"{standby.name} healthy", every=0.1)
-    wait_for(
+    poll(standby.healthy, 60, f"{standby.name} healthy", every=0.1)
+    poll(
         lambda: leader.metrics()[0] == 1.0 and holder(http).startswith(f"{leader.name}_"),
         30,
         f"{leader.name} to lead",
+        every=0.05,
     )
-    wait_for(
+    poll(
         lambda: "standby until it holds lease" in standby.log.read_text(),
         10,
         f"{standby.name} standing by",
+        every=0.05,
     )
     assert standby.metrics()[0] == 0.0, standby.tail()
     looked = standby.started_at + 1.5 * timing.retry + 1.0
@@ -199,7 +134,7 @@ def trial(
     for i in range(runs):
         body = run_body(f"f{i:03d}", nodeSelector={"type": "kwok"})
         http.post(TR.format(ns=ns), json=body).raise_for_status()
-    at_kill = wait_for(lambda: pods_in(http, ns), 30, "pod of the leader's pass", every=0.02)
+    at_kill = poll(lambda: pods_in(http, ns), 30, "pod of the leader's pass", every=0.02)
     _, leader_passes = leader.metrics()
     killed = leader.kill()
     seen: dict[str, float] = {}
@@ -215,7 +150,7 @@ def trial(
             seen.setdefault("first_pass_s", now)
         time.sleep(0.05)
     # the killed replica comes back as the standby while the new leader converges
-    leader.start()
+    leader.start(wait=False)
     state = converge(cluster, runs, timeout, [ns], log=lambda _: None)
     if not state["problems"]:
         seen["converged_s"] = time.monotonic() - killed
@@ -295,9 +230,8 @@ def main() -> int:
     )
     cluster.up(log=lambda line: print(line, flush=True))
     print(f"[failover] logs in {state}", flush=True)
-    ports = free_port_block(first=cluster.config.base_port + 9, size=4)
-    a = Replica(cluster, "replica-a", state, ports, ports + 1)
-    b = Replica(cluster, "replica-b", state, ports + 2, ports + 3)
+    a = Replica(cluster, "replica-a", state)
+    b = Replica(cluster, "replica-b", state)
     namespaces = [f"failover-{k}" for k in range(args.trials)]
     trials: list[dict[str, Any]] = []
     http = cluster.http()
@@ -305,9 +239,8 @@ def main() -> int:
     try:
         prepare_namespaces(cluster, namespaces)
         a.start()
-        wait_for(a.healthy, 60, "replica-a healthy", every=0.1)
-        wait_for(lambda: a.metrics()[0] == 1.0, 30, "replica-a to lead")
-        b.start()
+        poll(lambda: a.metrics()[0] == 1.0, 30, "replica-a to lead", every=0.05)
+        b.start(wait=False)
         leader, standby = a, b
         for k, ns in enumerate(namespaces):
             settle(http, leader, standby, timing)

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import subprocess
 import sys
@@ -22,6 +23,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import httpx
@@ -94,6 +96,8 @@ class Demo:
     def load_alert_rules(self) -> None:
         """The chart's alert rules into the local Prometheus, as the PrometheusRule would
         (see them at <prometheus>/alerts)."""
+        if not self.c.config.monitoring:
+            return
         rules = REPO / "helm" / "accordion" / "files" / "alerts.yaml"
         self.c.prometheus_rules_dir.mkdir(parents=True, exist_ok=True)
         (self.c.prometheus_rules_dir / "accordion-alerts.yml").write_text(rules.read_text())
@@ -256,6 +260,8 @@ class Demo:
             console.print("[yellow]examples/mnist-experiment.yaml not present: skipped[/yellow]")
             return
         doc = self.manifest("mnist-experiment.yaml")
+        if self.ci:  # its runs need no rescale: one epoch each shows the search
+            doc["spec"]["template"]["epochs"] = 1
         self.apply(doc)
         st = self.wait_experiment(doc["metadata"]["name"])["status"]
         console.print(f"[bold]best run[/bold]: {json.dumps(st.get('bestRun'), indent=1)}")
@@ -317,9 +323,15 @@ class Demo:
 timings (s): {json.dumps(self.timings)}""")
 
 
-def demo_config(state_dir: Path | None = None, base_port: int | None = None) -> ClusterConfig:
-    """The demo's cluster: three process nodes of one simulated GPU each, no kwok nodes."""
-    cfg = ClusterConfig(kwok_nodes=0, process_nodes=3, process_node_gpus=1, gpu_taint=True)
+def demo_config(
+    state_dir: Path | None = None, base_port: int | None = None, monitoring: bool = True
+) -> ClusterConfig:
+    """The demo's cluster: three process nodes of one simulated GPU each, no kwok nodes.
+    `monitoring=False` leaves Prometheus out (e2e tests that read no metrics: it would scrape
+    the operator and every trainer every 2 s for nothing)."""
+    cfg = ClusterConfig(
+        kwok_nodes=0, process_nodes=3, process_node_gpus=1, gpu_taint=True, monitoring=monitoring
+    )
     if state_dir is not None:
         cfg.state_dir = state_dir
     if base_port is not None:
@@ -328,6 +340,16 @@ def demo_config(state_dir: Path | None = None, base_port: int | None = None) -> 
 
 
 # ---- pieces the demo and the e2e tests share ----------------------------------------------------
+
+
+def example_module(filename: str) -> ModuleType:
+    """A Python file under examples/ (a user's model code) imported as a module."""
+    spec = importlib.util.spec_from_file_location(Path(filename).stem, REPO / "examples" / filename)
+    if spec is None or spec.loader is None:
+        raise ClusterError(f"examples/{filename} cannot be imported")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def minio_client(cluster: Cluster) -> Minio:

@@ -14,6 +14,7 @@ The permissions the code needs are derived from the source of operator/accordion
 from __future__ import annotations
 
 import ast
+import functools
 import importlib
 import inspect
 import pkgutil
@@ -216,13 +217,14 @@ def permissions_granted_to_launchers() -> set[Perm]:
 LEASE_GROUP = "coordination.k8s.io"
 
 
-def needed() -> set[Perm]:
+def needed() -> frozenset[Perm]:
     """What the (Cluster)Roles of the watched namespaces must grant."""
-    return {p for p in needed_with_lease() if p[0] != LEASE_GROUP}
+    return frozenset(p for p in needed_with_lease() if p[0] != LEASE_GROUP)
 
 
-def needed_with_lease() -> set[Perm]:
-    return (
+@functools.cache  # the derivation walks every module's AST: seconds, once
+def needed_with_lease() -> frozenset[Perm]:
+    return frozenset(
         permissions_from_api_calls()
         | permissions_from_create()
         | permissions_from_handlers()

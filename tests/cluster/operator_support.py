@@ -4,12 +4,7 @@ Experiments and their pods."""
 
 from __future__ import annotations
 
-import os
 import secrets
-import signal
-import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,100 +13,36 @@ from typing import Any
 import httpx
 
 from accordion_dev.cluster import Cluster
-from accordion_dev.polling import poll
+from accordion_dev.operator_proc import OperatorProcess
 
 TR = "/apis/accordion.dev/v1alpha1/namespaces/{ns}/trainingruns"
 EXP = "/apis/accordion.dev/v1alpha1/namespaces/{ns}/experiments"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-class Operator:
-    """`python -m accordion_operator` in a subprocess; restartable."""
+class Operator(OperatorProcess):
+    """The operator process with the cluster tests' settings: short debounce, resync and
+    cooldown, so that the tests' runs move in seconds."""
 
     def __init__(self, cluster: Cluster, log_dir: Path, env: dict[str, str]) -> None:
-        self.cluster = cluster
-        self.log_dir = log_dir
-        self.env = env
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-        self.health_port = _free_port()
-        self.metrics_port = _free_port()
-
-    @property
-    def log(self) -> Path:
-        return self.log_dir / f"operator-{self.starts}.log"
-
-    def start(self) -> None:
-        assert self.proc is None
-        self.starts += 1
-        env = {
-            **os.environ,
-            "KUBECONFIG": str(self.cluster.kubeconfig),
-            "ACCORDION_HEALTH_PORT": str(self.health_port),
-            "ACCORDION_OPERATOR_METRICS_PORT": str(self.metrics_port),
-            "ACCORDION_DEBOUNCE_SECONDS": "0.1",
-            "ACCORDION_RESYNC_SECONDS": "2",
-            "ACCORDION_SCALE_COOLDOWN_SECONDS": "5",
-            # The simulated runs name a fake endpoint (minio.local:9000): listing it would only
-            # fail to resolve (such runs start unchecked) and cost a probe per namespace. The
-            # preflight's own tests turn it on (test_storage_preflight.py).
-            "ACCORDION_STORAGE_PREFLIGHT": "false",
-            # Leader election stays on, but each process elects itself on a Lease of its own:
-            # a process started after a SIGKILLed one would otherwise wait out the dead one's
-            # Lease (10 s) at every restart. The HA test names one Lease for its two replicas.
-            "ACCORDION_LEADER_LEASE_NAME": f"accordion-test-{secrets.token_hex(4)}",
-            **self.env,
-        }
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "accordion_operator"],
-            env=env,
-            stdout=self.log.open("wb"),
-            stderr=subprocess.STDOUT,
+        super().__init__(
+            cluster,
+            log_dir,
+            {
+                "ACCORDION_DEBOUNCE_SECONDS": "0.1",
+                "ACCORDION_RESYNC_SECONDS": "2",
+                "ACCORDION_SCALE_COOLDOWN_SECONDS": "5",
+                # The simulated runs name a fake endpoint (minio.local:9000): listing it would
+                # only fail to resolve (such runs start unchecked) and cost a probe per
+                # namespace. The preflight's own tests turn it on (test_storage_preflight.py).
+                "ACCORDION_STORAGE_PREFLIGHT": "false",
+                # Leader election stays on, but each process elects itself on a Lease of its
+                # own: a process started after a SIGKILLed one would otherwise wait out the
+                # dead one's Lease (10 s) at every restart. The HA test names one Lease for its
+                # two replicas.
+                "ACCORDION_LEADER_LEASE_NAME": f"accordion-test-{secrets.token_hex(4)}",
+                **env,
+            },
         )
-
-        def healthy() -> bool:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise AssertionError(f"operator exited: {self.log.read_text()[-3000:]}")
-            try:
-                return (
-                    httpx.get(f"http://127.0.0.1:{self.health_port}/healthz", timeout=1).status_code
-                    == 200
-                )
-            except httpx.HTTPError:
-                return False
-
-        poll(healthy, 60, what="operator /healthz")
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill(self) -> None:
-        """SIGKILL: no cleanup at all, the way a crash or an OOM kill ends it."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-        self.proc = None
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
-        self.proc = None
-
-    def tail(self) -> str:
-        return self.log.read_text()[-4000:] if self.log.exists() else ""
 
 
 class ResourceApi:

@@ -12,16 +12,16 @@ the test stays short. The benchmark runs the same on 64 GPUs and records its fig
 from __future__ import annotations
 
 import random
-import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from node_pools import kwok_gpu_pool
 from operator_support import Operator
 from tenancy_support import tenant_namespace
 
-from accordion_dev.cluster import Cluster, kwok_node, wait_nodes_ready
+from accordion_dev.cluster import Cluster
 from accordion_dev.polling import poll
 from benchmarks.operator_chaos import converge, storm
 
@@ -35,21 +35,8 @@ GPUS_PER_NODE = 8
 
 @pytest.fixture
 def chaos_nodes(cluster: Cluster) -> Iterator[dict[str, str]]:
-    """Two kwok nodes of 8 GPUs that only this test's runs select; removed afterwards."""
-    pool = f"chaos-{secrets.token_hex(3)}"
-    names = [f"{pool}-{i}" for i in range(NODES)]
-    with cluster.http() as http:
-        for name in names:
-            node = kwok_node(name, GPUS_PER_NODE, "NVIDIA-H100-80GB-HBM3", gpu_taint=True)
-            node["metadata"]["labels"]["type"] = pool
-            r = http.post("/api/v1/nodes", json=node)
-            assert r.status_code == 201, r.text
-        try:
-            wait_nodes_ready(cluster, NODES, selector=f"type={pool}")
-            yield {"type": pool}
-        finally:
-            for name in names:
-                http.delete(f"/api/v1/nodes/{name}")
+    with kwok_gpu_pool(cluster, "chaos", NODES, GPUS_PER_NODE) as selector:
+        yield selector
 
 
 def test_operator_converges_after_ten_sigkills(

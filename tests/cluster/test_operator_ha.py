@@ -23,7 +23,6 @@ What is asserted, precisely:
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import secrets
@@ -34,10 +33,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from node_pools import kwok_gpu_pool
 from operator_support import Operator
 from tenancy_support import tenant_namespace
 
-from accordion_dev.cluster import Cluster, kwok_node, wait_nodes_ready
+from accordion_dev.cluster import Cluster
 from accordion_dev.polling import poll
 from accordion_dev.simulated_runs import run_body
 from accordion_operator.core.objects import MANAGED_BY
@@ -53,38 +53,8 @@ TAKEOVER_LIMIT_S = 15.0
 
 @pytest.fixture
 def ha_nodes(cluster: Cluster) -> Iterator[dict[str, str]]:
-    """Two kwok nodes of 8 GPUs that only this test's runs select."""
-    pool = f"ha-{secrets.token_hex(3)}"
-    names = [f"{pool}-{i}" for i in range(NODES)]
-    with cluster.http() as http:
-        for name in names:
-            node = kwok_node(name, GPUS_PER_NODE, "NVIDIA-H100-80GB-HBM3", gpu_taint=True)
-            node["metadata"]["labels"]["type"] = pool
-            r = http.post("/api/v1/nodes", json=node)
-            assert r.status_code == 201, r.text
-        try:
-            wait_nodes_ready(cluster, NODES, selector=f"type={pool}")
-            yield {"type": pool}
-        finally:
-            # the pods go (with their namespaces) while kwok still runs their nodes: pods left
-            # on a deleted node wait for the pod garbage collector, and the session's teardown
-            # waits for every test namespace to be gone
-            def left() -> int:
-                return sum(
-                    len(
-                        http.get(
-                            "/api/v1/pods", params={"fieldSelector": f"spec.nodeName={name}"}
-                        ).json()["items"]
-                    )
-                    for name in names
-                )
-
-            t = time.monotonic()
-            with contextlib.suppress(TimeoutError):
-                poll(lambda: left() == 0, 60, "the test's pods to be deleted", every=0.5)
-            print(f"[ha] pods deleted {time.monotonic() - t:.1f} s after their namespaces")
-            for name in names:
-                http.delete(f"/api/v1/nodes/{name}")
+    with kwok_gpu_pool(cluster, "ha", NODES, GPUS_PER_NODE) as selector:
+        yield selector
 
 
 def _metric(op: Operator, name: str) -> float:

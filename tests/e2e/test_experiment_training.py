@@ -29,7 +29,6 @@ nodes of one simulated GPU each; parallelism 1 each, so at most two trainings sh
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import time
 from pathlib import Path
@@ -41,7 +40,15 @@ import pytest
 from minio.error import S3Error
 
 from accordion_dev.cluster import REPO, Cluster, free_port_block
-from accordion_dev.demo import GROUP, NS, Demo, demo_config, ensure_buckets, minio_client
+from accordion_dev.demo import (
+    GROUP,
+    NS,
+    Demo,
+    demo_config,
+    ensure_buckets,
+    example_module,
+    minio_client,
+)
 from accordion_dev.simulated_runs import results_path
 from accordion_operator.api.experiment import ExperimentSpec
 from accordion_operator.experiment.search import distributions, trial_seed
@@ -169,15 +176,6 @@ def check_pruned_search(demo: Demo, exp: dict[str, Any], designed: tuple[float, 
 # --- the TPE search (the diabetes regression example) -------------------------------------------
 
 
-def _diabetes_module() -> Any:
-    spec = importlib.util.spec_from_file_location("diabetes_regression", DIABETES)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def upload_diabetes(demo: Demo, out: Path) -> float:
     """What the example's header tells a user to upload: the data under the data prefix and the
     example as the runs' code. Returns the validation MSE of predicting the training mean, the
@@ -186,7 +184,7 @@ def upload_diabetes(demo: Demo, out: Path) -> float:
     data, results = tpe["data"], tpe["results"]
     ensure_buckets(demo.c, data["bucket"], results["bucket"])
     out.mkdir(parents=True)
-    npz = Path(_diabetes_module().write_data(str(out)))
+    npz = Path(example_module("diabetes_regression.py").write_data(str(out)))
     s3 = minio_client(demo.c)
     s3.fput_object(data["bucket"], f"{data['prefix']}{npz.name}", str(npz))
     code_bucket, _, code_key = tpe["model"]["bucketObject"].partition("/")

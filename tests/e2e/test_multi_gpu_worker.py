@@ -51,7 +51,7 @@ def manifest(demo: Demo, name: str, workers: int, gpus: int) -> dict[str, Any]:
 @pytest.mark.timeout(400)
 def test_a_worker_with_two_gpus_runs_two_pinned_processes(tmp_path: Path) -> None:
     t0 = time.monotonic()
-    cfg = demo_config(tmp_path / "cluster", free_port_block(first=26200))
+    cfg = demo_config(tmp_path / "cluster", free_port_block(first=26200), monitoring=False)
     cfg.process_nodes, cfg.process_node_gpus = 2, 2
     demo = Demo(Cluster(cfg), ci=True)
     try:

@@ -4,14 +4,13 @@ reason."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 from trainer_support import REPO, events, run_cli
 
+from accordion_dev.demo import example_module
 from accordion_trainer.progress import build_training_status
 
 pytestmark = pytest.mark.slow
@@ -21,19 +20,10 @@ EXAMPLE = REPO / "examples" / "diabetes_regression.py"
 MAE_BOUND = 52.0
 
 
-def _example() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("diabetes_regression", EXAMPLE)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def diabetes_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("diabetes")
-    _example().write_data(str(out))
+    example_module("diabetes_regression.py").write_data(str(out))
     return out
 
 

@@ -6,27 +6,9 @@ from __future__ import annotations
 
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from standin_kube import standin_kube
 
-from accordion_operator.config import Config
 from accordion_operator.core import kube
-from accordion_operator.core.kube import ApiClient, Kube
-
-
-class _Auth:
-    token = ""
-    server = ""
-
-    async def ssl_context(self) -> bool:
-        return False
-
-    async def reauthenticate(self) -> None:
-        return None
-
-
-class _Api:
-    def __init__(self, server: str) -> None:
-        self.auth = _Auth()
-        self.auth.server = server
 
 
 async def _serve(throttled: int) -> tuple[TestServer, list[str]]:
@@ -51,8 +33,7 @@ async def _serve(throttled: int) -> tuple[TestServer, list[str]]:
 async def _create(throttled: int) -> tuple[int, dict[str, object], list[str]]:
     """A Pod created against a server that throttles `throttled` times: status, body, calls."""
     server, calls = await _serve(throttled)
-    client = ApiClient(_Api(str(server.make_url("")).rstrip("/")), 4)  # type: ignore[arg-type]
-    k = Kube(client, Config())
+    k = standin_kube(str(server.make_url("")).rstrip("/"))
     try:
         body = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "ns"}}
         code, data = await k.create(body)

@@ -13,31 +13,15 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from standin_kube import standin_kube
 
 from accordion_operator.config import Config
 from accordion_operator.core.election import LeaderElector
-from accordion_operator.core.kube import ApiClient, Kube, NotLeaderError
+from accordion_operator.core.kube import Kube, NotLeaderError
 from accordion_operator.core.leader import Timing
 
 T = Timing(lease_duration=10, renew_deadline=7, retry=2)
 PATH = "/apis/coordination.k8s.io/v1/namespaces/ops/leases"
-
-
-class _Auth:
-    token = ""
-    server = ""
-
-    async def ssl_context(self) -> bool:
-        return False
-
-    async def reauthenticate(self) -> None:
-        return None
-
-
-class _Api:
-    def __init__(self, server: str) -> None:
-        self.auth = _Auth()
-        self.auth.server = server
 
 
 class LeaseServer:
@@ -98,8 +82,21 @@ class Clock:
         return self.now
 
 
+_made: list[Kube] = []
+
+
 def _kube(url: str) -> Kube:
-    return Kube(ApiClient(_Api(url), 4), Config())  # type: ignore[arg-type]
+    """A client closed after the test (`_close_clients`)."""
+    made = standin_kube(url)
+    _made.append(made)
+    return made
+
+
+@pytest.fixture(autouse=True)
+async def _close_clients() -> AsyncIterator[None]:
+    yield
+    while _made:
+        await _made.pop().close()
 
 
 def _elector(url: str, me: str, clock: Clock, timing: Timing = T) -> LeaderElector:
@@ -112,42 +109,38 @@ async def test_one_leader_then_a_takeover_only_after_the_lease_expired_on_the_st
     state, url = server
     clock = Clock()
     a, b = _elector(url, "a", clock), _elector(url, "b", clock)
-    try:
+    await a.attempt()
+    assert a.leading()
+    assert state.writes == [("POST", "a")]
+    await b.attempt()
+    assert not b.leading()
+    for _ in range(5):  # a renews every 2 s: b never takes over
+        clock.now += 2
         await a.attempt()
+        await b.attempt()
         assert a.leading()
-        assert state.writes == [("POST", "a")]
-        await b.attempt()
         assert not b.leading()
-        for _ in range(5):  # a renews every 2 s: b never takes over
-            clock.now += 2
-            await a.attempt()
-            await b.attempt()
-            assert a.leading()
-            assert not b.leading()
-        # a dies (stops renewing). It stops acting 7 s after its last renewal was sent ...
-        died = clock.now
-        clock.now = died + 6.9
-        assert a.leading()
-        clock.now = died + 7.0
-        assert not a.leading()
-        # ... and b, which saw that renewal at `died`, takes over 10 s after it, not before
-        clock.now = died + 9.9
-        await b.attempt()
-        assert not b.leading()
-        clock.now = died + 10.0
-        await b.attempt()
-        assert b.leading()
-        assert state.lease is not None
-        assert state.lease["spec"]["holderIdentity"] == "b"
-        assert state.lease["spec"]["leaseTransitions"] == 1
-        # a comes back: it sees b's fresh Lease and stands by
-        await a.attempt()
-        assert not a.leading()
-        assert b.terms == 1
-        assert a.terms == 1
-    finally:
-        await a.kube.close()
-        await b.kube.close()
+    # a dies (stops renewing). It stops acting 7 s after its last renewal was sent ...
+    died = clock.now
+    clock.now = died + 6.9
+    assert a.leading()
+    clock.now = died + 7.0
+    assert not a.leading()
+    # ... and b, which saw that renewal at `died`, takes over 10 s after it, not before
+    clock.now = died + 9.9
+    await b.attempt()
+    assert not b.leading()
+    clock.now = died + 10.0
+    await b.attempt()
+    assert b.leading()
+    assert state.lease is not None
+    assert state.lease["spec"]["holderIdentity"] == "b"
+    assert state.lease["spec"]["leaseTransitions"] == 1
+    # a comes back: it sees b's fresh Lease and stands by
+    await a.attempt()
+    assert not a.leading()
+    assert b.terms == 1
+    assert a.terms == 1
 
 
 async def test_racing_candidates_one_wins_by_resource_version(
@@ -156,13 +149,9 @@ async def test_racing_candidates_one_wins_by_resource_version(
     state, url = server
     clock = Clock()
     cands = [_elector(url, f"c{i}", clock) for i in range(5)]
-    try:
-        await asyncio.gather(*(c.attempt() for c in cands))
-        assert sum(c.leading() for c in cands) == 1
-        assert len(state.writes) == 1
-    finally:
-        for c in cands:
-            await c.kube.close()
+    await asyncio.gather(*(c.attempt() for c in cands))
+    assert sum(c.leading() for c in cands) == 1
+    assert len(state.writes) == 1
 
 
 async def test_a_leader_steps_down_by_its_deadline_when_the_apiserver_hangs(
@@ -184,7 +173,6 @@ async def test_a_leader_steps_down_by_its_deadline_when_the_apiserver_hangs(
     finally:
         state.hang = False
         state.unhung.set()
-        await a.kube.close()
 
 
 async def test_release_lets_a_standby_take_over_at_its_next_look(
@@ -193,18 +181,14 @@ async def test_release_lets_a_standby_take_over_at_its_next_look(
     state, url = server
     clock = Clock()
     a, b = _elector(url, "a", clock), _elector(url, "b", clock)
-    try:
-        await a.attempt()
-        await b.attempt()
-        await a.release()
-        assert not a.leading()
-        assert state.lease is not None
-        assert state.lease["spec"]["holderIdentity"] == ""
-        await b.attempt()  # no lease duration to wait
-        assert b.leading()
-    finally:
-        await a.kube.close()
-        await b.kube.close()
+    await a.attempt()
+    await b.attempt()
+    await a.release()
+    assert not a.leading()
+    assert state.lease is not None
+    assert state.lease["spec"]["holderIdentity"] == ""
+    await b.attempt()  # no lease duration to wait
+    assert b.leading()
 
 
 async def test_the_fence_refuses_writes_past_the_deadline_before_sending_them(
@@ -216,23 +200,19 @@ async def test_the_fence_refuses_writes_past_the_deadline_before_sending_them(
     controllers = _kube(url)
     controllers.may_write = a.leading
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "ns"}}
-    try:
-        with pytest.raises(NotLeaderError):
-            await controllers.create(pod)  # standby: nothing sent
-        assert state.other == []
-        await a.attempt()
-        code, _ = await controllers.create(pod)
-        assert code == 201
-        clock.now += T.renew_deadline
-        with pytest.raises(NotLeaderError):
-            await controllers.create(pod)
-        assert state.other == ["POST /api/v1/namespaces/ns/pods"]
-        # reads stay allowed (a standby's cache could be kept warm)
-        code, _ = await controllers.request("GET", "v1", "pods/p", "ns")
-        assert code == 201
-    finally:
-        await a.kube.close()
-        await controllers.close()
+    with pytest.raises(NotLeaderError):
+        await controllers.create(pod)  # standby: nothing sent
+    assert state.other == []
+    await a.attempt()
+    code, _ = await controllers.create(pod)
+    assert code == 201
+    clock.now += T.renew_deadline
+    with pytest.raises(NotLeaderError):
+        await controllers.create(pod)
+    assert state.other == ["POST /api/v1/namespaces/ns/pods"]
+    # reads stay allowed (a standby's cache could be kept warm)
+    code, _ = await controllers.request("GET", "v1", "pods/p", "ns")
+    assert code == 201
 
 
 class _Controllers:
@@ -305,19 +285,16 @@ async def test_a_replica_that_may_not_create_the_lease_stands_by_until_it_exists
     state, url = server
     clock = Clock()
     a = LeaderElector(_kube(url), "ops", "accordion", "a", T, create=False, clock=clock)
-    try:
-        await a.attempt()
-        assert not a.leading()
-        assert state.writes == []
-        assert state.lease is None
-        # the release's empty Lease (`spec: {}`): nobody holds it, so a takes it at once
-        state.rv += 1
-        state.lease = {
-            "metadata": {"name": "accordion", "resourceVersion": str(state.rv)},
-            "spec": {},
-        }
-        await a.attempt()
-        assert a.leading()
-        assert state.writes == [("PUT", "a")]
-    finally:
-        await a.kube.close()
+    await a.attempt()
+    assert not a.leading()
+    assert state.writes == []
+    assert state.lease is None
+    # the release's empty Lease (`spec: {}`): nobody holds it, so a takes it at once
+    state.rv += 1
+    state.lease = {
+        "metadata": {"name": "accordion", "resourceVersion": str(state.rv)},
+        "spec": {},
+    }
+    await a.attempt()
+    assert a.leading()
+    assert state.writes == [("PUT", "a")]
