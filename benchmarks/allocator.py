@@ -16,13 +16,18 @@ with one scoped to the top class, a fair-share weight of 1, 2 or 3 per namespace
 foreign pods spread over the namespaces (so that quotas count them).
 
 This VM is noisy (the same code measured 33-90 ms in different windows): `--baseline REV` loads
-the allocator of git revision REV as a second module and times both on the same workload,
-alternating call by call, so that both see the same window.
+the allocator of git revision REV as a second module and times both on the same workloads,
+alternating call by call, so that both see the same window. It also compares the two
+decisions (grants with their reasons and messages, planned node use, placements, GPUs per
+namespace) on both workloads and on `--check N` small random workloads (default 500: few
+nodes, full clusters, quotas, weights, priorities, cooldowns, zero-GPU and zero-minimum runs),
+and fails when they differ unless `--allow-changes` (for a revision whose policy differs).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import os
@@ -98,13 +103,11 @@ def workload(
 
 
 def quota_workload(
-    runs: int, nodes: int, namespaces: int = 100
+    runs: int, nodes: int, namespaces: int = 100, *, m: ModuleType = current
 ) -> tuple[list[Any], list[Any], list[Any], dict[str, Any]]:
     """The `quotas` scenario (module docstring): nodes, pods, runs and decide_allocation's
-    keyword arguments."""
-    import dataclasses
-
-    ns, pods, reqs = workload(runs, nodes, namespaces=namespaces)
+    keyword arguments, built with module `m`'s types."""
+    ns, pods, reqs = workload(runs, nodes, m=m, namespaces=namespaces)
     rng = random.Random(19)
     reqs = [dataclasses.replace(r, priority_class=f"class-{r.priority}") for r in reqs]
     pods = [
@@ -115,12 +118,121 @@ def quota_workload(
     for k in range(namespaces):
         if k % 4 == 3:
             continue  # a quarter of the namespaces have no GPU quota
-        quotas.append(current.GpuQuota(f"ns-{k}", "gpus", rng.randrange(20, 101)))
+        quotas.append(m.GpuQuota(f"ns-{k}", "gpus", rng.randrange(20, 101)))
         if k % 5 == 0:
             only = frozenset({"class-3"})
-            quotas.append(current.GpuQuota(f"ns-{k}", "top-class", rng.randrange(4, 17), only))
+            quotas.append(m.GpuQuota(f"ns-{k}", "top-class", rng.randrange(4, 17), only))
     weights = {f"ns-{k}": float(rng.choice([1, 1, 2, 3])) for k in range(namespaces)}
     return ns, pods, reqs, {"quotas": quotas, "weights": weights}
+
+
+def random_workload(seed: int, m: ModuleType) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """A small random decide_allocation call (positional and keyword arguments) built with
+    module `m`'s types: the corners a big steady-state workload does not reach (nodes of 0-16
+    GPUs, taints, affinity, full clusters, runs of 0 GPUs or a minimum of 0, future
+    lastScaleTimes, preempted runs, pods of runs and strays, quotas scoped to classes, weights
+    that count as 1)."""
+    rng = random.Random(seed)
+    namespaces = rng.randint(1, 6)
+    taint = m.Taint("gpu", "x")
+    nodes = [
+        m.Node(
+            f"n{i:03d}",
+            rng.choice([0, 1, 2, 4, 8, 8, 16]),
+            {"p": rng.choice("ab"), "z": rng.choice("xy")},
+            (taint,) if rng.random() < 0.3 else (),
+            unschedulable=rng.random() < 0.05,
+        )
+        for i in range(rng.randint(0, 40))
+    ]
+    placements = [
+        m.Placement(),
+        m.Placement(tolerations=(m.Toleration("gpu", "Exists"),)),
+        m.Placement(node_selector=(("p", "a"),)),
+        m.Placement(node_selector=(("p", "b"),), tolerations=(m.Toleration(None, "Exists"),)),
+        m.Placement(required_terms=((m.Requirement("z", "In", ("x",)),),)),
+    ]
+    classes = [None, "hi", "lo"]
+    runs = []
+    for i in range(rng.randint(0, 60)):
+        lo = rng.choice([0, 1, 1, 2, 3, 4])
+        hi = lo + rng.choice([0, 0, 1, 3, 8])
+        ns = f"ns{rng.randrange(namespaces)}"
+        runs.append(
+            m.RunRequest(
+                key=f"{ns}/r{i}",
+                uid=f"u{i}",
+                priority=rng.choice([0, 0, 1, 5, -1]),
+                created=float(rng.randint(0, 10)),
+                min=lo,
+                max=hi,
+                requested=rng.choice([hi, lo, hi + 2]),
+                gpus_per_worker=rng.choice([0, 1, 1, 2, 3, 4, 8]),
+                placement=rng.choice(placements),
+                previous=rng.choice([0, 0, lo, hi, hi + 1, max(lo - 1, 0)]),
+                last_scale=rng.choice([None, 95.0, 80.0, 120.0]),
+                preempts=rng.choice(["never", "namespace", "cluster"]),
+                namespace=ns,
+                preempted=rng.random() < 0.1,
+                priority_class=rng.choice(classes),
+            )
+        )
+    pods = []
+    for _ in range(rng.randint(0, 30)):
+        run = rng.choice(runs) if runs and rng.random() < 0.5 else None
+        pods.append(
+            m.PodUse(
+                rng.choice([n.name for n in nodes] + [""]),
+                rng.randint(0, 3),
+                run=run.key if run else None,
+                owner=(run.uid if rng.random() < 0.8 else "other") if run else "",
+                namespace=f"ns{rng.randrange(namespaces)}",
+                priority_class=rng.choice(classes),
+            )
+        )
+    quotas = []
+    for k in range(namespaces):
+        if rng.random() < 0.6:
+            quotas.append(m.GpuQuota(f"ns{k}", "q", rng.randint(0, 30)))
+        if rng.random() < 0.3:
+            only = frozenset({"hi"}) if rng.random() < 0.5 else None
+            exclude = frozenset({None}) if rng.random() < 0.5 else frozenset()
+            quotas.append(m.GpuQuota(f"ns{k}", "s", rng.randint(0, 10), only, exclude))
+    weights = [1.0, 2.0, 0.5, 0.0, float("inf"), 3.0]
+    kw: dict[str, Any] = {}
+    if rng.random() < 0.7:
+        kw["quotas"] = quotas
+    if rng.random() < 0.7:
+        kw["weights"] = {f"ns{k}": rng.choice(weights) for k in range(namespaces)}
+    return (nodes, pods, runs, 100.0, rng.choice([0.0, 30.0])), kw
+
+
+def decision(alloc: Any) -> tuple[Any, ...]:
+    """All that an Allocation decides, comparable across allocator modules."""
+    return (
+        [(k, g.workers, g.reason, g.message) for k, g in alloc.grants.items()],
+        alloc.node_used,
+        alloc.placements,
+        alloc.namespace_gpus,
+    )
+
+
+def compare(
+    base: ModuleType, base_plain: Any, plain: Any, base_quota: Any, quota: Any, random_runs: int
+) -> list[str]:
+    """The workloads on which the allocator `base` decides otherwise than the current one."""
+    differ = []
+    if decision(base_plain) != decision(plain):
+        differ.append("the 10,000-run workload")
+    if decision(base_quota) != decision(quota):
+        differ.append("the quota workload")
+    for seed in range(random_runs):
+        a_args, a_kw = random_workload(seed, current)
+        b_args, b_kw = random_workload(seed, base)
+        a = current.decide_allocation(*a_args, **a_kw)
+        if decision(a) != decision(base.decide_allocation(*b_args, **b_kw)):
+            differ.append(f"random workload {seed}")
+    return differ
 
 
 def load_baseline(rev: str) -> ModuleType:
@@ -155,6 +267,12 @@ def main() -> int:
     parser.add_argument("--nodes", type=int, default=1_000)
     parser.add_argument("--repeat", type=int, default=15)
     parser.add_argument("--baseline", help="git revision of the allocator to time alongside")
+    parser.add_argument(
+        "--check", type=int, default=500, help="random workloads to compare with --baseline"
+    )
+    parser.add_argument(
+        "--allow-changes", action="store_true", help="report, not fail, decisions that differ"
+    )
     parser.add_argument("--output", type=Path, default=OUT)
     args = parser.parse_args()
     now = float(args.runs)
@@ -170,6 +288,11 @@ def main() -> int:
         base = load_baseline(args.baseline)
         bns, bpods, breqs = workload(args.runs, args.nodes, m=base)
         cases["baseline"] = lambda: base.decide_allocation(bns, bpods, breqs, now=now)
+        if hasattr(base, "GpuQuota"):
+            bq = quota_workload(args.runs, args.nodes, m=base)
+            cases["baseline_quotas_100ns"] = lambda: base.decide_allocation(
+                bq[0], bq[1], bq[2], now=now, cooldown=30.0, **bq[3]
+            )
     times: dict[str, list[float]] = {name: [] for name in cases}
     cpu: dict[str, list[float]] = {name: [] for name in cases}
     results: dict[str, Any] = {}
@@ -219,17 +342,39 @@ def main() -> int:
         "load_average_1m": round(os.getloadavg()[0], 2),
     }
     if args.baseline:
-        out["baseline"] = {
-            "git_revision": args.baseline,
-            **summary(times["baseline"], cpu["baseline"]),
-        }
-        # (the grants differ a little: waiting runs of equal priority are now admitted in
-        # fair order across namespaces rather than by creation time alone)
         base_grants = results["baseline"].grants
-        out["baseline"]["runs_admitted"] = sum(1 for g in base_grants.values() if g.admitted)
-        out["baseline"]["grants_differing_from_current"] = sum(
-            1 for k, g in base_grants.items() if g.workers != plain.grants[k].workers
-        )
+        out["baseline"] = {
+            "git_revision": subprocess.run(  # HEAD moves: record the commit
+                ["git", "rev-parse", "--short", args.baseline],
+                cwd=ROOT,
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout.strip(),
+            **summary(times["baseline"], cpu["baseline"]),
+            "runs_admitted": sum(1 for g in base_grants.values() if g.admitted),
+            "grants_differing_from_current": sum(
+                1 for k, g in base_grants.items() if g.workers != plain.grants[k].workers
+            ),
+        }
+        if "baseline_quotas_100ns" in results:
+            out["baseline"]["quotas_100_namespaces"] = summary(
+                times["baseline_quotas_100ns"], cpu["baseline_quotas_100ns"]
+            )
+            # a revision before quotas decides on other inputs: there is nothing to compare
+            differ = compare(
+                base,
+                results["baseline"],
+                plain,
+                results["baseline_quotas_100ns"],
+                quota,
+                args.check,
+            )
+            out["baseline"]["random_workloads_compared"] = args.check
+            out["baseline"]["decisions_identical"] = not differ
+            if differ and not args.allow_changes:
+                print(f"decisions differ from {args.baseline} on: {', '.join(differ[:10])}")
+                return 1
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(out, indent=2) + "\n")
     json.dump(out, sys.stdout, indent=2)

@@ -7,6 +7,8 @@
 #   e2e/build.sh [--check] registry   the same, plus the image registry (`make images` and the
 #                           cluster's registry need it; `make test` does not build it)
 #   e2e/build.sh --only registry      the registry alone (`make images`)
+#   e2e/build.sh --only kueue         Kueue's manager and CRDs alone (built by default: cluster
+#                           tests run it with `cluster up --kueue`)
 #
 # Pins live here and in e2e/kube/go.mod (Kubernetes, etcd); change them together.
 set -euo pipefail
@@ -16,6 +18,7 @@ HELM_VERSION=v4.3.1
 MINIO_VERSION=v0.0.0-20260212201848-7aac2a2c5b7c  # github.com/minio/minio, commit 7aac2a2c5b7c
 KUBE_VERSION=v1.36.3                                # must match e2e/kube/go.mod
 REGISTRY_VERSION=v3.1.2                             # github.com/distribution/distribution/v3
+KUEUE_VERSION=v0.17.0                               # sigs.k8s.io/kueue (its CRDs come from the same module)
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cache="${ACCORDION_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/accordion}"
@@ -30,16 +33,19 @@ kwok_key=$(key "$KWOK_VERSION" stages-v2)
 helm_key=$(key "$HELM_VERSION")
 minio_key=$(key "$MINIO_VERSION")
 registry_key=$(key "$REGISTRY_VERSION")
+kueue_key=$(key "$KUEUE_VERSION" config-v2)
 
 bin="$cache/bin"
-want=("kube:$kube_key" "kwok:$kwok_key" "helm:$helm_key" "minio:$minio_key")
+# Kueue is built by default: cluster tests run it (`cluster up --kueue`, issue 19's integration).
+want=("kube:$kube_key" "kwok:$kwok_key" "helm:$helm_key" "minio:$minio_key" "kueue:$kueue_key")
 check=""
 for arg in "$@"; do
   case $arg in
     --check) check=1 ;;
     --only) want=() ;;
     registry) want+=("registry:$registry_key") ;;
-    *) echo "usage: e2e/build.sh [--check] [--only] [registry]" >&2; exit 2 ;;
+    kueue) want+=("kueue:$kueue_key") ;;
+    *) echo "usage: e2e/build.sh [--check] [--only] [registry] [kueue]" >&2; exit 2 ;;
   esac
 done
 
@@ -87,6 +93,16 @@ for name in "${missing[@]}"; do
     registry) out="$cache/store/registry-$registry_key"; step "($n/$total) registry (distribution) $REGISTRY_VERSION"
            GOBIN="$out.tmp" go install -ldflags "-s -w -X github.com/distribution/distribution/v3/version.version=$REGISTRY_VERSION" \
              "github.com/distribution/distribution/v3/cmd/registry@$REGISTRY_VERSION" ;;
+    kueue) out="$cache/store/kueue-$kueue_key"; step "($n/$total) kueue $KUEUE_VERSION (its controller manager; ~5-12 min cold)"
+           GOBIN="$out.tmp" go install -ldflags "-s -w -X sigs.k8s.io/kueue/pkg/version.GitVersion=$KUEUE_VERSION" \
+             "sigs.k8s.io/kueue/cmd/kueue@$KUEUE_VERSION"
+           # its CRDs and webhook manifests from the same module (the module cache), beside the
+           # binary: `cluster up --kueue` registers them at start (accordion_dev/kueue.py)
+           src=$(go mod download -json "sigs.k8s.io/kueue@$KUEUE_VERSION" | sed -n 's/.*"Dir": "\(.*\)",/\1/p')
+           mkdir -p "$out.tmp/config/crds"
+           cp "$src"/config/components/crd/bases/*.yaml "$out.tmp/config/crds/"
+           cp "$src"/config/components/webhook/manifests.yaml "$out.tmp/config/webhooks.yaml"
+           chmod -R u+w "$out.tmp/config" ;;
   esac
   rm -rf "$out" && mv "$out.tmp" "$out"  # publish atomically: a killed build leaves no half binary
   step "    done in $((SECONDS - start)) s"
@@ -102,6 +118,10 @@ ln -sfn "$cache/store/kwok-$kwok_key/kwok" "$bin/kwok"
 ln -sfn "$cache/store/kwok-$kwok_key/stages" "$bin/kwok-stages"
 ln -sfn "$cache/store/helm-$helm_key/helm" "$bin/helm"
 ln -sfn "$cache/store/minio-$minio_key/minio" "$bin/minio"
+if [[ -x "$cache/store/kueue-$kueue_key/kueue" ]]; then
+  ln -sfn "$cache/store/kueue-$kueue_key/kueue" "$bin/kueue"
+  ln -sfn "$cache/store/kueue-$kueue_key/config" "$bin/kueue-config"
+fi
 if [[ -x "$cache/store/registry-$registry_key/registry" ]]; then
   ln -sfn "$cache/store/registry-$registry_key/registry" "$bin/registry"
 fi

@@ -41,6 +41,8 @@ mapfile -t packages < <(sed -e 's/#.*//' -e '/^[[:space:]]*$/d' "$here/base-pack
 start=$SECONDS
 tar="$images_cache/base-$key.tar"
 step "base: mmdebstrap $SUITE minbase + ${packages[*]} (once; 1-3 min)"
+# the hooks' "$1" is the root mmdebstrap passes them, hence single quotes
+# shellcheck disable=SC2016
 mmdebstrap --variant=minbase --mode=root --format=tar \
   --include="$(IFS=,; echo "${packages[*]}")" \
   --dpkgopt='path-exclude=/usr/share/doc/*' \

@@ -27,9 +27,10 @@ bah() { # buildah on this project's storage
   buildah --root "$storage_root" --runroot "$run_root" --storage-driver "$STORAGE_DRIVER" "$@"
 }
 
-hash_of() { # hash_of FILE... : sha256 of the files' names and contents, 16 hex digits
+hash_of() { # hash_of FILE... : sha256 of the files' base names and contents, 16 hex digits
+  # (not their paths: a clone elsewhere must find the same key)
   local f
-  for f in "$@"; do printf '%s\0' "$f"; sha256sum <"$f"; done | sha256sum | cut -c1-16
+  for f in "$@"; do printf '%s\0' "${f##*/}"; sha256sum <"$f"; done | sha256sum | cut -c1-16
 }
 
 need() {

@@ -15,6 +15,10 @@ Four policies on the same trace:
   delay that reservation. It is given every job's exact run time (real EASY has user estimates,
   which only make it worse).
 
+The real stack's delays (``SimConfig.start_delay_s``: a grant to the first step;
+``release_delay_s``: a job's end to its GPUs being grantable again) are 0 unless set:
+``benchmarks.elastic_replay`` measures them on the real operator and sets them.
+
 GPUs are one pool of ``gpus / gpus_per_node`` nodes; every worker uses one GPU, so a job's
 workers may span nodes (as the allocator plans them). Time is simulated; nothing sleeps.
 
@@ -79,10 +83,24 @@ class SimConfig:
     #: override every class's pauses (sensitivity runs); None = the model's
     grow_pause_s: float | None = None
     shrink_pause_s: float | None = None
+    #: seconds from the allocator's admitting a job to its first training step, with its GPUs
+    #: held meanwhile: on the real stack the operator's pass, the pods' creation, scheduling and
+    #: start, and the launcher's discovery (benchmarks.elastic_replay measures it; 0 = instant)
+    start_delay_s: float = 0.0
+    #: seconds from a job's end to its GPUs being granted again, held meanwhile: on the real
+    #: stack the operator's noticing the launcher's exit, marking the run Succeeded and
+    #: deleting its pods, which count as load until they are gone (0 = at once)
+    release_delay_s: float = 0.0
 
-    def nodes(self) -> list[Node]:
+    def nodes(self, held: int = 0) -> list[Node]:
+        """The cluster's nodes, less ``held`` GPUs taken from the last nodes (those of ended
+        jobs not yet released: with one-GPU workers, where they sit does not matter)."""
         full, rest = divmod(self.gpus, self.gpus_per_node)
         sizes = [self.gpus_per_node] * full + ([rest] if rest else [])
+        for i in reversed(range(len(sizes))):
+            take = min(held, sizes[i])
+            sizes[i] -= take
+            held -= take
         return [Node(f"node-{i:04d}", g) for i, g in enumerate(sizes)]
 
 
@@ -110,6 +128,8 @@ class _Live:
     shrinks: int = 0
     preemptions: int = 0
     placements: dict[str, int] = field(default_factory=dict)
+    #: (time, old, new) at every change of the grant
+    changes: list[tuple[float, int, int]] = field(default_factory=list)
     key: str = ""
     uid: str = ""
     #: lazy accounting: ``done`` is exact at ``t_ref``; the rate, GPUs and busy share since then
@@ -236,6 +256,8 @@ class SimResult:
     repass_changes: int = 0
     #: decisions where every run's cap fitted, answered without the allocator
     trivial_decisions: int = 0
+    #: per job id, (time, old, new) at every change of its grant (allocator policies)
+    grant_changes: dict[int, list[tuple[float, int, int]]] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         jcts = sorted(j.jct for j in self.jobs)
@@ -354,12 +376,16 @@ def _simulate_allocator(
     nxt = 0  # next pending arrival
     live: dict[int, _Live] = {}
     done: list[JobRecord] = []
+    changes: dict[int, list[tuple[float, int, int]]] = {}
     timeline: list[tuple[float, int, float]] = []
     heap: list[tuple[float, int, int, int]] = []  # (time, seq, job id, version)
     seq = 0
     t = 0.0
     alloc_s = busy_s = 0.0
     alloc_now, busy_now = 0, 0.0
+    #: ended jobs whose GPUs are not released yet (release_delay_s): (when, job id, GPUs)
+    releasing: list[tuple[float, int, int]] = []
+    held = 0
     max_alloc = decisions = repass_changes = trivial = 0
     next_tick = math.inf
     inf = math.inf
@@ -387,7 +413,8 @@ def _simulate_allocator(
         nonlocal decisions, max_alloc, repass_changes, trivial
         for attempt in range(4 if cfg.settle else 1):  # the operator's follow-up passes
             order = list(live.values())
-            if not cfg.always_allocate and sum(lv.hi for lv in order) <= cfg.gpus:
+            capacity = cfg.gpus - held
+            if not cfg.always_allocate and sum(lv.hi for lv in order) <= capacity:
                 # every run's cap fits at once: the allocator grants each its cap (exact for
                 # one-GPU workers on unconstrained nodes; a test checks it against the allocator)
                 grants = {lv.job.id: lv.hi for lv in order}
@@ -395,7 +422,11 @@ def _simulate_allocator(
                 trivial += 1
             else:
                 grants, placements = allocate(
-                    nodes, order, now, cfg.cooldown, with_pods=cfg.with_pods
+                    cfg.nodes(held) if held else nodes,
+                    order,
+                    now,
+                    cfg.cooldown,
+                    with_pods=cfg.with_pods,
                 )
                 decisions += 1
             changed = False
@@ -408,9 +439,11 @@ def _simulate_allocator(
                     continue
                 changed = True
                 lv.last_scale = now
+                lv.changes.append((now, old, new))
                 if old == 0:
                     if lv.started is None:
-                        lv.started = now
+                        lv.started = now + cfg.start_delay_s
+                        lv.paused_until = lv.started
                     else:  # re-admitted after a preemption: as costly as a grow
                         lv.paused_until = now + lv.cls.grow_pause_s
                 elif new == 0:
@@ -425,7 +458,7 @@ def _simulate_allocator(
                         lv.paused_until = now + lv.cls.shrink_pause_s
                 lv.workers = new
                 retime(lv, now)
-            if total > cfg.gpus:
+            if total > capacity:
                 raise AssertionError(f"{total} GPUs granted on a cluster of {cfg.gpus}")
             max_alloc = max(max_alloc, total)
             if not changed:
@@ -439,7 +472,7 @@ def _simulate_allocator(
         # Exact shortcuts: when every run's cap fits at once, the cooldown cannot matter (one
         # GPU per worker fits any free GPU); otherwise the next tick at or after the first
         # cooldown end of a granted run.
-        if sum(lv.hi for lv in live.values()) <= cfg.gpus:
+        if sum(lv.hi for lv in live.values()) <= cfg.gpus - held:
             return inf
         ends = [
             lv.last_scale + cfg.cooldown
@@ -462,7 +495,12 @@ def _simulate_allocator(
 
     while nxt < len(pending) or live:
         # the next instant anything changes: an arrival, a pause ending, a completion, a tick
-        t_next = min(pending[nxt].arrival if nxt < len(pending) else inf, fresh_top(), next_tick)
+        t_next = min(
+            pending[nxt].arrival if nxt < len(pending) else inf,
+            fresh_top(),
+            next_tick,
+            releasing[0][0] if releasing else inf,
+        )
         if t_next == inf:
             raise AssertionError("jobs wait for GPUs that never free up (bigger than the cluster?)")
         dt = t_next - t
@@ -486,13 +524,23 @@ def _simulate_allocator(
             lv.done += lv.cur_rate * (t - lv.t_ref)
             lv.t_ref = t
             done.append(_record(lv, t))
-            alloc_now -= lv.cur_alloc
+            changes[jid] = lv.changes
             busy_now -= lv.cur_busy
+            if cfg.release_delay_s > 0:  # allocated, idle, not grantable until released
+                heapq.heappush(releasing, (t + cfg.release_delay_s, jid, lv.cur_alloc))
+                held += lv.cur_alloc
+            else:
+                alloc_now -= lv.cur_alloc
             del live[jid]
             changed = True
             if progress:
                 progress(len(done), len(pending))
-        if not live:
+        while releasing and releasing[0][0] <= t:
+            _, _, gpus = heapq.heappop(releasing)
+            held -= gpus
+            alloc_now -= gpus
+            changed = True
+        if not live and not releasing:
             alloc_now, busy_now = 0, 0.0  # no float drift carried over an idle cluster
         if changed or t >= next_tick:
             decide(t)
@@ -511,6 +559,7 @@ def _simulate_allocator(
         decisions=decisions,
         repass_changes=repass_changes,
         trivial_decisions=trivial,
+        grant_changes={r.id: changes[r.id] for r in done},
     )
 
 

@@ -1,6 +1,6 @@
 """`accordion-dev`: the developer's local cluster (test infrastructure, not part of the product).
 
-accordion-dev cluster up [--kwok-nodes N] [--gpus-per-node G] [--process-nodes N]
+accordion-dev cluster up [--kwok-nodes N] [--gpus-per-node G] [--process-nodes N] [--kueue]
 accordion-dev cluster status
 accordion-dev cluster down [--purge]
 """
@@ -21,11 +21,19 @@ def _cluster_from(args: argparse.Namespace) -> Cluster:
         cfg.state_dir = Path(args.state_dir)
     if args.base_port:
         cfg.base_port = args.base_port
-    for attr in ("kwok_nodes", "gpus_per_node", "process_nodes", "process_node_gpus"):
+    for attr in (
+        "kwok_nodes",
+        "gpus_per_node",
+        "process_nodes",
+        "process_node_gpus",
+        "kueue_qps",
+        "kueue_burst",
+    ):
         if getattr(args, attr, None) is not None:
             setattr(cfg, attr, getattr(args, attr))
     if getattr(args, "no_gpu_taint", False):
         cfg.gpu_taint = False
+    cfg.kueue = getattr(args, "kueue", False)
     # The developer's cluster serves the image registry unless told not to (`make images`).
     cfg.registry = not getattr(args, "no_registry", False)
     return Cluster(cfg)
@@ -58,6 +66,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="do not serve the local image registry (`make images`; built once, ~1 min)",
     )
+    up.add_argument(
+        "--kueue",
+        action="store_true",
+        help="run Kueue (pinned, built by e2e/build.sh): CRDs, webhooks, manager for batch/v1 Jobs",
+    )
+    up.add_argument("--kueue-qps", type=float, help="Kueue's client QPS (default 50, as shipped)")
+    up.add_argument("--kueue-burst", type=int, help="Kueue's client burst (default 100)")
     verbs.add_parser("status", help="state of each component; exit 1 if any is down")
     down = verbs.add_parser("down", help="stop everything the cluster started")
     down.add_argument("--purge", action="store_true", help="also delete the state directory")

@@ -31,7 +31,7 @@ from typing import Any, cast
 import httpx
 import yaml
 
-from accordion_dev import pki
+from accordion_dev import kueue, pki
 from accordion_dev.procs import Proc, ProcTable
 
 REPO = Path(__file__).resolve().parents[2]
@@ -42,6 +42,10 @@ GPU_TAINT = {"key": GPU, "value": "present", "effect": "NoSchedule"}
 KWOK_TAINT = {"key": "kwok.x-k8s.io/node", "value": "fake", "effect": "NoSchedule"}
 KWOK_TOLERATION = {"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}
 GPU_TOLERATION = {"key": GPU, "operator": "Exists", "effect": "NoSchedule"}
+#: a pod with this label stays Running on a kwok node even when a Job owns it (kwok's fast
+#: stages complete a Job's pods at once): long-running Jobs, as training jobs are, for the
+#: Kueue test and the peer benchmark
+KWOK_KEEP_RUNNING = "accordion.dev/kwok-keep-running"
 
 
 def free_port_block(first: int = 26400, size: int = 9) -> int:
@@ -123,6 +127,16 @@ class ClusterConfig:
     #: `<registry address>/<repository>@<digest>`). Off by default: the tests' pods run from the
     #: checkout, and the registry binary is built only when asked for.
     registry: bool = False
+    #: run Kueue (sigs.k8s.io/kueue, pinned in e2e/build.sh) as a local process: its CRDs,
+    #: webhooks and manager (accordion_dev.kueue), managing batch/v1 Jobs labelled with a
+    #: queue name
+    kueue: bool = False
+    #: Kueue's client rate limits; the defaults are those of its shipped configuration
+    kueue_qps: float = 50.0
+    kueue_burst: int = 100
+    #: Kueue feature gates (its Configuration's featureGates), e.g.
+    #: {"ElasticJobsViaWorkloadSlices": True}
+    kueue_feature_gates: dict[str, bool] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -249,6 +263,10 @@ class Cluster:
             self._step(log, "image registry", lambda: self._start_registry(bins))
         if self.config.monitoring:
             self._step(log, "Prometheus", self._start_prometheus)
+        if self.config.kueue:
+            self.start_kueue(log)
+        else:  # a state directory that had Kueue: its webhooks would refuse every Job
+            kueue.remove_webhooks(self)
         # kwok always runs (cheap), so simulated nodes can be added later (benchmarks, tests).
         self._step(
             log,
@@ -559,7 +577,7 @@ class Cluster:
                 },
             }
         ]
-        docs += [yaml.safe_load(s.read_text()) for s in stages]
+        docs += [_stage(yaml.safe_load(s.read_text())) for s in stages]
         cfg = self.state_dir / "kwok.yaml"
         cfg.write_text(yaml.safe_dump_all(docs))
         p = self.procs.start(
@@ -579,6 +597,18 @@ class Cluster:
             gpu_taint=self.config.gpu_taint,
         )
         wait_nodes_ready(self, self.config.kwok_nodes, selector="type=kwok")
+
+    def start_kueue(self, log: Callable[[str], None] = print) -> None:
+        """Start Kueue (accordion_dev.kueue) on this cluster, as `up` does with
+        `ClusterConfig.kueue`. If it runs already with the configuration this cluster's
+        `ClusterConfig` asks for (feature gates, rate limits), nothing; with another, restarted
+        with this one (tests that need a feature gate set it in `config.kueue_feature_gates`)."""
+        if any(p.name == "kueue" for p in self.running()):
+            if kueue.running_as_configured(self):
+                return
+            self.procs.stop("kueue")
+        self.config.kueue = True
+        self._step(log, "Kueue (CRDs, webhooks, manager)", lambda: kueue.start(self, bin_dir()))
 
     def _start_process_nodes(self) -> None:
         self.add_process_nodes(self.config.process_nodes)
@@ -671,6 +701,8 @@ class Cluster:
         }
         if self.registry:
             health["registry"] = f"http://{self.registry}/v2/"
+        if (kueue_ready := kueue.health_url(self)) is not None:
+            health["kueue"] = kueue_ready
         rows = []
         for p in self.procs.load():
             if not p.alive():
@@ -685,6 +717,15 @@ class Cluster:
             detail = f"pid {p.pid}" + (f", {self.registry}" if p.name == "registry" else "")
             rows.append((p.name, "ok" if ok else "UNHEALTHY", detail))
         return rows
+
+
+def _stage(stage: dict[str, Any]) -> dict[str, Any]:
+    """kwok's stage as shipped, but `pod-complete` spares pods labelled KWOK_KEEP_RUNNING."""
+    if stage["metadata"]["name"] == "pod-complete":
+        stage["spec"]["selector"]["matchExpressions"].append(
+            {"key": f'.metadata.labels["{KWOK_KEEP_RUNNING}"]', "operator": "DoesNotExist"}
+        )
+    return stage
 
 
 def kwok_node(

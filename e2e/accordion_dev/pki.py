@@ -37,22 +37,22 @@ IDENTITIES = (
 )
 
 
-def _write_key(path: Path, key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> None:
+def _write_key(
+    path: Path,
+    key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey,
+    fmt: serialization.PrivateFormat = serialization.PrivateFormat.PKCS8,
+) -> None:
     path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
+        key.private_bytes(serialization.Encoding.PEM, fmt, serialization.NoEncryption())
     )
     path.chmod(0o600)
 
 
 def _sign(
     subject: x509.Name,
-    public_key: ec.EllipticCurvePublicKey,
+    public_key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey,
     ca_cert: x509.Certificate | None,
-    ca_key: ec.EllipticCurvePrivateKey,
+    ca_key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey,
     *,
     is_ca: bool = False,
     server_sans: list[x509.GeneralName] | None = None,
@@ -69,6 +69,8 @@ def _sign(
         .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True)
     )
     if is_ca:
+        if server_sans:  # a CA named by SAN (cert-controller checks its CA against a name)
+            builder = builder.add_extension(x509.SubjectAlternativeName(server_sans), False)
         builder = builder.add_extension(
             x509.KeyUsage(
                 digital_signature=True,
@@ -135,3 +137,32 @@ def generate(pki_dir: Path) -> None:
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
     )
+
+
+def generate_webhook(pki_dir: Path, stem: str, ca_name: str, dns_names: list[str]) -> None:
+    """A webhook server's own CA and serving certificate, for a controller on 127.0.0.1 (Kueue):
+    `<stem>-ca.{crt,key}` and `<stem>.{crt,key}`, the serving certificate valid for 127.0.0.1 and
+    `dns_names`. A CA apart from the cluster's: the controller is handed this CA's key (Kueue's
+    cert rotator insists on it), which must sign nothing else. cert-controller's demands: the CA
+    carries `ca_name` as a SAN (it verifies the CA certificate against that name) and its key is
+    RSA in PKCS#1 form (it parses nothing else)."""
+    pki_dir.mkdir(parents=True, exist_ok=True)
+    ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ca_subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, ca_name)])
+    ca_cert = _sign(
+        ca_subject,
+        ca_key.public_key(),
+        None,
+        ca_key,
+        is_ca=True,
+        server_sans=[x509.DNSName(ca_name)],
+    )
+    _write_key(pki_dir / f"{stem}-ca.key", ca_key, serialization.PrivateFormat.TraditionalOpenSSL)
+    (pki_dir / f"{stem}-ca.crt").write_bytes(_pem(ca_cert))
+    sans: list[x509.GeneralName] = [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    sans += [x509.DNSName(d) for d in dns_names]
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns_names[0])])
+    cert = _sign(subject, key.public_key(), ca_cert, ca_key, server_sans=sans)
+    _write_key(pki_dir / f"{stem}.key", key)
+    (pki_dir / f"{stem}.crt").write_bytes(_pem(cert))

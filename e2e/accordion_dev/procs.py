@@ -80,6 +80,11 @@ class ProcTable:
         self.add(proc)
         return proc
 
+    def stop(self, name: str, timeout: float = 15.0) -> None:
+        """Stop one process (SIGTERM, SIGKILL after `timeout`) and forget it."""
+        _stop([p for p in self.load() if p.name == name], timeout)
+        self.remove(name)
+
     def stop_all(self, timeout: float = 15.0) -> list[str]:
         """SIGTERM every process group (newest first), SIGKILL what is left; return names.
 

@@ -1,15 +1,16 @@
 """Issue 18's acceptance: the Helm chart installed with the images `make images` built, on a
 private local cluster whose process nodes run them (`make test-images`, slow).
 
-- the operator pod runs from the operator image: its process's root is the image's unpacked
-  root filesystem, as UID 10001, under a read-only root;
+- the operator's two replicas (the chart's default) run from the operator image: each process's
+  root is the image's unpacked root filesystem, as UID 10001, under a read-only root; each
+  listens on its own pod IP (operator.bindAddress: pod-ip), and one of them leads;
 - a TrainingRun (built-in `mnist-cnn`, elastic 1..2 workers) trains from the CPU trainer image
   (launcher and workers: sshd, Horovod, TensorFlow from the image) with a grow (a cordoned GPU
   node comes back) and a shrink (`kubectl scale`), to the usual accuracy;
 - `helm test` passes (its pod runs from the operator image too).
 
-The chart's install and the helpers are tests/e2e/test_helm_install.py's (which runs the same
-chart from the checkout in `make test`).
+The cluster, the data and the install are tests/e2e/helm_e2e.py's steps, which
+tests/e2e/test_helm_install.py runs with the checkout's processes in `make test`.
 """
 
 from __future__ import annotations
@@ -21,25 +22,22 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
-import yaml
 
-from accordion_dev.cluster import Cluster, ClusterConfig, free_port_block
-from accordion_dev.demo import create_credentials_secret, upload_mnist
 from accordion_dev.nodeagent.images import ImageStore
 from accordion_dev.polling import poll
 from accordion_dev.registry import cache_dir
-from tests.e2e.test_helm_install import (
+from tests.e2e.helm_e2e import (
     API,
-    BUCKET,
-    CHART,
     RELEASE,
-    SECRET,
     SYSTEM,
     TEAM,
     Env,
+    Laps,
     diagnose,
     finished,
+    helm_cluster,
     model_size,
     run_spec,
 )
@@ -58,21 +56,9 @@ def built() -> dict[str, Any]:
 
 @pytest.fixture
 def env(tmp_path: Path) -> Iterator[Env]:
-    base = free_port_block(first=28400, size=11)
-    cfg = ClusterConfig(
-        state_dir=tmp_path / "cluster",
-        base_port=base,
-        kwok_nodes=0,
-        process_nodes=3,  # up to 2 workers, then `helm test`'s one; the operators on any
-        process_node_gpus=1,
-        registry=True,
-    )
-    cluster = Cluster(cfg)
-    cluster.up(log=print)
-    try:
-        yield Env(cluster, tmp_path / "helm")
-    finally:
-        cluster.down()
+    # up to 2 workers, then `helm test`'s one; the operators on any
+    with helm_cluster(tmp_path, first_port=28400, process_nodes=3, registry=True) as e:
+        yield e
 
 
 def proc_status(pid: int) -> dict[str, str]:
@@ -107,13 +93,7 @@ def install_and_train(env: Env) -> None:
     c = env.c
     assert c.registry
     images = built()
-    timings: dict[str, float] = {}
-    t = time.monotonic()
-
-    def lap(what: str) -> None:
-        nonlocal t
-        timings[what] = round(time.monotonic() - t, 1)
-        t = time.monotonic()
+    laps = Laps()
 
     # Pull and unpack both images once (the node agents' store, shared by every node), as a
     # pre-puller would: the first pull of the trainer image unpacks ~2 GB.
@@ -121,42 +101,30 @@ def install_and_train(env: Env) -> None:
     for name in ("operator", "trainer"):
         img = images[name]
         store.pull(f"{c.registry}/{img['repository']}@{img['digest']}")
-    lap("pull + unpack (cached after the first time)")
+    laps.lap("pull + unpack (cached after the first time)")
 
-    upload_mnist(c, BUCKET, "mnist/")
-    for ns in (SYSTEM, TEAM):
-        create_credentials_secret(c, ns, SECRET)
+    env.prepare_data()
+    laps.lap("data")
     op_img, tr_img = images["operator"], images["trainer"]
-    health, metrics = c.ports.base + 9, c.ports.base + 10
-    values = {
-        "operator": {
-            "image": {"repository": f"{c.registry}/{op_img['repository']}",
-                      "digest": op_img["digest"]},
-            "nodeSelector": {"accordion.dev/process-node": "true"},
-            "healthPort": health,
-            "metricsPort": metrics,
-        },
-        "trainer": {
-            "image": {"repository": f"{c.registry}/{tr_img['repository']}", "tag": tr_img["tag"]},
-            "objectStore": {"endpoint": c.minio.endpoint, "bucket": BUCKET,
-                            "credentialsSecret": SECRET},
-        },
-    }  # fmt: skip
-    values_file = c.state_dir / "values.yaml"
-    values_file.write_text(yaml.safe_dump(values))
-    lap("data")
     installed_at = time.monotonic()
-    out = env.helm(
-        "install", RELEASE, str(CHART), "-n", SYSTEM, "-f", str(values_file),
-        "--wait", "--timeout", "5m",
+    env.install(
+        {
+            "operator": {
+                "image": {"repository": f"{c.registry}/{op_img['repository']}",
+                          "digest": op_img["digest"]},
+            },
+            "trainer": {
+                "image": {"repository": f"{c.registry}/{tr_img['repository']}",
+                          "tag": tr_img["tag"]},
+            },
+        },
+        "5m",
     )  # fmt: skip
-    assert "STATUS: deployed" in out, out
-    lap("helm install --wait")
+    laps.lap("helm install --wait")
 
     # ---- the operator runs from its image: root, user, read-only root (every replica) --------
-    selector = "labelSelector=app.kubernetes.io/component=operator"
-    ops = env.get(f"/api/v1/namespaces/{SYSTEM}/pods?{selector}")["items"]
-    assert ops
+    ops = env.operator_pods()
+    assert len(ops) == 2, [p["metadata"]["name"] for p in ops]  # the chart's default
     for op in ops:
         (cs,) = op["status"]["containerStatuses"]
         assert op["spec"]["containers"][0]["image"].startswith(c.registry)
@@ -168,6 +136,20 @@ def install_and_train(env: Env) -> None:
         assert "ro" in root_mount_options(pid)
         assert Path(f"/proc/{pid}/root/opt/accordion/app/accordion_operator").is_dir()
         assert not Path(f"/proc/{pid}/root/work").exists()  # not this machine's root
+
+    # both serve /metrics on the same port, each on its own pod IP; one leads (at once: the
+    # chart's Lease is empty, and the first replica to look takes it)
+    def leading() -> list[float]:
+        return sorted(
+            float(line.split()[-1])
+            for op in ops
+            for line in httpx.get(
+                f"http://{op['status']['podIP']}:{env.operator_metrics_port()}/metrics", timeout=10
+            ).text.splitlines()
+            if line.startswith("accordion_operator_leader ")
+        )
+
+    poll(lambda: leading() == [0.0, 1.0], 30, "one leader and one standby", every=1)
 
     # ---- a run from the trainer image: grow and shrink while it trains ------------------------
     nodes = c.process_node_names()
@@ -193,16 +175,20 @@ def install_and_train(env: Env) -> None:
 
     run = at(lambda r: training(r).get("epoch", 0) >= 1, "the first epoch")
     assert training(run)["worldSize"] == 1, training(run)
-    timings["helm install -> first epoch"] = round(time.monotonic() - installed_at, 1)
-    lap("first epoch (1 worker)")
+    # the first step began at most the first epoch's own seconds before its report
+    since_install = time.monotonic() - installed_at
+    laps.timings["helm install -> first epoch reported"] = round(since_install, 1)
+    first_epoch_s = float(training(run)["history"][0]["metrics"]["seconds"])
+    laps.timings["helm install -> first training step"] = round(since_install - first_epoch_s, 1)
+    laps.lap("first epoch (1 worker)")
     c.kubectl("uncordon", spare)
     grown = at(lambda r: training(r).get("worldSize", 0) == 2, "grow to 2 workers")
     print(f"grew at epoch {training(grown).get('epoch')}")
-    lap("grow 1 -> 2")
+    laps.lap("grow 1 -> 2")
     c.kubectl("scale", "-n", TEAM, "trainingrun", "mnist", "--replicas", "1")
     shrunk = at(lambda r: training(r).get("worldSize", 9) == 1, "shrink to 1 worker")
     print(f"shrank at epoch {training(shrunk).get('epoch')}")
-    lap("shrink 2 -> 1")
+    laps.lap("shrink 2 -> 1")
     run = poll(finished(env, "trainingruns", "mnist"), 900, "the run to finish", every=2)
     st = run["status"]
     assert st["phase"] == "Succeeded", json.dumps(st, indent=1)
@@ -210,7 +196,7 @@ def install_and_train(env: Env) -> None:
     print(f"final metrics: {metrics_}")
     assert metrics_.get("val_accuracy", 0) >= 0.9, metrics_
     assert model_size(env, f"{st['resultsURI'].split('/', 3)[3]}/model.keras") > 100_000
-    lap("training to the end")
+    laps.lap("training to the end")
 
     # the launcher ran from the trainer image as 10001 (its pod is kept until the run goes)
     launcher = env.get(f"/api/v1/namespaces/{TEAM}/pods/mnist-launcher")
@@ -222,6 +208,8 @@ def install_and_train(env: Env) -> None:
     r = env.run("helm", "test", RELEASE, "-n", SYSTEM, "--logs", "--timeout", "10m", check=False)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "OK: the run succeeded" in r.stdout, r.stdout
-    lap("helm test")
-    print(f"timings (s): {timings}")
-    (REPO / ".accordion" / "test-images-timings.json").write_text(json.dumps(timings, indent=1))
+    laps.lap("helm test")
+    print(f"timings (s): {laps.timings}")
+    (REPO / ".accordion" / "test-images-timings.json").write_text(
+        json.dumps(laps.timings, indent=1)
+    )

@@ -14,7 +14,7 @@ import argparse
 import logging
 import os
 
-from accordion_operator.config import Config, describe, env_name
+from accordion_operator.config import Config, describe, env_name, http_host
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -36,6 +36,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.namespace:
         os.environ[env_name("namespaces")] = ",".join(args.namespace)
     cfg = Config.from_env()
+    try:
+        address = cfg.listen_address()
+    except ValueError as e:
+        parser.error(str(e))
 
     import kopf
 
@@ -53,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
         clusterwide=not cfg.namespaces,
         namespaces=list(cfg.namespaces),
         standalone=True,
-        liveness_endpoint=f"http://0.0.0.0:{cfg.health_port}/healthz",
+        liveness_endpoint=f"http://{http_host(address)}:{cfg.health_port}/healthz",
     )
     del accordion_operator.handlers
 

@@ -6,6 +6,7 @@ prints the table (name, default, meaning) that the Helm chart's values mirror.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -14,6 +15,12 @@ from typing import Any
 
 def _split(value: str) -> tuple[str, ...]:
     return tuple(x.strip() for x in value.split(",") if x.strip())
+
+
+#: bind_address's name for "the pod's own IP, from $POD_IP"
+POD_IP = "pod-ip"
+#: bind_address's default: Prometheus and the kubelet call the pod's IP from outside
+EVERY_ADDRESS = "0.0.0.0"  # noqa: S104
 
 
 @dataclass(frozen=True)
@@ -55,6 +62,11 @@ class Config:
     operator_metrics_port: int = 9090
     #: Port of the operator's liveness endpoint (kopf's /healthz).
     health_port: int = 8080
+    #: Address the operator's /metrics and /healthz listen on: an IP, or `pod-ip` for the one in
+    #: $POD_IP (the chart's default, from the downward API status.podIP; where pods share one
+    #: network namespace, as on the local process nodes, two replicas on 0.0.0.0 collide).
+    #: `pod-ip` without $POD_IP (a process outside a pod) listens on every address.
+    bind_address: str = EVERY_ADDRESS
     #: CPU request of a launcher pod (it only runs horovodrun and ssh).
     launcher_cpu: str = "250m"
     #: Memory request and limit of a launcher pod.
@@ -132,6 +144,25 @@ class Config:
 
     def pod_labels(self) -> dict[str, str]:
         return dict(kv.split("=", 1) for kv in self.extra_pod_labels if "=" in kv)
+
+    def listen_address(self, env: Mapping[str, str] | None = None) -> str:
+        """The IP that bind_address names (`pod-ip`: $POD_IP, else every address); ValueError
+        with the setting's name for anything that is not an IP address."""
+        env = os.environ if env is None else env
+        if self.bind_address == POD_IP:
+            return env.get("POD_IP", "").strip() or EVERY_ADDRESS
+        try:
+            return str(ipaddress.ip_address(self.bind_address))
+        except ValueError:
+            raise ValueError(
+                f"{env_name('bind_address')}={self.bind_address!r}: "
+                f"neither an IP address nor {POD_IP!r}"
+            ) from None
+
+
+def http_host(ip: str) -> str:
+    """An IP as a URL's host (IPv6 in brackets)."""
+    return f"[{ip}]" if ":" in ip else ip
 
 
 def env_name(field_name: str) -> str:

@@ -208,7 +208,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     metrics.declare_handlers(["trainingruns", "experiments"])
     # the metrics server runs on standbys too: accordion_operator_leader says which is which
     server = (
-        start_metrics_server(cfg.operator_metrics_port, metrics)[0]
+        start_metrics_server(cfg.operator_metrics_port, metrics, addr=cfg.listen_address())[0]
         if cfg.operator_metrics_port
         else None
     )

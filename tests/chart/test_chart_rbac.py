@@ -39,7 +39,13 @@ FRAMEWORK: set[Perm] = {
     ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
     ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
 }
-CLUSTER_SCOPED = {"nodes", "customresourcedefinitions", "priorityclasses", "namespaces"}
+CLUSTER_SCOPED = {
+    "nodes",
+    "customresourcedefinitions",
+    "priorityclasses",
+    "namespaces",
+    "resourceflavors",
+}
 HTTP_VERB = {"GET": "get", "POST": "create", "DELETE": "delete", "PATCH": "patch", "PUT": "update"}
 KIND_GROUP = {
     "Role": "rbac.authorization.k8s.io",
@@ -355,6 +361,21 @@ def test_every_rule_is_labelled_framework_or_application() -> None:
                 rules += 1
                 assert head.startswith(("# Framework:", "# Application:")), (line, head)
         assert rules >= 2
+
+
+def test_kueue_workloads_are_created_and_deleted_never_their_status(defaults: list[Obj]) -> None:
+    """Kueue admits; the operator makes and removes its runs' Workloads and reads Kueue's
+    answer and the ResourceFlavors, and may not write a Workload's status (issue 19)."""
+    granted = _expand(one(defaults, "ClusterRole", "acc-accordion-operator")["rules"])
+    kueue = {(r, v) for g, r, v in granted if g == "kueue.x-k8s.io"}
+    assert kueue == {
+        ("workloads", "list"),
+        ("workloads", "watch"),
+        ("workloads", "create"),
+        ("workloads", "delete"),
+        ("resourceflavors", "list"),
+        ("resourceflavors", "watch"),
+    }
 
 
 def test_users_get_runs_through_the_default_roles(defaults: list[Obj]) -> None:

@@ -120,6 +120,24 @@ def test_operator_runs_two_replicas_that_roll_one_leading(defaults: list[Obj]) -
     assert c["image"] == "ghcr.io/accordion-dev/accordion-operator:0.1.0"
 
 
+def test_replicas_listen_on_their_pod_ip(defaults: list[Obj]) -> None:
+    """/healthz and /metrics on the pod's IP (downward API), not 0.0.0.0: two replicas whose pods
+    share one network namespace (the local process nodes) then bind apart."""
+    env = {e["name"]: e for e in _container(defaults)["env"]}
+    assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    cfg = operator_config.Config.from_env(_settings(defaults))
+    assert cfg.listen_address({"POD_IP": "127.101.0.7"}) == "127.101.0.7"
+    wildcard = operator_config.Config.from_env(
+        _settings(render({"operator.bindAddress": '"0.0.0.0"'}))
+    )
+    assert wildcard.listen_address({"POD_IP": "127.101.0.7"}) == operator_config.EVERY_ADDRESS
+    r = helm(
+        "template", "acc", str(CHART), *set_args({"operator.bindAddress": '"eth0"'}), check=False
+    )
+    assert r.returncode != 0
+    assert "bindAddress" in r.stderr
+
+
 def test_restricted_pod_security(defaults: list[Obj]) -> None:
     pod = _deployment(defaults)["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
@@ -184,11 +202,14 @@ def test_rendered_defaults_equal_the_operator_defaults() -> None:
         parsed.leader_lease_namespace,
         parsed.leader_lease_create,
     ) == ("acc-accordion-operator", "accordion-system", False)
+    # and its pods listen on their own IP (test_replicas_listen_on_their_pod_ip)
+    assert parsed.bind_address == "pod-ip"
     local = {
         "trainer_image": "x",
         "leader_lease_name": "x",
         "leader_lease_namespace": "x",
         "leader_lease_create": True,
+        "bind_address": "x",
     }
     assert dataclasses.replace(parsed, **local) == dataclasses.replace(
         operator_config.Config(), **local

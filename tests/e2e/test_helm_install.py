@@ -18,171 +18,48 @@ DNS for kubernetes.default.svc) see the run, its pods, the Experiment and its tr
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-import yaml
-from minio.error import S3Error
+from helm_e2e import (
+    API,
+    BUCKET,
+    RELEASE,
+    SYSTEM,
+    TEAM,
+    Env,
+    Laps,
+    diagnose,
+    finished,
+    helm_cluster,
+    model_size,
+    run_spec,
+)
 
-from accordion_dev.cluster import Cluster, ClusterConfig, bin_dir, free_port_block
-from accordion_dev.demo import create_credentials_secret, minio_client, upload_mnist
 from accordion_dev.polling import poll
 from accordion_dev.simulated_runs import results_path
 
-REPO = Path(__file__).resolve().parents[2]
-CHART = REPO / "helm" / "accordion"
-RELEASE, SYSTEM = "accordion", "accordion-system"  # the names docs/helm.md uses
-TEAM = "team-a"  # where a user trains
-BUCKET, SECRET = "accordion", "minio-credentials"
 CRDS = {
     "customresourcedefinition.apiextensions.k8s.io/trainingruns.accordion.dev",
     "customresourcedefinition.apiextensions.k8s.io/experiments.accordion.dev",
 }
-API = "/apis/accordion.dev/v1alpha1"
-
-
-class Env:
-    """The private cluster, with helm and kubectl pointed at it."""
-
-    def __init__(self, cluster: Cluster, helm_home: Path) -> None:
-        self.c = cluster
-        self.env = {
-            **os.environ,
-            "KUBECONFIG": str(cluster.kubeconfig),
-            "HELM_CACHE_HOME": str(helm_home / "cache"),
-            "HELM_CONFIG_HOME": str(helm_home / "config"),
-            "HELM_DATA_HOME": str(helm_home / "data"),
-        }
-
-    def run(self, tool: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        r = subprocess.run(
-            [str(bin_dir() / tool), *args],
-            capture_output=True,
-            text=True,
-            env=self.env,
-            timeout=300,
-            check=False,
-        )
-        if check:
-            assert r.returncode == 0, f"{tool} {' '.join(args)}:\n{r.stdout}\n{r.stderr}"
-        return r
-
-    def helm(self, *args: str, check: bool = True) -> str:
-        r = self.run("helm", *args, check=check)
-        return r.stdout + r.stderr
-
-    def kubectl(self, *args: str) -> str:
-        return self.run("kubectl", *args).stdout
-
-    def get(self, path: str) -> dict[str, Any]:
-        with self.c.http() as http:
-            r = http.get(path)
-            r.raise_for_status()
-            body: dict[str, Any] = r.json()
-            return body
-
-    def create(self, plural: str, kind: str, body: dict[str, Any]) -> None:
-        body = {"apiVersion": "accordion.dev/v1alpha1", "kind": kind, **body}
-        with self.c.http() as http:
-            r = http.post(f"{API}/namespaces/{TEAM}/{plural}", json=body)
-            assert r.status_code == 201, r.text
-
-    def objects(self, namespace: str | None = None) -> set[str]:
-        """Every object (kind/name) in `namespace`, or every cluster-scoped one; not Events."""
-        scope = f"--namespaced={'true' if namespace else 'false'}"
-        kinds = self.kubectl("api-resources", "--verbs=list", scope, "-o", "name").split()
-        kinds = [k for k in kinds if k.split(".")[0] != "events"]
-        where = ["-n", namespace] if namespace else []
-        return set(self.kubectl("get", ",".join(kinds), *where, "-o", "name").split())
-
-
-def diagnose(env: Env) -> str:
-    """What to look at when the test fails: pods, runs, experiments, the operator's log."""
-    out = [env.run("kubectl", "get", "pods", "-A", "-o", "wide", check=False).stdout]
-    for what in ("trainingruns", "experiments"):
-        got = env.run("kubectl", "get", what, "-A", "-o", "yaml", check=False)
-        out.append(got.stdout[-6000:] + got.stderr)
-    log = env.run(
-        "kubectl",
-        "logs",
-        "-n",
-        SYSTEM,
-        "-l",
-        "app.kubernetes.io/component=operator",
-        "--prefix",
-        check=False,
-    )
-    out.append("operator log:\n" + (log.stdout + log.stderr)[-6000:])
-    return "\n".join(out)
 
 
 @pytest.fixture
 def env(tmp_path: Path) -> Iterator[Env]:
-    # 11 free ports: the cluster's 9, then the operator pod's health and metrics ports (pods on
-    # process nodes bind this machine's ports: the chart's 8080 and 9090 may be taken).
-    base = free_port_block(first=24400, size=11)
-    cfg = ClusterConfig(
-        state_dir=tmp_path / "cluster",
-        base_port=base,
-        kwok_nodes=0,
-        process_nodes=4,  # 2 workers of the run, 1 of the Experiment's trial, 1 of `helm test`
-        process_node_gpus=1,
-    )
-    cluster = Cluster(cfg)
-    cluster.up(log=print)
-    try:
-        yield Env(cluster, tmp_path / "helm")
-    finally:
-        cluster.down()
-
-
-def store(endpoint: str, prefix: str) -> dict[str, Any]:
-    return {
-        "endpoint": endpoint,
-        "bucket": BUCKET,
-        "prefix": prefix,
-        "credentialsSecret": {"name": SECRET},
-    }
-
-
-def run_spec(endpoint: str, workers: int, results: str) -> dict[str, Any]:
-    """One epoch of the built-in MLP on the 5,000-image MNIST sample."""
-    return {
-        "model": {"builtin": "mlp"},
-        "epochs": 1,
-        "batchSize": 64,
-        "data": store(endpoint, "mnist/"),
-        "results": store(endpoint, results),
-        "workers": {"min": workers, "max": workers, "cpu": "500m", "memory": "2Gi"},
-    }
-
-
-def finished(env: Env, plural: str, name: str) -> Callable[[], dict[str, Any] | None]:
-    def check() -> dict[str, Any] | None:
-        obj = env.get(f"{API}/namespaces/{TEAM}/{plural}/{name}")
-        return obj if obj.get("status", {}).get("phase") in ("Succeeded", "Failed") else None
-
-    return check
+    # 2 workers of the run, 1 of the Experiment's trial, 1 of `helm test`
+    with helm_cluster(tmp_path, first_port=24400, process_nodes=4) as e:
+        yield e
 
 
 def logged_at(line: str) -> datetime:
     """The time of an operator log line (`%(asctime)s`: local time, milliseconds)."""
     return datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
-
-
-def model_size(env: Env, key: str) -> int:
-    try:
-        return minio_client(env.c).stat_object(BUCKET, key).size or 0
-    except S3Error as e:
-        raise AssertionError(f"no model at s3://{BUCKET}/{key}: {e}") from None
 
 
 @pytest.mark.slow
@@ -197,57 +74,24 @@ def test_helm_install_trains_then_uninstall_leaves_only_the_crds(env: Env) -> No
 
 def install_train_uninstall(env: Env) -> None:
     c = env.c
-    t = time.monotonic()
-    timings: dict[str, float] = {}
-
-    def lap(what: str) -> None:
-        nonlocal t
-        timings[what] = round(time.monotonic() - t, 1)
-        t = time.monotonic()
-
-    upload_mnist(c, BUCKET, "mnist/")
-    for ns in (SYSTEM, TEAM):  # `helm test` runs its run in the release namespace
-        create_credentials_secret(c, ns, SECRET)
+    laps = Laps()
+    env.prepare_data()
     before = {ns: env.objects(ns) for ns in (None, SYSTEM, TEAM)}
-    lap("data")
+    laps.lap("data")
 
     # ---- install: the operator as the chart's Deployment, on a process node ------------------
-    health, metrics = c.ports.base + 9, c.ports.base + 10
-    values = {
-        "operator": {
-            # One replica without leader election here: pods on process nodes share this
-            # machine's network and the operator listens on all addresses (0.0.0.0), so a
-            # second replica on the same ports could not serve its own /metrics and /healthz;
-            # and a leader renewing its Lease while `helm uninstall` deletes it can leave one
-            # behind (see docs/helm.md, High availability). Two replicas electing a leader are
-            # tested as processes (tests/cluster/test_operator_ha.py).
-            "replicas": 1,
-            "leaderElection": {"enabled": False},
-            "nodeSelector": {"accordion.dev/process-node": "true"},
-            "healthPort": health,
-            "metricsPort": metrics,
-        },
-        "trainer": {
-            "objectStore": {
-                "endpoint": c.minio.endpoint,
-                "bucket": BUCKET,
-                "credentialsSecret": SECRET,
-            }
-        },
-    }
-    values_file = c.state_dir / "values.yaml"
-    values_file.write_text(yaml.safe_dump(values))
-    install = ["install", RELEASE, str(CHART), "-n", SYSTEM, "-f", str(values_file)]
-    out = env.helm(*install, "--wait", "--timeout", "3m")
-    assert "STATUS: deployed" in out, out
-    selector = "labelSelector=app.kubernetes.io/component=operator"
-    ops = env.get(f"/api/v1/namespaces/{SYSTEM}/pods?{selector}")["items"]
+    # One replica without leader election here: it acts at once, and its log and metrics are
+    # the whole operator's. Two replicas electing a leader on process nodes (each listening on
+    # its own pod IP, operator.bindAddress) run in images/tests/test_helm_images.py, and as
+    # processes in tests/cluster/test_operator_ha.py.
+    env.install({"operator": {"replicas": 1, "leaderElection": {"enabled": False}}}, "3m")
+    ops = env.operator_pods()
     assert len(ops) == 1, [p["metadata"]["name"] for p in ops]
     for op in ops:
         assert op["spec"]["nodeName"] in c.process_node_names()
         assert op["spec"]["serviceAccountName"] == "accordion-operator"
     ready = datetime.now()  # local time, like the operator's log lines
-    lap("helm install")
+    laps.lap("helm install")
 
     # ---- a TrainingRun (2 workers) and an Experiment (1 trial), created after the operator ---
     endpoint = c.minio.endpoint
@@ -293,7 +137,7 @@ def install_train_uninstall(env: Env) -> None:
     (r,) = helm_test
     assert r.returncode == 0, r.stdout + r.stderr
     assert "OK: the run succeeded" in r.stdout, r.stdout
-    lap("training (run, experiment, helm test)")
+    laps.lap("training (run, experiment, helm test)")
 
     # ---- the chart's least privilege was enough, and nothing failed ------------------------
     log = "\n".join(env.kubectl("logs", "-n", SYSTEM, op["metadata"]["name"]) for op in ops)
@@ -303,7 +147,9 @@ def install_train_uninstall(env: Env) -> None:
     denied = [x for x in log.splitlines() if "forbidden" in x.lower()]
     assert denied == [], "\n".join(denied)
     scrapes = [
-        httpx.get(f"http://{op['status']['podIP']}:{metrics}/metrics", timeout=10).text
+        httpx.get(
+            f"http://{op['status']['podIP']}:{env.operator_metrics_port()}/metrics", timeout=10
+        ).text
         for op in ops
     ]
     # alone, it acts at once and says so
@@ -352,12 +198,12 @@ def install_train_uninstall(env: Env) -> None:
     }
     assert before[None] - after == set()
     assert env.run("helm", "status", RELEASE, "-n", SYSTEM, check=False).returncode != 0
-    lap("helm uninstall")
+    laps.lap("helm uninstall")
 
     # The runs are the users' (kept with the CRDs). Deleting them without an operator removes
     # their pods, SSH Secret, ServiceAccount and RBAC (ownerReferences; no finalizer waits for
     # an operator that is gone).
     env.kubectl("delete", "experiments,trainingruns", "--all", "-n", TEAM, "--timeout", "60s")
     poll(lambda: env.objects(TEAM) == before[TEAM], 60, "the run's objects to be collected")
-    lap("runs deleted")
-    print(f"timings (s): {timings}")
+    laps.lap("runs deleted")
+    print(f"timings (s): {laps.timings}")

@@ -60,9 +60,18 @@ def test_a_worker_with_two_gpus_runs_two_pinned_processes(tmp_path: Path) -> Non
         demo.upload_data()
         demo.apply(manifest(demo, RUN, workers=2, gpus=2))
         demo.apply(manifest(demo, CPU_RUN, workers=1, gpus=0))
-        # the workers' logs, while they exist (a finished run's workers are removed)
-        pod_gpus = poll(lambda: worker_gpus(demo, RUN, 2), 180, "two 2-GPU workers serving")
-        cpu_gpus = poll(lambda: worker_gpus(demo, CPU_RUN, 1), 180, "the CPU worker serving")
+        # the workers' logs, while they exist (a finished run's workers are removed): both runs
+        # watched at once, since the CPU run's one worker can finish before the others serve
+        seen: dict[str, dict[str, str]] = {}
+
+        def serving() -> bool:
+            for run, count in ((RUN, 2), (CPU_RUN, 1)):
+                if run not in seen and (found := worker_gpus(demo, run, count)):
+                    seen[run] = found
+            return len(seen) == 2
+
+        poll(serving, 240, "two 2-GPU workers and the CPU worker serving")
+        pod_gpus, cpu_gpus = seen[RUN], seen[CPU_RUN]
 
         for name in (RUN, CPU_RUN):
             run = poll(lambda name=name: demo.finished(name), 240, f"{name} to finish")

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from trainer_support import MinioServer, run_env, stop_tree, trainer_cmd, wait_for
+from trainer_support import MinioServer, events, run_env, stop_tree, trainer_cmd, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -173,6 +173,10 @@ def test_launcher_trains_on_ssh_workers_with_staged_data(workers: dict, tmp_path
     text = log.read_text()
     assert rc == 0, text[-3000:]
     assert "world_size=2" in text
+    # both training processes were the workers' warm ones (warm.py), handed horovodrun's start
+    boots = events(log, "BOOT")
+    assert len(boots) == 2, boots
+    assert all(b["handoff"] for b in boots), boots
     worker_log = (tmp_path / "worker0.log").read_text()
     assert "[stage] 1/1 files" in worker_log
     history = json.loads(
@@ -204,5 +208,8 @@ def test_launcher_reports_a_worker_error_reason(workers: dict, tmp_path: Path) -
         if proc.poll() is None:
             stop_tree(proc)
     assert rc == 14, (tmp_path / "bad.log").read_text()[-3000:]
+    # the workers' warm processes, prepared for mnist-cnn, declined the start (the launcher's
+    # model differs), which then failed in a process of its own with the contract's reason
+    assert "declined a start" in (tmp_path / "worker0.log").read_text()
     term = (tmp_path / "bad.term").read_text()
     assert term.startswith("ModelInvalid: unknown built-in model 'nope'")

@@ -1,6 +1,7 @@
 """The launcher's apiserver calls against the real local control plane, with the service-account
 token and exactly the Role the contract gives the launcher (docs/contract.md): discovery lists the
-run's Ready worker pods; progress patches `status.training` of its own run and of no other."""
+run's Ready worker pods and watches them; progress patches `status.training` of its own run and
+of no other."""
 
 from __future__ import annotations
 
@@ -139,6 +140,9 @@ def test_discovery_and_status_patch_with_the_launcher_role(
         time.sleep(0.5)
     assert len(ips) == 2, "kwok did not make both worker pods Ready"
     assert len(set(ips)) == 2
+    # the watch that wakes the launcher's discovery at each change, with the same Role: it
+    # starts with the pods there are (the launcher pod is not selected), ends after 1 s
+    assert list(api.watch_pods(ns, worker_selector("r1"), 1)) == ["ADDED", "ADDED"]
 
     sent: list[dict[str, Any]] = []
 

@@ -5,6 +5,7 @@ Commands:
   dataset   write the offline MNIST sample (5,000 real images) in the supported formats
   train     one training process (started by horovodrun; not for direct use)
   exec      one training process that runs the user's command (started by horovodrun)
+  warm      a worker pod's training process, prepared before horovodrun starts it (warm.py)
   stage     stage a data bucket/prefix into a local directory
   worker    in-cluster worker pod: stage data in, serve SSH for the launcher
   launcher  in-cluster launcher pod: horovodrun elastic over the run's Ready worker pods
@@ -138,6 +139,12 @@ def cmd_train(_: argparse.Namespace) -> int:
     return main(T_BOOT)
 
 
+def cmd_warm(a: argparse.Namespace) -> int:
+    from .warm import WARM_DIR_ENV, serve
+
+    return serve(a.slot, Path(os.environ[WARM_DIR_ENV]), T_BOOT)
+
+
 def cmd_exec(_: argparse.Namespace) -> int:
     from .gpus import pin_process
     from .usercmd import main
@@ -193,6 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="one training process (horovodrun starts it)")
     t.set_defaults(func=cmd_train)
 
+    w = sub.add_parser("warm", help="a worker pod's training process, prepared in advance")
+    w.add_argument("--slot", type=int, required=True, help="the local rank it will serve")
+    w.set_defaults(func=cmd_warm)
+
     x = sub.add_parser("exec", help="one training process running spec.model.command")
     x.set_defaults(func=cmd_exec)
 
@@ -203,6 +214,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    if (sys.argv[1:] if argv is None else argv) == ["train"]:
+        # horovodrun's start on a worker pod: hand it to the pod's warm process (warm.py), if it
+        # has one, before importing anything more (the running workers wait for this)
+        from .warm import hand_off
+
+        handed = hand_off(os.environ)
+        if handed is not None:
+            sys.exit(handed)
     args = build_parser().parse_args(argv)
     try:
         code = int(args.func(args))

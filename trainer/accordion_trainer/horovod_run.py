@@ -1,22 +1,42 @@
-"""`python -m accordion_trainer.horovod_run ARGS`: horovodrun with a faster host-discovery poll.
+"""`python -m accordion_trainer.horovod_run ARGS`: horovodrun with a faster host discovery.
 
-Horovod's elastic driver polls the discovery script once a second (a module constant, not an
-option); every host change waits for that poll before workers are told. Polling `cat hosts` is
-cheap, so poll every `ACCORDION_DISCOVERY_POLL_S` (default 0.25 s) instead.
+Horovod's elastic driver runs the discovery script once a second (a module constant, not an
+option), each time through `safe_shell_exec` (a forked middleman, a shell and `cat`); every
+host change waits for that poll before workers are told. Our discovery script only prints the
+hosts file that the launcher (or a standalone run) keeps, so with `ACCORDION_HOSTS_FILE` set the
+driver reads that file itself, without a process, every `ACCORDION_DISCOVERY_POLL_S` (default
+0.05 s; without the file: the script, every 0.25 s).
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
+
+#: the hosts file the discovery script prints (`addr:slots` lines), read directly instead
+HOSTS_FILE_ENV = "ACCORDION_HOSTS_FILE"
+
+
+def read_hosts_file(path: Path) -> str:
+    """What the discovery script would print: the file, or nothing while it does not exist."""
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return ""
 
 
 def main() -> None:
     import horovod.runner.elastic.driver as driver
+    from horovod.runner.elastic.discovery import HostDiscoveryScript
     from horovod.runner.launch import run_commandline
 
-    driver.DISCOVER_HOSTS_FREQUENCY_SECS = float(
-        os.environ.get("ACCORDION_DISCOVERY_POLL_S", "0.25")
-    )
+    hosts_file = os.environ.get(HOSTS_FILE_ENV)
+    poll = "0.25"
+    if hosts_file:
+        path = Path(hosts_file)
+        HostDiscoveryScript._execute_discovery_script = lambda _self: read_hosts_file(path)
+        poll = "0.05"
+    driver.DISCOVER_HOSTS_FREQUENCY_SECS = float(os.environ.get("ACCORDION_DISCOVERY_POLL_S", poll))
     raise SystemExit(run_commandline())
 
 

@@ -13,6 +13,7 @@ the apiserver as the host source, and the SSH port/addresses are plain loopback 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -22,13 +23,17 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from .errors import Reason, TrainerError, fail, parse_error_line
 from .gpus import POD_GPUS_ENV, pod_gpu_ids, slots_per_worker
+from .horovod_run import HOSTS_FILE_ENV
 from .progress import Reporter, parse_progress
+from .usercmd import model_command
+from .warm import DATA_READY, WARM_DIR_ENV, start_pool, usable_dir, wait_prepared
 
 #: The worker's credentials that its training processes get (through sshd's SetEnv): the results
 #: store's keys, for results and checkpoints (AWS_* only outside the operator).
@@ -47,6 +52,17 @@ SECRET_ENV = (
     "ACCORDION_DATA_ACCESS_KEY_ID",
     "ACCORDION_DATA_SECRET_ACCESS_KEY",
 )
+
+
+#: the longest one watch of the worker pods lasts (then the launcher lists them and watches again)
+WATCH_TIMEOUT_S = 60
+#: how often the launcher lists the pods while one is Running but its sshd does not answer yet
+STARTING_POLL_S = 0.1
+#: the most seconds a worker that is being deleted waits for its training processes to leave
+#: the world before it ends their sessions (the pod's grace period is 30 s)
+LEAVE_WAIT_S = 10.0
+#: the most seconds a worker waits for its warm processes before it serves sshd anyway
+WARM_WAIT_S = 120.0
 
 
 def pod_ip(env: Mapping[str, str]) -> str:
@@ -179,6 +195,15 @@ def cmd_worker(a: argparse.Namespace) -> int:
     from .config import from_env
 
     cfg = from_env()
+    gpu_ids = pod_gpu_ids(env)
+    # The training processes, started now (they import TensorFlow while the data is staged)
+    # and handed horovodrun's start later (warm.py): the built-in trainer only.
+    warm_dir = work / "warm"
+    warm: list[subprocess.Popen[bytes]] = []
+    if model_command(env.get("ACCORDION_MODEL", "")) is None and usable_dir(warm_dir):
+        os.environ["ACCORDION_DATA_DIR"] = str(cfg.data_dir)
+        os.environ[POD_GPUS_ENV] = ",".join(gpu_ids)
+        warm = start_pool(slots_per_worker(env), warm_dir)
     metrics_port = int(env.get("ACCORDION_METRICS_PORT", "0") or 0)
     if metrics_port:
         metrics.serve(metrics_port, addr=ip)
@@ -192,8 +217,12 @@ def cmd_worker(a: argparse.Namespace) -> int:
 
         # unreadable data fails here, with its reason, before Ready (shards: headers only)
         open_dir(cfg.data_dir)
+    if warm:
+        (warm_dir / DATA_READY).touch()
+        # Ready (sshd) once they are prepared: the running workers train on meanwhile, instead
+        # of waiting in the reset for this pod's processes to get there
+        wait_prepared(warm_dir, warm, WARM_WAIT_S)
 
-    gpu_ids = pod_gpu_ids(env)
     session_env = {
         "PROMETHEUS_MULTIPROC_DIR": str(mp_dir),
         "ACCORDION_WORK_DIR": str(work),
@@ -203,6 +232,7 @@ def cmd_worker(a: argparse.Namespace) -> int:
         **{k: env[k] for k in (*RESULTS_SECRET_ENV, "ACCORDION_POD_NAME") if env.get(k)},
         # one GPU per training process (gpus.py): an ssh session inherits none of the pod's env
         POD_GPUS_ENV: ",".join(gpu_ids),
+        **({WARM_DIR_ENV: str(warm_dir)} if warm else {}),
     }
     ssh_dir = Path(env.get("ACCORDION_SSH_DIR", "/etc/accordion/ssh"))
     port = int(env.get("ACCORDION_SSH_PORT", "2222"))
@@ -212,14 +242,33 @@ def cmd_worker(a: argparse.Namespace) -> int:
     gpus = ",".join(gpu_ids) or "none"
     print(f"[worker] sshd on {ip}:{port}; data in {cfg.data_dir}; GPUs {gpus}", flush=True)
     proc = subprocess.Popen([sshd_binary(), "-D", "-e", "-f", str(config)])
+    # when the pod could first serve the launcher (benchmarks/trainer_rescale's phases)
+    print(f"ACCORDION_EVENT {json.dumps({'event': 'sshd', 'time': time.time()})}", flush=True)
 
     def stop(signum: int, _frame: Any) -> None:
-        proc.terminate()
+        threading.Thread(target=leave, args=(proc, LEAVE_WAIT_S), daemon=True).start()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     rc = proc.wait()
     return 0 if rc in (0, -signal.SIGTERM, 255) else rc
+
+
+def leave(sshd: subprocess.Popen[bytes], wait_s: float) -> None:
+    """The pod is going (SIGTERM): stop sshd once no training session is left, or after
+    `wait_s`. The launcher drops a deleted pod from the hosts at once, and Horovod takes its
+    training processes out of the world at their next commit (they then exit: "has been removed
+    from elastic job"). Ending their sessions first (sshd's SIGTERM ends them) would instead
+    break the other workers' collective mid-step: a failure, and a reset from the last commit."""
+    import psutil
+
+    end = time.monotonic() + wait_s
+    with contextlib.suppress(psutil.NoSuchProcess):
+        master = psutil.Process(sshd.pid)
+        # each session is a child sshd of the listening one, until its command exits
+        while master.children() and time.monotonic() < end:
+            time.sleep(0.05)
+    sshd.terminate()
 
 
 def stage(cfg: Any) -> None:
@@ -301,7 +350,9 @@ def prepare_ssh_client(ssh_dir: Path, state: Path, port: int) -> Path:
 
 
 class HostPoller:
-    """Keeps `hosts_file` equal to the run's Ready workers (`ip:slots` lines)."""
+    """Keeps `hosts_file` equal to the run's serving workers (`ip:slots` lines): lists them
+    every `interval_s`, at once when `changes` (a watch of the pods) yields, and every
+    `STARTING_POLL_S` while `starting()` says a worker pod is Running but not serving yet."""
 
     def __init__(
         self,
@@ -309,13 +360,18 @@ class HostPoller:
         fetch: Callable[[], list[str]],
         interval_s: float,
         slots: int = 1,
+        changes: Callable[[], Iterable[object]] | None = None,
+        starting: Callable[[], bool] = lambda: False,
     ) -> None:
         self.hosts_file = hosts_file
         self.fetch = fetch
         self.interval_s = interval_s
         self.slots = slots
+        self.changes = changes
+        self.starting = starting
         self.hosts: list[str] = []
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="host-poller", daemon=True)
 
     def poll_once(self) -> list[str]:
@@ -329,19 +385,41 @@ class HostPoller:
         if hosts != self.hosts or not self.hosts_file.exists():
             print(f"[launcher] hosts: {', '.join(hosts) or '(none)'}", flush=True)
             write_hosts(self.hosts_file, hosts, self.slots)
+            # when discovery saw the change (benchmarks/trainer_rescale's phases)
+            event = {"event": "hosts", "hosts": hosts, "time": time.time()}
+            print(f"ACCORDION_EVENT {json.dumps(event)}", flush=True)
             self.hosts = hosts
         return hosts
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.interval_s):
+        while True:
+            wait = STARTING_POLL_S if self.starting() else self.interval_s
+            self._wake.wait(wait)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             self.poll_once()
+
+    def _watch(self) -> None:
+        assert self.changes is not None
+        while not self._stop.is_set():
+            try:
+                for _ in self.changes():  # a pod was added, turned Ready, or is going
+                    self._wake.set()
+            except Exception as e:  # the periodic list goes on meanwhile
+                print(f"[launcher] pod watch failed: {e!r}", file=sys.stderr, flush=True)
+                self._stop.wait(self.interval_s)
+            self._wake.set()  # the watch ended (its timeout): list, then watch again
 
     def start(self) -> None:
         self.poll_once()
         self.thread.start()
+        if self.changes is not None:
+            threading.Thread(target=self._watch, name="pod-watch", daemon=True).start()
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
 
 
 def host_source(env: Mapping[str, str]) -> Callable[[], list[str]]:
@@ -352,12 +430,46 @@ def host_source(env: Mapping[str, str]) -> Callable[[], list[str]]:
             return lambda: [h.split(":")[0] for h in path.read_text().split() if h]
         hosts = [h for h in static.split(",") if h]
         return lambda: hosts
-    from .kube import ApiClient, ready_worker_ips, worker_selector
+    return PodHosts(env)
 
-    api = ApiClient.in_cluster(dict(env))
-    ns, run = env["ACCORDION_NAMESPACE"], env["ACCORDION_RUN_NAME"]
-    owner = env.get("ACCORDION_RUN_UID") or None
-    return lambda: ready_worker_ips(api.list_pods(ns, worker_selector(run)), owner)
+
+class PodHosts:
+    """The run's worker pods that can take the launcher's ssh now (a callable host source):
+    Ready ones, and Running ones whose SSH port already accepts a connection; `starting()`:
+    whether, at the last list, a Running pod did not yet."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        from .kube import ApiClient
+
+        self.api = ApiClient.in_cluster(dict(env))
+        self.ns, self.run = env["ACCORDION_NAMESPACE"], env["ACCORDION_RUN_NAME"]
+        self.owner = env.get("ACCORDION_RUN_UID") or None
+        self.port = int(env.get("ACCORDION_SSH_PORT", "2222"))
+        self._starting = False
+
+    def __call__(self) -> list[str]:
+        from .kube import ready_worker_ips, starting_worker_ips, worker_selector
+
+        pods = self.api.list_pods(self.ns, worker_selector(self.run))
+        hosts = ready_worker_ips(pods, self.owner, serving=self.serving)
+        self._starting = any(ip not in hosts for ip in starting_worker_ips(pods, self.owner))
+        return hosts
+
+    def serving(self, ip: str) -> bool:
+        try:
+            with socket.create_connection((ip, self.port), timeout=0.2):
+                return True
+        except OSError:
+            return False
+
+    def starting(self) -> bool:
+        return self._starting
+
+    def changes(self) -> Iterable[object]:
+        """A watch of the run's worker pods: each change wakes the discovery at once."""
+        from .kube import worker_selector
+
+        return self.api.watch_pods(self.ns, worker_selector(self.run), WATCH_TIMEOUT_S)
 
 
 def status_sender(env: Mapping[str, str]) -> Callable[[dict[str, Any]], None]:
@@ -391,12 +503,12 @@ def cmd_launcher(_: argparse.Namespace) -> int:
     work = Path(env.get("ACCORDION_LAUNCHER_DIR") or tempfile.mkdtemp(prefix="accordion-launcher-"))
     work.mkdir(parents=True, exist_ok=True)
     hosts_file = work / "hosts"
-    poller = HostPoller(
-        hosts_file,
-        host_source(env),
-        float(env.get("ACCORDION_DISCOVERY_INTERVAL_S", "0.5")),
-        slots,
-    )
+    source = host_source(env)
+    interval = float(env.get("ACCORDION_DISCOVERY_INTERVAL_S", "0.5"))
+    if isinstance(source, PodHosts):
+        poller = HostPoller(hosts_file, source, interval, slots, source.changes, source.starting)
+    else:
+        poller = HostPoller(hosts_file, source, interval, slots)
     poller.start()
     discovery = write_executable(work / "discover.sh", f"#!/bin/sh\ncat {hosts_file}\n")
     bindir = prepare_ssh_client(
@@ -412,7 +524,9 @@ def cmd_launcher(_: argparse.Namespace) -> int:
     reporter = Reporter(status_sender(env))
     error: TrainerError | None = None
     print(f"[launcher] {' '.join(argv)}", flush=True)
-    proc = start_horovodrun(argv, launcher_env(env, bindir), work)
+    hvd_env = launcher_env(env, bindir)
+    hvd_env[HOSTS_FILE_ENV] = str(hosts_file)  # horovodrun reads it without the script
+    proc = start_horovodrun(argv, hvd_env, work)
 
     def stop(signum: int, _frame: Any) -> None:
         proc.send_signal(signal.SIGTERM)

@@ -19,6 +19,7 @@ from contextlib import suppress
 from pathlib import Path
 
 from .errors import parse_error_line
+from .horovod_run import HOSTS_FILE_ENV
 from .usercmd import training_entry
 
 SSH_SHIM = """#!/bin/sh
@@ -146,7 +147,11 @@ def run(
     write_hosts(hosts_file, hosts or loopback_hosts(np))
     discovery = write_executable(work / "discover.sh", DISCOVERY.format(hosts=hosts_file))
     max_np = max_np or max(np, 8)
-    full_env = {**env, "PATH": f"{bindir}{os.pathsep}{env.get('PATH', os.defpath)}"}
+    full_env = {
+        **env,
+        "PATH": f"{bindir}{os.pathsep}{env.get('PATH', os.defpath)}",
+        HOSTS_FILE_ENV: str(hosts_file),  # horovodrun reads it without the script
+    }
     entry = training_entry(env.get("ACCORDION_MODEL", ""))
     argv = horovodrun_argv(np, min_np, max_np, discovery, "lo", entry=entry)
     out = log_file.open("a") if log_file else None

@@ -87,7 +87,7 @@ def _is_pair(obj: Any) -> bool:
     return isinstance(obj, tuple | list) and len(obj) == 2
 
 
-def _configure_threads() -> None:
+def set_tf_threads() -> None:
     import tensorflow as tf
 
     threads = int(os.environ.get("ACCORDION_TF_THREADS", "0") or 0)
@@ -98,7 +98,7 @@ def _configure_threads() -> None:
 
 def train(cfg: TrainConfig, t_boot: float | None = None) -> None:
     hvd, t_imported, t_init = start_horovod()
-    ds, model, opt, base_lr = _compiled_model(cfg, hvd)
+    ds, model, opt, base_lr = prepared_model(cfg, hvd)
     # A compiled model brings its own learning rate: the job rescales that one on every reset.
     run_job(replace(cfg, learning_rate=base_lr), hvd, ds, model, opt, (t_boot, t_imported, t_init))
 
@@ -110,7 +110,7 @@ def start_horovod(configure_threads: bool = True) -> tuple[Any, float, float]:
 
     t_imported = time.time()
     if configure_threads:
-        _configure_threads()
+        set_tf_threads()
     hvd.init()
     t_init = time.time()
     port = int(os.environ.get("ACCORDION_METRICS_PORT", "0") or 0)
@@ -126,34 +126,41 @@ def run_job(
     model: Any,
     opt: Any,
     boot: tuple[float | None, float, float],
+    handoff: float | None = None,
 ) -> list[dict[str, Any]]:
     """Resume, the elastic loop to the last epoch, and rank 0's results; the history.
-    `boot`: when the process started, imported Horovod, and initialised it."""
+    `boot`: when the process started, imported Horovod, and initialised it; `handoff`: when
+    horovodrun's start was handed to this (warm) process."""
     job = _Job(cfg, hvd, ds, model, opt, open_results(cfg))
     resumed = job.resume()
-    _print_boot(hvd.rank(), *boot)
+    _print_boot(hvd.rank(), *boot, handoff=handoff)
     job.run(resumed)
     if job.rank0():
         job.finish()
     return list(job.state.history)
 
 
-def _compiled_model(cfg: TrainConfig, hvd: Any) -> tuple[AnyData, Any, Any, float]:
+def prepared_model(
+    cfg: TrainConfig, hvd: Any, size: int | None = None
+) -> tuple[AnyData, Any, Any, float]:
     """The user code's data and model, compiled (`compile_model`)."""
     code = resolve(cfg.model, cfg.work_dir)
-    return compile_model(cfg, hvd, load_data(cfg, code), build(code, cfg.hparams))
+    return compile_model(cfg, hvd, load_data(cfg, code), build(code, cfg.hparams), size)
 
 
 def compile_model(
-    cfg: TrainConfig, hvd: Any, ds: AnyData, model: Any
+    cfg: TrainConfig, hvd: Any, ds: AnyData, model: Any, size: int | None = None
 ) -> tuple[AnyData, Any, Any, float]:
     """The data, the model compiled with Horovod's optimizer (built here, before the state
     exists: a worker joining late would otherwise deadlock in the optimizer-variable broadcast)
-    and the learning rate at world size 1. The user's compile is kept (`compiling`)."""
+    and the learning rate at world size 1. The user's compile is kept (`compiling`). `size`:
+    the world size the learning rate is scaled for, when Horovod is not initialised yet (a warm
+    process, warm.py: it re-scales once it is)."""
     plan = plan_compile(model, str(cfg.hparams.get("optimizer", "adam")), cfg.learning_rate)
     if not plan.user_compiled:
         ds = ds.with_class_labels() if isinstance(ds, ShardedData) else class_labels(ds)
-    opt = hvd.DistributedOptimizer(build_optimizer(plan, scaled_lr(plan.base_lr, hvd.size())))
+    world = hvd.size() if size is None else size
+    opt = hvd.DistributedOptimizer(build_optimizer(plan, scaled_lr(plan.base_lr, world)))
     model.compile(optimizer=opt, **plan.compile_args)
     opt.build(model.trainable_variables)
     if os.environ.get("ACCORDION_PRETRACE", "1") != "0":
@@ -161,7 +168,9 @@ def compile_model(
     return ds, model, opt, plan.base_lr
 
 
-def _print_boot(rank: int, t_boot: float | None, t_imported: float, t_init: float) -> None:
+def _print_boot(
+    rank: int, t_boot: float | None, t_imported: float, t_init: float, handoff: float | None
+) -> None:
     """Every rank (not only 0): where a (re)joining worker's startup time goes."""
     print(
         "ACCORDION_BOOT "
@@ -172,6 +181,7 @@ def _print_boot(rank: int, t_boot: float | None, t_imported: float, t_init: floa
                 "start": t_boot,
                 "imported": t_imported,
                 "hvd_init": t_init,
+                "handoff": handoff,
                 "ready": time.time(),
             }
         ),

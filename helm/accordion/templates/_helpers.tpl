@@ -60,6 +60,7 @@ ACCORDION_LEADER_RENEW_DEADLINE_SECONDS: {{ .Values.operator.leaderElection.rene
 ACCORDION_LEADER_RETRY_SECONDS: {{ .Values.operator.leaderElection.retryPeriodSeconds | quote }}
 ACCORDION_HEALTH_PORT: {{ .Values.operator.healthPort | quote }}
 ACCORDION_OPERATOR_METRICS_PORT: {{ .Values.operator.metricsPort | quote }}
+ACCORDION_BIND_ADDRESS: {{ .Values.operator.bindAddress | quote }}
 ACCORDION_STORAGE_PREFLIGHT: {{ .Values.operator.storagePreflight | quote }}
 ACCORDION_STORAGE_RETRY_SECONDS: {{ .Values.operator.storageRetrySeconds | quote }}
 ACCORDION_RESYNC_SECONDS: {{ .Values.operator.reconcile.resyncSeconds | quote }}

@@ -45,9 +45,10 @@ from __future__ import annotations
 import functools
 import heapq
 import math
-from collections import deque
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Literal
 
 from accordion_operator.api.trainingrun import (
@@ -256,8 +257,9 @@ class Allocation:
 class _Capacity:
     """Free GPUs per node, grouped by node class (same labels and taints) and by free amount.
 
-    ``buckets[c][f]`` holds the nodes of class ``c`` with exactly ``f`` free GPUs, so a best-fit
-    placement is O(max GPUs per node) per worker and never scans nodes.
+    ``buckets[c][f]`` holds the nodes of class ``c`` with exactly ``f`` free GPUs, and bit ``f`` of
+    ``nonempty[c]`` says whether that bucket holds any: a best-fit placement is a few integer
+    operations per class, it scans neither nodes nor buckets.
     """
 
     def __init__(self, nodes: Sequence[Node], foreign_use: Mapping[str, int]) -> None:
@@ -268,6 +270,8 @@ class _Capacity:
         self.used: dict[str, int] = {}
         self.free: dict[str, int] = {}
         self.initial_free: dict[str, int] = {}
+        #: free GPUs on all schedulable nodes together
+        self.free_gpus = 0
         self.max_gpus = max((n.gpus for n in nodes), default=0)
         for node in sorted(nodes, key=lambda n: n.name):
             if node.unschedulable or node.gpus < 0:
@@ -284,11 +288,16 @@ class _Capacity:
             self.used[node.name] = used
             self.free[node.name] = free
             self.initial_free[node.name] = free
+            self.free_gpus += free
             self.buckets[cid][free].append(node.name)
             self.total[cid][node.gpus] += 1
         for buckets in self.buckets:
             for bucket in buckets:
                 bucket.reverse()  # pop() takes the lowest name first: deterministic, readable
+        self.nonempty = [
+            sum(1 << free for free, bucket in enumerate(buckets) if bucket)
+            for buckets in self.buckets
+        ]
         self._eligible: dict[Placement, list[int]] = {}
         #: per class: how many runs may use it (set by decide_allocation; a tie-breaker)
         self.demand: list[int] = [0] * len(self.class_shape)
@@ -321,34 +330,66 @@ class _Capacity:
         """Best fit: a node with the fewest free GPUs that still fits; among equals, a node of
         the class the fewest runs can use (a tolerant run takes the tainted node, leaving the
         plain one to runs that have no choice). Returns (class, node)."""
-        best: tuple[int, int, int] | None = None
+        nonempty = self.nonempty
+        best, best_free = -1, 0
         for cid in classes:
-            buckets = self.buckets[cid]
-            for free in range(gpus, len(buckets)):
-                if buckets[free]:
-                    cand = (free, self.demand[cid], cid)
-                    if best is None or cand < best:
-                        best = cand
-                    break
-            if best is not None and best[0] == gpus:
-                break  # classes come in (demand, id) order: nothing later can beat an exact fit
-        if best is None:
+            fits = nonempty[cid] >> gpus  # bit i: some node has gpus + i free
+            if fits:
+                free = gpus + (fits & -fits).bit_length() - 1  # the lowest such bucket
+                # classes come in (demand, id) order: among equal fits the first one wins,
+                # and nothing later can beat an exact fit
+                if best < 0 or free < best_free:
+                    best, best_free = cid, free
+                    if free == gpus:
+                        break
+        if best < 0:
             return None
-        free, _, cid = best
-        node = self.buckets[cid][free].pop()
-        self.buckets[cid][free - gpus].append(node)
-        self.free[node] = free - gpus
-        return cid, node
+        buckets = self.buckets[best]
+        source = buckets[best_free]
+        node = source.pop()
+        left = best_free - gpus
+        buckets[left].append(node)
+        bits = nonempty[best] | 1 << left
+        if not source:
+            bits &= ~(1 << best_free)
+        nonempty[best] = bits
+        self.free[node] = left
+        self.free_gpus -= gpus
+        return best, node
 
     def give_back(self, cid: int, node: str, gpus: int) -> None:
         free = self.free[node]
-        bucket = self.buckets[cid][free]
+        buckets = self.buckets[cid]
+        bucket = buckets[free]
         if bucket and bucket[-1] == node:  # the usual case: undone in reverse order
             bucket.pop()
         else:
             bucket.remove(node)
-        self.buckets[cid][free + gpus].append(node)
+        buckets[free + gpus].append(node)
+        bits = self.nonempty[cid] | 1 << (free + gpus)
+        if not bucket:
+            bits &= ~(1 << free)
+        self.nonempty[cid] = bits
         self.free[node] = free + gpus
+        self.free_gpus += gpus
+
+
+class _Group:
+    """The node classes that the runs of one placement may use, least contended first, and
+    what the decision learnt about their room."""
+
+    __slots__ = ("classes", "ever", "too_many")
+
+    def __init__(self, classes: list[int]) -> None:
+        self.classes = classes
+        #: GPUs per worker -> the fewest workers known not to fit. The room for workers of g
+        #: GPUs (the sum of free // g over the classes' nodes) only shrinks during a decision (a
+        #: gang that does not fit is given back exactly, bucket order included), so no gang at
+        #: least that big can fit later: most of a busy cluster's queue is refused by this
+        #: look-up instead of being placed and given back worker by worker.
+        self.too_many: dict[int, int] = {}
+        #: (GPUs per worker, workers) -> `_Capacity.could_ever_fit`, for the refusals
+        self.ever: dict[tuple[int, int], bool] = {}
 
 
 # --- the decision --------------------------------------------------------------------------------
@@ -367,7 +408,7 @@ def decide_allocation(
     """Target worker count per run (see the module docstring for the rules). `quotas`: the
     namespaces' GPU quotas; `weights`: fair-share weight per namespace (absent: 1; a weight
     that is not a positive finite number counts as 1)."""
-    owners = {(r.key, r.uid) for r in runs}
+    owners: set[tuple[str, str]] | None = None  # made when the first pod of a run shows up
     quota_order = sorted(quotas, key=lambda q: (q.namespace, q.name, q.hard))
     in_ns: dict[str, list[int]] = {}
     for qi, q in enumerate(quota_order):
@@ -375,29 +416,46 @@ def decide_allocation(
     foreign: dict[str, int] = {}
     quota_foreign = [0] * len(quota_order)
     for pod in pods:
+        if pod.gpus <= 0:
+            continue
         # Accordion's own workers are re-planned from scratch; everything else is fixed load,
         # a pod that only carries a run's labels included.
-        if pod.gpus > 0 and (pod.run is None or (pod.run, pod.owner) not in owners):
-            if pod.node:
-                foreign[pod.node] = foreign.get(pod.node, 0) + pod.gpus
-            for qi in in_ns.get(pod.namespace, ()):
-                if quota_order[qi].covers(pod.priority_class):
-                    quota_foreign[qi] += pod.gpus
+        if pod.run is not None:
+            if owners is None:
+                owners = {(r.key, r.uid) for r in runs}
+            if (pod.run, pod.owner) in owners:
+                continue
+        if pod.node:
+            foreign[pod.node] = foreign.get(pod.node, 0) + pod.gpus
+        for qi in in_ns.get(pod.namespace, ()):
+            if quota_order[qi].covers(pod.priority_class):
+                quota_foreign[qi] += pod.gpus
     plan = _Planner(_Capacity(nodes, foreign), runs, weights or {})
     plan.set_quotas(quota_order, in_ns, quota_foreign, runs)
-    order = sorted(runs, key=lambda r: (-r.priority, r.previous < r.min, r.created, r.key))
+    # by (-priority, waiting, created, key), in stable passes over keys made in C (a key tuple
+    # made by a lambda per run took 40% longer)
+    by_age = sorted(runs, key=attrgetter("created", "key"))
+    order = [r for r in by_age if r.previous >= r.min] + [r for r in by_age if r.previous < r.min]
+    order.sort(key=attrgetter("priority"), reverse=True)
     # 1. gang minimums: first those no present run may preempt, then highest priority first
     protected = _protected(runs)
-    admit = plan.admit
+    admit, rest = plan.admit, list[RunRequest]()
     for run in order:
         if run.key in protected:
             admit(run)
-    plan.admit_in_fair_order([r for r in order if r.key not in protected])
+        else:
+            rest.append(run)
+    plan.admit_in_fair_order(rest)
     # 2.-4. surplus per priority level: cooldown-frozen counts first, then fair water-filling
     levels: dict[int, list[RunRequest]] = {}
+    granted = plan.granted
     for run in order:
-        if run.key in plan.granted:
-            levels.setdefault(run.surplus_level, []).append(run)
+        if run.key in granted:
+            level = levels.get(run.surplus_level)
+            if level is None:
+                levels[run.surplus_level] = [run]
+            else:
+                level.append(run)
     for priority in sorted(levels, reverse=True):
         plan.keep_in_cooldown(levels[priority], now, cooldown)
         plan.grow_fairly(levels[priority])
@@ -405,16 +463,23 @@ def decide_allocation(
     node_used = {n: cap.used[n] + cap.initial_free[n] - cap.free[n] for n in cap.used}
     grants: dict[str, Grant] = {}
     limited = plan.quota_limited
+    # Grants say the same for many runs: each distinct one is made once (a frozen Grant and
+    # its message per run cost more than a look-up).
+    made: dict[tuple[int, int, int, int], Grant] = {}
     for run in runs:
-        n = plan.granted.get(run.key, 0)
+        key = run.key
+        n = granted.get(key, 0)
         if n:  # inline: the common case, 10,000 times a decision
-            gpus = n * run.gpus_per_worker
-            msg = f"granted {n} of {run.cap} requested workers ({gpus} GPUs)"
-            if limited and run.key in limited and n < run.cap:
-                msg += plan.quota_note(limited[run.key])
-            grants[run.key] = Grant(n, REASON_GANG_ADMITTED, msg)
+            requested = run.cap
+            qi = limited.get(key, -1) if limited and n < requested else -1
+            shape = (n, requested, run.gpus_per_worker, qi)
+            grant = made.get(shape)
+            if grant is None:
+                note = plan.quota_note(qi) if qi >= 0 else ""
+                grant = made[shape] = _admitted(n, requested, run.gpus_per_worker, note)
+            grants[key] = grant
         else:
-            grants[run.key] = plan.refusal(run)
+            grants[key] = plan.refusal(run)
     return Allocation(
         grants=grants,
         node_used=node_used,
@@ -430,10 +495,11 @@ def _protected(runs: Sequence[RunRequest]) -> set[str]:
     floor = float("-inf")
     top_cluster, top_ns = floor, dict[str, float]()
     for r in runs:
-        if r.preempts == "cluster":
-            top_cluster = max(top_cluster, r.priority)
         if r.preempts != "never":
-            top_ns[r.namespace] = max(top_ns.get(r.namespace, floor), r.priority)
+            if r.priority > top_ns.get(r.namespace, floor):
+                top_ns[r.namespace] = r.priority
+            if r.preempts == "cluster" and r.priority > top_cluster:
+                top_cluster = r.priority
     return {
         r.key
         for r in runs
@@ -465,22 +531,26 @@ class _Planner:
         self.quota_refused: dict[str, tuple[int, int]] = {}
         #: run -> the quota that stopped its growth
         self.quota_limited: dict[str, int] = {}
-        self._refusals: dict[tuple[int, int, int, int], Grant] = {}
-        classes_of = {r.key: cap.eligible(r.placement) for r in runs}
-        for classes in classes_of.values():
-            for cid in classes:
-                cap.demand[cid] += 1
+        #: refusals made so far, by what their message says (`refusal`)
+        self._refusals: dict[tuple[str, int, int], Grant] = {}
+        self._quota_refusals: dict[tuple[int, int, int, int], Grant] = {}
+        # Runs share few distinct placements: the classes each admits are found and sorted
+        # once per placement, not per run (equal placements are often distinct objects, one
+        # per run, and not cheap to compare: one look-up per run).
+        group_of_placement: dict[Placement, _Group] = {}
+        #: per run: the node classes it may use, least contended first, and their room
+        self.group_of: dict[str, _Group] = {}
+        for r in runs:
+            group = group_of_placement.get(r.placement)
+            if group is None:
+                group = group_of_placement[r.placement] = _Group(list(cap.eligible(r.placement)))
+            self.group_of[r.key] = group
+        for group, count in Counter(self.group_of.values()).items():
+            for cid in group.classes:
+                cap.demand[cid] += count
         order_of = {cid: (cap.demand[cid], cid) for cid in range(len(cap.demand))}
-        sorted_classes: dict[tuple[int, ...], list[int]] = {}
-        for key, classes in classes_of.items():
-            # runs share few distinct class lists: sort each distinct list once
-            t = tuple(classes)
-            got = sorted_classes.get(t)
-            if got is None:
-                got = sorted_classes[t] = sorted(classes, key=order_of.__getitem__)
-            classes_of[key] = got
-        #: per run: the node classes it may use, least contended first
-        self.classes_of = classes_of
+        for group in group_of_placement.values():
+            group.classes.sort(key=order_of.__getitem__)
 
     def set_quotas(
         self,
@@ -545,80 +615,162 @@ class _Planner:
             j = i + 1
             while j < end and order[j].priority == head.priority:
                 j += 1  # the rest of this priority: all waiting (admitted ones sort first)
-            queues: dict[str, deque[RunRequest]] = {}
-            for r in order[i:j]:
-                queues.setdefault(r.namespace, deque()).append(r)
-            if len(queues) == 1:
-                for r in order[i:j]:
-                    admit(r)
-                i = j
+            segment, i = order[i:j], j
+            if self.nothing_fits(segment):
+                self.refuse(segment)
                 continue
-            i = j
-            heap = [(share(ns), q[0].created, q[0].key, ns) for ns, q in queues.items()]
+            # per namespace its waiting runs, the next one last (pop() is cheap)
+            queues: dict[str, list[RunRequest]] = {}
+            for r in segment:
+                queue = queues.get(r.namespace)
+                if queue is None:
+                    queues[r.namespace] = [r]
+                else:
+                    queue.append(r)
+            if len(queues) == 1:
+                for r in segment:
+                    admit(r)
+                continue
+            for queue in queues.values():
+                queue.reverse()
+            heap = [(share(ns), q[-1].created, q[-1].key, ns) for ns, q in queues.items()]
             heapq.heapify(heap)
+            full = False  # the cluster was full and some waiting run needs no GPUs
+            needs: dict[str, list[tuple[tuple[int, ...], int]] | None] = {}
             while heap:
-                ns = heap[0][3]
+                level, _, _, ns = heap[0]
                 queue = queues[ns]
-                admit(queue.popleft())
+                run = queue.pop()
+                if admit(run):
+                    level = share(ns)  # a refusal leaves the namespace's share as it was
+                    if not full and not self.cap.free_gpus:
+                        rest = [r for q in queues.values() for r in q]
+                        if self.nothing_fits(rest):
+                            self.refuse(rest)
+                            break
+                        full = True
+                elif queue and run.key in self.quota_refused:
+                    if ns not in needs:
+                        needs[ns] = self.quota_needs(queue)
+                    if self.quotas_refuse(needs[ns]):
+                        # the namespace's quotas refuse the rest of its queue, whenever its
+                        # turn comes: their left GPUs only change when a run of it is admitted
+                        for r in queue:
+                            admit(r)
+                        queue.clear()
                 if queue:
-                    nxt = queue[0]
-                    heapq.heapreplace(heap, (share(ns), nxt.created, nxt.key, ns))
+                    nxt = queue[-1]
+                    heapq.heapreplace(heap, (level, nxt.created, nxt.key, ns))
                 else:
                     heapq.heappop(heap)
 
-    def admit(self, run: RunRequest) -> None:
-        """Grant the run its minimum if it fits its quotas and the nodes, all at once."""
-        if self.quotas_of:
-            room = self._quota_room(run)
-            if room is not None and room[0] < run.min:
-                self.quota_refused[run.key] = (room[1], self.quota_left[room[1]])
-                return
-        if self.place_gang(run, run.min):
-            self.granted[run.key] = run.min
-            self._charge(run, run.min)
+    def nothing_fits(self, runs: Sequence[RunRequest], *, growing: bool = False) -> bool:
+        """Whether no node has a free GPU while each of `runs` needs some for its minimum (for
+        one more worker when `growing`). Then none of them can be placed, in whatever order,
+        and refusing them changes no share and no quota: the fair order, which only matters
+        through what is granted, can be skipped (in a busy cluster, most of the queue)."""
+        if self.cap.free_gpus:
+            return False
+        if growing:
+            return all(r.gpus_per_worker > 0 for r in runs)
+        return all(r.gpus_per_worker > 0 and r.min > 0 for r in runs)
+
+    def refuse(self, runs: Sequence[RunRequest]) -> None:
+        """Refuse `runs`, which `nothing_fits`: only what their quotas say is recorded (the
+        quota that refuses a run and the GPUs it has left make its message)."""
+        quotas_of, admit = self.quotas_of, self.admit
+        for r in runs:
+            if r.key in quotas_of:
+                admit(r)  # refused, by its quota or by the nodes
+
+    def quota_needs(self, queue: Sequence[RunRequest]) -> list[tuple[tuple[int, ...], int]] | None:
+        """Per set of quotas that count the runs of `queue` (one namespace's), the fewest GPUs
+        a minimum of theirs needs; None when some run is under no quota or needs no GPUs."""
+        needs: dict[tuple[int, ...], int] = {}
+        for r in queue:
+            ids = self.quotas_of.get(r.key)
+            if not ids or not r.gpus_per_worker:
+                return None
+            need = r.min * r.gpus_per_worker
+            if need < needs.get(ids, need + 1):
+                needs[ids] = need
+        return list(needs.items())
+
+    def quotas_refuse(self, needs: list[tuple[tuple[int, ...], int]] | None) -> bool:
+        """Whether the quotas refuse each of the minimums summed up by `quota_needs` (`admit`
+        refuses a run when its tightest quota has fewer GPUs left than its minimum needs)."""
+        left = self.quota_left
+        return needs is not None and all(min(left[qi] for qi in ids) < need for ids, need in needs)
+
+    def admit(self, run: RunRequest) -> bool:
+        """Grant the run its minimum if it fits its quotas and the nodes, all at once (the
+        workers placed one by one, and given back if the last ones do not fit). Once per run:
+        the refusals return early."""
+        key, count, gpus = run.key, run.min, run.gpus_per_worker
+        ids = self.quotas_of.get(key) if self.quotas_of else None
+        if ids:  # `_quota_room`, inline
+            left = self.quota_left
+            qi = ids[0] if len(ids) == 1 else min(ids, key=left.__getitem__)
+            if (left[qi] // gpus if gpus else run.cap) < count:
+                self.quota_refused[key] = (qi, left[qi])
+                return False
+        group = self.group_of[key]
+        if count >= group.too_many.get(gpus, count + 1):
+            return False
+        classes, take = group.classes, self.cap.take
+        taken: list[tuple[int, str]] = []
+        for _ in range(count):
+            got = take(classes, gpus)
+            if got is None:
+                group.too_many[gpus] = len(taken) + 1
+                for cid, node in reversed(taken):
+                    self.cap.give_back(cid, node, gpus)
+                return False
+            taken.append(got)
+        per = self.placements.setdefault(key, {})
+        for _, node in taken:
+            per[node] = per.get(node, 0) + 1
+        self.granted[key] = count
+        ns_gpus, ns = self.ns_gpus, run.namespace
+        ns_gpus[ns] = ns_gpus.get(ns, 0) + count * gpus
+        if ids:
+            for qi in ids:
+                self.quota_left[qi] -= count * gpus
+        return True
 
     def place(self, run: RunRequest, count: int) -> int:
         """Place up to `count` more workers of `run`; returns how many fit."""
-        classes = self.classes_of[run.key]
+        group = self.group_of[run.key]
         per = self.placements.setdefault(run.key, {})
-        take, gpus = self.cap.take, run.gpus_per_worker  # the hot loop of a decision
+        gpus = run.gpus_per_worker
+        if group.too_many.get(gpus) == 1:
+            return 0  # no room left for one: the usual answer once the surplus is shared out
+        classes, take = group.classes, self.cap.take  # the hot loop of a decision
         done = 0
         while done < count:
             got = take(classes, gpus)
             if got is None:
+                group.too_many[gpus] = 1
                 break
             per[got[1]] = per.get(got[1], 0) + 1
             done += 1
         return done
-
-    def place_gang(self, run: RunRequest, count: int) -> bool:
-        """Place `count` workers of `run` all at once, or none."""
-        classes = self.classes_of[run.key]
-        taken: list[tuple[int, str]] = []
-        for _ in range(count):
-            got = self.cap.take(classes, run.gpus_per_worker)
-            if got is None:
-                for cid, node in reversed(taken):
-                    self.cap.give_back(cid, node, run.gpus_per_worker)
-                return False
-            taken.append(got)
-        per = self.placements.setdefault(run.key, {})
-        for _, node in taken:
-            per[node] = per.get(node, 0) + 1
-        return True
 
     def keep_in_cooldown(self, level: Sequence[RunRequest], now: float, cooldown: float) -> None:
         """Runs whose count changed less than `cooldown` ago keep it (hysteresis). A
         `lastScaleTime` in the future is not a recent change: status is writable by the run's
         own launcher token, and a forged future time must not pin surplus workers forever."""
         for run in level:
-            since = None if run.last_scale is None else now - run.last_scale
+            if run.last_scale is None or not 0 <= now - run.last_scale < cooldown:
+                continue
             keep = min(run.previous, run.cap) - self.granted[run.key]
-            if since is not None and 0 <= since < cooldown and keep > 0:
+            if keep > 0:
                 room = self._quota_room(run) if self.quotas_of else None
                 if room is not None and room[0] < keep:
                     keep = room[0]
                     self.quota_limited[run.key] = room[1]
+                if run.gpus_per_worker and not self.cap.free_gpus:
+                    continue  # no free GPU: nothing to place (the run holds its minimum already)
                 got = self.place(run, keep)
                 self.granted[run.key] += got
                 self._charge(run, got)
@@ -646,10 +798,20 @@ class _Planner:
         """Two-level water-filling: the next worker goes to the namespace of this level with the
         fewest GPUs per unit of weight, and within it to the run with fewest workers."""
         granted, grow = self.granted, self._grow_one
+        if self.nothing_fits(level, growing=True):
+            for r in level:  # one attempt each (it fails): a quota short of it says so
+                if granted[r.key] < r.cap:
+                    grow(r)
+            return
         heaps: dict[str, list[tuple[int, int]]] = {}
         for i, r in enumerate(level):
-            if granted[r.key] < r.cap:
-                heaps.setdefault(r.namespace, []).append((granted[r.key], i))
+            count = granted[r.key]
+            if count < r.cap:
+                heap = heaps.get(r.namespace)
+                if heap is None:
+                    heaps[r.namespace] = [(count, i)]
+                else:
+                    heap.append((count, i))
         pop, replace = heapq.heappop, heapq.heapreplace
         if len(heaps) == 1:  # one namespace: water-filling by run only
             heap = next(iter(heaps.values()))
@@ -689,39 +851,33 @@ class _Planner:
         return f"; ResourceQuota {q.namespace}/{q.name} caps {q.resource} at {q.hard}"
 
     def refusal(self, run: RunRequest) -> Grant:
-        """Why a run got no workers, as its status shows it."""
-        need = run.min * run.gpus_per_worker
-        if not self.cap.could_ever_fit(self.classes_of[run.key], run.gpus_per_worker, run.min):
-            return Grant(
-                0,
-                REASON_UNSCHEDULABLE,
-                f"no schedulable nodes can ever hold {run.min} workers of "
-                f"{run.gpus_per_worker} GPUs matching the run's nodeSelector/tolerations/affinity",
-            )
-        refused = self.quota_refused.get(run.key)
-        if refused is not None:
-            return self._quota_refusal(run, *refused)
-        if run.previous >= run.min or run.preempted:
-            return Grant(
-                0,
-                REASON_PREEMPTED,
-                f"preempted: runs of priority above {run.priority} need the GPUs of this run's "
-                f"minimum ({need} GPUs); it waits to be re-admitted",
-            )
-        return Grant(
-            0, REASON_QUEUED, f"waiting for {need} free GPUs for the minimum of {run.min} workers"
-        )
-
-    def _quota_refusal(self, run: RunRequest, qi: int, left: int) -> Grant:
-        # the runs a quota refuses are often most of a namespace's queue, with few distinct
-        # messages: each is made once
-        key = (qi, left, run.min, run.gpus_per_worker)
+        """Why a run got no workers, as its status shows it. Most of a busy cluster's queue is
+        refused for few distinct reasons and numbers: each Grant is made once and shared."""
+        group, gpus = self.group_of[run.key], run.gpus_per_worker
+        fits = group.ever.get((gpus, run.min))
+        if fits is None:
+            fits = group.ever[gpus, run.min] = self.cap.could_ever_fit(group.classes, gpus, run.min)
+        if not fits:
+            key = (REASON_UNSCHEDULABLE, run.min, gpus)
+        else:
+            refused = self.quota_refused.get(run.key)
+            if refused is not None:
+                qi, left = refused
+                quota_key = (qi, left, run.min, gpus)
+                got = self._quota_refusals.get(quota_key)
+                if got is None:
+                    got = self._quota_refusals[quota_key] = self._quota_refusal(run, qi, left)
+                return got
+            if run.previous >= run.min or run.preempted:
+                key = (REASON_PREEMPTED, run.priority, run.min * gpus)
+            else:
+                key = (REASON_QUEUED, run.min, run.min * gpus)
         got = self._refusals.get(key)
         if got is None:
-            got = self._refusals[key] = self._make_quota_refusal(run, qi, left)
+            got = self._refusals[key] = _refusal(*key)
         return got
 
-    def _make_quota_refusal(self, run: RunRequest, qi: int, left: int) -> Grant:
+    def _quota_refusal(self, run: RunRequest, qi: int, left: int) -> Grant:
         q = self.quotas[qi]
         other = self.quota_foreign[qi]
         ahead = q.hard - other - left  # the minimums of the namespace's runs placed before it
@@ -736,3 +892,32 @@ class _Planner:
             f"until runs of {q.namespace} free that much (they finish, are suspended or "
             "deleted); or lower spec.workers.min, or ask a cluster admin to raise the quota",
         )
+
+
+def _refusal(reason: str, a: int, b: int) -> Grant:
+    """A refusal that is not the quota's, from `_Planner.refusal`'s key: (Unschedulable,
+    min, GPUs per worker), (Preempted, priority, GPUs of the minimum) or (Queued, min, GPUs of
+    the minimum)."""
+    if reason == REASON_UNSCHEDULABLE:
+        return Grant(
+            0,
+            REASON_UNSCHEDULABLE,
+            f"no schedulable nodes can ever hold {a} workers of "
+            f"{b} GPUs matching the run's nodeSelector/tolerations/affinity",
+        )
+    if reason == REASON_PREEMPTED:
+        return Grant(
+            0,
+            REASON_PREEMPTED,
+            f"preempted: runs of priority above {a} need the GPUs of this run's "
+            f"minimum ({b} GPUs); it waits to be re-admitted",
+        )
+    return Grant(0, REASON_QUEUED, f"waiting for {b} free GPUs for the minimum of {a} workers")
+
+
+def _admitted(workers: int, requested: int, gpus: int, note: str) -> Grant:
+    return Grant(
+        workers,
+        REASON_GANG_ADMITTED,
+        f"granted {workers} of {requested} requested workers ({workers * gpus} GPUs){note}",
+    )

@@ -26,6 +26,7 @@ from accordion_operator.core.objects import (
 )
 from accordion_operator.trainingrun import builders
 from accordion_operator.trainingrun.allocator import Node, PodUse, RunRequest, Taint
+from accordion_operator.trainingrun.kueue import KUEUE_VERSION, KueueStore
 from accordion_operator.trainingrun.observe import (
     PodState,
     parse_run,
@@ -43,8 +44,8 @@ from accordion_operator.trainingrun.priority import (
 
 log = logging.getLogger("accordion.cache")
 
-#: what the cache watches
-WATCHES = (
+#: what the cache watches (the controller acts once all of these are listed)
+CORE_WATCHES = (
     Watch("node", "v1", "nodes", namespaced=False),
     Watch("pod", "v1", "pods"),
     Watch("run", API_VERSION, PLURAL),
@@ -53,6 +54,13 @@ WATCHES = (
     # cluster-wide even in namespaced mode: only a fair-share weight is kept per namespace
     Watch("namespace", "v1", "namespaces", namespaced=False),
 )
+#: Kueue's kinds, watched only while the cluster serves Kueue's API (`Controller._watch_kueue`):
+#: the Workloads the operator made, and the ResourceFlavors whose node labels their pods take
+KUEUE_WATCHES = (
+    Watch("workload", KUEUE_VERSION, "workloads", selector=f"{LABEL_MANAGED_BY}={MANAGED_BY}"),
+    Watch("resourceflavor", KUEUE_VERSION, "resourceflavors", namespaced=False),
+)
+WATCHES = CORE_WATCHES + KUEUE_WATCHES
 
 
 def node_from(body: Mapping[str, Any], gpu_resource: str) -> Node:
@@ -229,6 +237,8 @@ class ClusterCache(Store):
     terminating: set[str] = field(default_factory=set)
     #: namespaces whose weight was refused (logged once per refusal, not per event)
     _bad_weights: dict[str, str] = field(default_factory=dict)
+    #: the operator's Kueue Workloads and the ResourceFlavors (`trainingrun.kueue`)
+    kueue: KueueStore = field(default_factory=KueueStore)
 
     # --- feeding -----------------------------------------------------------------------------
 
@@ -248,6 +258,8 @@ class ClusterCache(Store):
             self._apply_policy(kind, body, deleted)
         elif kind == "namespace":
             self._apply_namespace(body, deleted)
+        elif kind in ("workload", "resourceflavor"):
+            self.kueue.apply(kind, body, deleted)
         if wake:
             self.dirty.set()
 
@@ -399,6 +411,8 @@ class ClusterCache(Store):
             self.weights = {n: w for n, w in self.weights.items() if n in names}
             self.terminating &= names
             self._bad_weights = {n: m for n, m in self._bad_weights.items() if n in names}
+        elif kind in ("workload", "resourceflavor"):
+            self.kueue.forget_missing(kind, seen, namespace)
         elif kind == "quota":
             for ns, quotas in self.quotas.items():
                 if in_scope(ns):

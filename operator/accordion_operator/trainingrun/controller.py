@@ -23,7 +23,7 @@ import aiohttp
 
 from accordion_operator.api.trainingrun import FINISHED_PHASES, TrainingRun, TrainingRunStatus
 from accordion_operator.config import Config
-from accordion_operator.core.cache import expected_syncs, run_watched
+from accordion_operator.core.cache import expected_syncs, run_watched, watch_all
 from accordion_operator.core.kube import ApiError, Kube
 from accordion_operator.core.objects import TRAININGRUNS, object_ref
 from accordion_operator.core.timefmt import from_rfc3339
@@ -35,7 +35,12 @@ from accordion_operator.trainingrun.allocator import (
     RunRequest,
     decide_allocation,
 )
-from accordion_operator.trainingrun.cache import WATCHES, CachedRun, ClusterCache
+from accordion_operator.trainingrun.cache import (
+    CORE_WATCHES,
+    KUEUE_WATCHES,
+    CachedRun,
+    ClusterCache,
+)
 from accordion_operator.trainingrun.checks import check_run
 from accordion_operator.trainingrun.decide import (
     NO_GRANT,
@@ -45,6 +50,14 @@ from accordion_operator.trainingrun.decide import (
     unparsable_plan,
 )
 from accordion_operator.trainingrun.export import RunExport
+from accordion_operator.trainingrun.kueue import (
+    KUEUE_VERSION,
+    KueueDecision,
+    build_workload,
+    decide_workloads,
+    place_pod,
+    queue_of,
+)
 from accordion_operator.trainingrun.observe import (
     Children,
     PodState,
@@ -61,6 +74,8 @@ log = logging.getLogger("accordion.controller")
 #: first wait after the apiserver refused a child pod; doubles per refusal, up to the max
 CREATE_BACKOFF_S = 2.0
 CREATE_BACKOFF_MAX_S = 300.0
+#: how often a cluster without Kueue's API is asked again whether it serves it now
+KUEUE_PROBE_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -141,6 +156,10 @@ class Controller:
         if self.metrics is not None:
             self.export = RunExport(self.metrics, self.clock)
 
+    #: per run uid: the apiserver's last refusal of one of its Kueue Workloads (one Event each)
+    _workload_refusals: dict[str, str] = field(default_factory=dict)
+    #: per Kueue-admitted run: (the inputs of its last Kueue decision, that decision)
+    _kueue_seen: dict[str, tuple[tuple[object, ...], KueueDecision]] = field(default_factory=dict)
     #: per run uid: the apiserver's last refusal to create one of its children
     _create_failures: dict[str, CreateFailure] = field(default_factory=dict)
     #: (namespace, pod, owner uid) of lookalike pods already reported
@@ -188,6 +207,10 @@ class Controller:
         # forgotten)
         uids = {v.uid for v in views}
         self._create_failures = {u: f for u, f in self._create_failures.items() if u in uids}
+        if self._workload_refusals:  # usually empty
+            self._workload_refusals = {
+                u: m for u, m in self._workload_refusals.items() if u in uids
+            }
         if len(self._own) > len(uids):
             self._own = {u: o for u, o in self._own.items() if u in uids}
         tally.delays += [max(0.0, f.retry_at - now) for f in self._create_failures.values()]
@@ -221,6 +244,8 @@ class Controller:
         yet): those are left as they are until the next."""
         invalid: dict[str, tuple[str, str] | None] = {}
         requests: list[RunRequest] = []
+        #: Kueue admits these runs, not the allocator: only their priority is kept
+        kueue_priorities: dict[str, int] = {}
         checks: dict[str, tuple[object, tuple[str, str] | None, tuple[Probe, ...]]] = {}
         unread: set[str] = set()
         for v in views:
@@ -263,15 +288,20 @@ class Controller:
                     request = dataclasses.replace(request, last_scale=trusted)
                 if verdict is not None and not v.started:
                     invalid[v.key] = verdict
+                elif queue_of(v.labels) is not None:
+                    # Their pods stay in the allocator's view as other pods' GPUs are: busy
+                    # on their nodes and counted by their namespace's quotas, never twice.
+                    kueue_priorities[v.key] = request.priority
                 else:
                     requests.append(request)
         self._checks = checks
         if self.storage is not None:
             self.storage.sweep()
-        self._priorities = {r.key: r.priority for r in requests}
-        if len(self._resolved) > len(views):  # runs gone
+        self._priorities = {r.key: r.priority for r in requests} | kueue_priorities
+        if len(self._resolved) > len(views) or len(self._kueue_seen) > len(views):  # runs gone
             keys = {v.key for v in views}
             self._resolved = {k: hit for k, hit in self._resolved.items() if k in keys}
+            self._kueue_seen = {k: hit for k, hit in self._kueue_seen.items() if k in keys}
         return invalid, requests, unread
 
     def _prioritised(
@@ -349,12 +379,25 @@ class Controller:
                 await self._report_lookalikes(v, lookalikes)
             failure = self._create_failures.get(v.uid)
             refused = failure.message if failure is not None else ""
+            kueued: KueueDecision | None = None
+            if queue_of(v.labels) is not None:
+                if not self._kueue_known():
+                    # Kueue's Workloads not listed yet: this run waits, as it was
+                    if v.key in self._settled:
+                        settled[v.key] = self._settled[v.key]
+                    continue
+                kueued = self._kueue_decision(v, verdict)
+                grant = kueued.grant
+            elif (v.namespace, v.name) in self.cache.kueue.workloads:
+                # the label was removed: the allocator has the run now, and Kueue's quota goes
+                kueued = self._kueue_leftovers(v)
             inputs = (
                 v.resource_version,
                 tuple(sorted(pods, key=lambda p: p.name)),
                 grant,
                 verdict,
                 refused,
+                kueued,
             )
             # decide_run is a pure function of these inputs (and of time only through the requeue
             # it asks for): a run whose inputs did not change since its last no-op decision needs
@@ -377,6 +420,8 @@ class Controller:
                 now=now,
                 own=self._own.get(v.uid),
             )
+            if kueued is not None:
+                self._kueue_plan(run, plan, kueued)
             if plan.requeue_after is not None:
                 tally.delays.append(plan.requeue_after)
             if _has_work(plan):
@@ -399,6 +444,105 @@ class Controller:
                     break
         tally.act_seconds += await self._act(batch)
         self._settled = settled
+
+    def _kueue_known(self) -> bool:
+        """Whether the cluster's answer on Kueue is in: its API is not served, or it is and
+        the Workloads and ResourceFlavors have been listed."""
+        served = self.cache.kueue.served
+        return served is False or (
+            served is True and expected_syncs(self.cfg, KUEUE_WATCHES) <= self.cache.synced
+        )
+
+    def _kueue_decision(self, v: CachedRun, verdict: tuple[str, str] | None) -> KueueDecision:
+        """The run's Kueue decision, made again only when the run, its Workloads or the
+        flavors changed (parsing each Kueue run every pass would cost more than deciding)."""
+        store = self.cache.kueue
+        workloads = store.of_run(v.namespace, v.name, v.uid)
+        # a namespace being deleted takes no new pods: its runs are going too (as for the
+        # allocator's runs, `reconcile_all`)
+        active = v.wants_gpus and verdict is None and v.namespace not in self.cache.terminating
+        key = (v.rv, workloads, store.served, store.flavors_version, active)
+        hit = self._kueue_seen.get(v.key)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        decision = decide_workloads(
+            v.model(), workloads, store.flavors, served=bool(store.served), active=active
+        )
+        self._kueue_seen[v.key] = (key, decision)
+        return decision
+
+    def _kueue_leftovers(self, v: CachedRun) -> KueueDecision | None:
+        """The Workloads of a run no longer labelled for Kueue, to delete (None: none)."""
+        gone = tuple(
+            w.name for w in self.cache.kueue.of_run(v.namespace, v.name, v.uid) if not w.deleting
+        )
+        return KueueDecision(NO_GRANT, delete=gone) if gone else None
+
+    def _kueue_plan(self, run: TrainingRun, plan: Plan, kueued: KueueDecision) -> None:
+        """A Kueue-admitted run's plan: its pods on the flavors Kueue assigned, and the
+        Workloads to create and delete."""
+        plan.create = [place_pod(o, kueued) for o in plan.create]
+        priority = self._priorities.get(run.key)
+        plan.workloads_create = [build_workload(run, self.cfg, s, priority) for s in kueued.create]
+        plan.workloads_delete = list(kueued.delete)
+
+    async def _write_workloads(self, run: TrainingRun, plan: Plan) -> None:
+        """Create and delete the plan's Workloads; a refusal becomes a Warning Event, once per
+        distinct refusal (the next pass, woken by the Workload watch or the resync, tries
+        again)."""
+        ns, uid = run.metadata.namespace, run.metadata.uid
+        for body in plan.workloads_create:
+            code, data = await self.kube.request("POST", KUEUE_VERSION, "workloads", ns, body)
+            if code in (200, 201):
+                self.cache.apply("workload", "ADDED", data, wake=False)
+                self._workload_refusals.pop(uid, None)
+            elif code != 409:  # 409: made by an earlier pass (names are deterministic)
+                name = body["metadata"]["name"]
+                msg = f"creating Kueue Workload {name}: {code} {data.get('message')}"[:1024]
+                if self._workload_refusals.get(uid) != msg:
+                    self._workload_refusals[uid] = msg
+                    log.warning("%s: %s", run.key, msg)
+                    plan.events.append(("Warning", "WorkloadCreateFailed", msg))
+        for name in plan.workloads_delete:
+            code, data = await self.kube.request("DELETE", KUEUE_VERSION, f"workloads/{name}", ns)
+            if code not in (200, 202, 404):
+                log.warning("%s: deleting Workload %s: %s", run.key, name, data.get("message"))
+
+    async def _watch_kueue(self, stop: asyncio.Event) -> None:
+        """Whether the cluster serves Kueue's API (asked again every KUEUE_PROBE_S while it
+        does not), and once it does, the watches of the Workloads and ResourceFlavors. A
+        cluster without Kueue is a normal cluster: runs labelled for Kueue are told so."""
+        while not stop.is_set():
+            served = await self._kueue_served()
+            if served is not None and served != self.cache.kueue.served:
+                log.info("Kueue's API (%s) %s", KUEUE_VERSION, "found" if served else "absent")
+                self.cache.kueue.served = served
+                self.cache.dirty.set()
+            if served:
+                await watch_all(self.kube, self.cache, KUEUE_WATCHES, stop)
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), KUEUE_PROBE_S if served is False else 2.0)
+
+    async def _kueue_served(self) -> bool | None:
+        """True when Workloads can be listed, False when the API is not there (404) or the
+        operator may not read it (403: the chart's RBAC predates Kueue), None on other
+        trouble (asked again shortly)."""
+        scope = KUEUE_WATCHES[0].scopes(self.cfg)[0]
+        try:
+            async for _ in self.kube.list_pages(KUEUE_VERSION, "workloads", scope, limit=1):
+                break  # one page answers the question
+        except ApiError as exc:
+            if exc.code in (403, 404):
+                if exc.code == 403:
+                    log.warning("Kueue's Workloads may not be listed: %s", exc)
+                return False
+            log.warning("probing Kueue's API: %s; retrying", exc)
+            return None
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("probing Kueue's API: %s; retrying", exc)
+            return None
+        return True
 
     async def _report_lookalikes(self, view: CachedRun, pods: list[PodState]) -> None:
         """A Warning Event, once per pod, for pods that carry a run's labels but whose controller
@@ -491,6 +635,8 @@ class Controller:
             if plan.ensure_auth and plan.create:
                 await self._ensure_auth(run)
             await self._create_children(run, plan)
+            if plan.workloads_create or plan.workloads_delete:
+                await self._write_workloads(run, plan)
             deletions = await asyncio.gather(
                 *(self.kube.delete_pod(ns, p) for p in plan.delete_pods)
             )
@@ -588,11 +734,16 @@ class Controller:
         self.auth_done.add(run.metadata.uid)
 
     async def run_forever(self, stop: asyncio.Event) -> None:
-        await run_watched(self._loop(stop), self.kube, self.cache, WATCHES, stop)
+        kueue = asyncio.create_task(self._watch_kueue(stop), name="kueue")
+        try:
+            await run_watched(self._loop(stop), self.kube, self.cache, CORE_WATCHES, stop)
+        finally:
+            kueue.cancel()
+            await asyncio.gather(kueue, return_exceptions=True)
 
     async def _loop(self, stop: asyncio.Event) -> None:
         cfg = self.cfg
-        expected = expected_syncs(self.cfg, WATCHES)
+        expected = expected_syncs(self.cfg, CORE_WATCHES)
         # Act only on a complete view: a run seen before its pods would get duplicate creations
         # refused by name, but an incomplete view of the GPU pods could over-admit.
         while not stop.is_set() and not expected <= self.cache.synced:
@@ -635,6 +786,8 @@ def _has_work(plan: Plan) -> bool:
         or plan.status_patch is not None
         or plan.events
         or plan.delete_run
+        or plan.workloads_create
+        or plan.workloads_delete
     )
 
 

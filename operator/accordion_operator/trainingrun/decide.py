@@ -47,6 +47,7 @@ from accordion_operator.core.status import merge_patch
 from accordion_operator.core.timefmt import from_rfc3339, to_rfc3339
 from accordion_operator.trainingrun import builders
 from accordion_operator.trainingrun.allocator import Grant
+from accordion_operator.trainingrun.kueue import REASON_KUEUE_PENDING
 from accordion_operator.trainingrun.observe import Children
 from accordion_operator.trainingrun.phases import (
     Changes,
@@ -80,6 +81,9 @@ class Plan:
     delete_run: bool = False
     #: check again after this many seconds even without any event (backoff, TTL, timeouts)
     requeue_after: float | None = None
+    #: a Kueue-admitted run's Workloads to create and delete by name (`trainingrun.kueue`)
+    workloads_create: list[dict[str, Any]] = field(default_factory=list)
+    workloads_delete: list[str] = field(default_factory=list)
 
 
 # --- inputs and results --------------------------------------------------------------------------
@@ -270,7 +274,8 @@ def admission(run: TrainingRun, grant: Grant, invalid: tuple[str, str] | None) -
         return Admission(
             "Queued", grant.message, 0, (Cond(COND_ADMITTED, False, grant.reason, grant.message),)
         )
-    admitted = Cond(COND_ADMITTED, True, REASON_GANG_ADMITTED, grant.message)
+    # the allocator's grants say MinimumWorkersFit, Kueue's AdmittedByKueue
+    admitted = Cond(COND_ADMITTED, True, grant.reason or REASON_GANG_ADMITTED, grant.message)
     return Admission("Running", "", grant.workers, (admitted,))
 
 
@@ -281,7 +286,11 @@ def admission_events(conds: Conditions) -> list[Event]:
     if not conds.changed(COND_ADMITTED):
         return []
     adm = conds.new[COND_ADMITTED]
-    if adm.status != "False" or adm.reason in (REASON_SUSPENDED, REASON_QUEUED):
+    if adm.status != "False" or adm.reason in (
+        REASON_SUSPENDED,
+        REASON_QUEUED,
+        REASON_KUEUE_PENDING,
+    ):
         return []
     return [("Warning", adm.reason, adm.message)]
 

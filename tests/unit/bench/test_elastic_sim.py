@@ -157,3 +157,30 @@ def test_cooldown_keeps_a_grown_run_from_being_trimmed_at_once() -> None:
     assert c.end == 40
     assert res.jobs[1].shrinks == 1
     assert res.jobs[1].grows == 2
+
+
+def test_start_and_release_delays_by_hand() -> None:
+    # The real stack's delays (benchmarks.elastic_replay measures them): A (4 GPUs, 100 s)
+    # admitted at 0 trains from 10; B (4 GPUs) waits for A's GPUs, which are granted again 5 s
+    # after A ends (110 + 5), and B trains 10 s later, from 125 to 135.
+    jobs = [job(0, 0, 4, 100), job(1, 1, 4, 10)]
+    cfg = SimConfig(4, gpus_per_node=4, start_delay_s=10.0, release_delay_s=5.0)
+    for policy in ("static-max", "elastic"):
+        res = simulate(jobs, LINEAR, cfg, policy)
+        assert ends(res) == {0: 110.0, 1: 135.0}
+        assert [j.start for j in res.jobs] == [10.0, 125.0]
+        # the held GPUs count as allocated, not busy: 4 x 135 allocated, 4 x (100 + 10) busy
+        assert res.allocated_gpu_s == pytest.approx(4 * 135.0)
+        assert res.busy_gpu_s == pytest.approx(4 * 110.0)
+
+
+def test_released_gpus_are_granted_to_an_elastic_run_only_once_released() -> None:
+    # A (1..4) runs at 2 next to B (2 GPUs, 50 s); when B ends at 50 its GPUs come back at 80:
+    # A grows then, not at 50 (a 5 s pause with nothing done), and ends at 445: 160 of its
+    # 1,600 GPU-s done at 2 by 80, the rest at 4
+    jobs = [job(0, 0, 2, 50), job(1, 0, 4, 400, lo=2)]
+    cfg = SimConfig(4, gpus_per_node=4, release_delay_s=30.0)
+    res = simulate(jobs, LINEAR, cfg, "elastic")
+    timeline = [(t, busy) for t, _, busy in res.timeline if t >= 50]
+    assert timeline == [(50, 2), (80, 0), (85, 4), (445, 0)]
+    assert res.jobs[1].grows == 1

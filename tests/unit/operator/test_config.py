@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import fields
 from pathlib import Path
 
+import pytest
+
 from accordion_operator.__main__ import main
-from accordion_operator.config import Config, describe
+from accordion_operator.config import EVERY_ADDRESS, Config, describe, http_host
 
 
 def test_from_env_parses_types() -> None:
@@ -51,3 +53,27 @@ def test_builtin_models_are_the_ones_the_trainer_ships() -> None:
     from accordion_trainer.models import BUILTIN_MODELS
 
     assert sorted(Config().builtin_models) == sorted(BUILTIN_MODELS)
+
+
+def test_listen_address_is_an_ip_or_the_pods() -> None:
+    """`pod-ip` reads $POD_IP (the chart's downward API variable); outside a pod it means every
+    address; anything but an IP is refused with the setting's name."""
+    pod_ip = Config(bind_address="pod-ip")
+    assert pod_ip.listen_address({"POD_IP": "10.1.2.3"}) == "10.1.2.3"
+    assert pod_ip.listen_address({}) == EVERY_ADDRESS
+    assert Config().listen_address({"POD_IP": "10.1.2.3"}) == EVERY_ADDRESS
+    assert Config(bind_address="fd00::1").listen_address({}) == "fd00::1"
+    with pytest.raises(ValueError, match="ACCORDION_BIND_ADDRESS='eth0'"):
+        Config(bind_address="eth0").listen_address({})
+    assert http_host("fd00::1") == "[fd00::1]"
+    assert http_host("10.1.2.3") == "10.1.2.3"
+
+
+def test_a_bad_bind_address_stops_the_operator_with_its_name(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("ACCORDION_BIND_ADDRESS", "localhost:80")
+    with pytest.raises(SystemExit) as stopped:
+        main([])
+    assert stopped.value.code == 2
+    assert "ACCORDION_BIND_ADDRESS='localhost:80'" in capsys.readouterr().err

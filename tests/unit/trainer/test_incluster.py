@@ -9,7 +9,7 @@ import pytest
 
 from accordion_trainer.errors import TrainerError
 from accordion_trainer.incluster import launcher_env, sshd_set_env
-from accordion_trainer.kube import ready_worker_ips, worker_selector
+from accordion_trainer.kube import ready_worker_ips, starting_worker_ips, worker_selector
 from accordion_trainer.policy import decide_commit_every, scaled_lr
 from accordion_trainer.progress import (
     Reporter,
@@ -54,6 +54,16 @@ def test_discovery_lists_only_ready_running_workers_in_index_order() -> None:
     assert ready_worker_ips(pods) == ["10.0.0.10", "10.0.0.12", "10.0.0.20"]
     assert ready_worker_ips({}) == []
     assert worker_selector("r") == "accordion.dev/run=r,accordion.dev/role=worker"
+    # Running but not Ready yet: listed (in its index's place) once its sshd answers the
+    # launcher itself, without waiting for the probe; never a pod that is not Running or going
+    assert starting_worker_ips(pods) == ["10.0.0.11"]
+    answering = {"10.0.0.11", "10.0.0.14", "10.0.0.15"}
+    assert ready_worker_ips(pods, serving=answering.__contains__) == [
+        "10.0.0.10",
+        "10.0.0.11",
+        "10.0.0.12",
+        "10.0.0.20",
+    ]
 
 
 def test_discovery_trusts_only_pods_the_run_controls() -> None:

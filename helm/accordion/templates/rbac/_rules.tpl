@@ -53,6 +53,13 @@ The operator's permissions, least privilege: exactly the calls in operator/accor
 - apiGroups: [""]
   resources: [resourcequotas]
   verbs: [list, watch]
+# Application: the Kueue Workloads of runs labelled kueue.x-k8s.io/queue-name (created for the
+# run's minimum and for each growth slice, deleted when replaced, evicted, or the run ends;
+# docs/sharing.md, "Kueue"). Only the operator's own are watched (a label selector); no status
+# writes: Kueue admits, the operator only reads its answer. Unused on clusters without Kueue.
+- apiGroups: [kueue.x-k8s.io]
+  resources: [workloads]
+  verbs: [list, watch, create, delete]
 {{- end -}}
 
 {{/* Rules on cluster-scoped objects (always a ClusterRole). */}}
@@ -76,5 +83,10 @@ The operator's permissions, least privilege: exactly the calls in operator/accor
 # weight is kept).
 - apiGroups: [""]
   resources: [namespaces]
+  verbs: [list, watch]
+# Application: the node labels and tolerations of the ResourceFlavor Kueue assigned to a run's
+# pods (read-only: the cache's LIST + WATCH, only on clusters that serve Kueue's API).
+- apiGroups: [kueue.x-k8s.io]
+  resources: [resourceflavors]
   verbs: [list, watch]
 {{- end -}}
