@@ -96,7 +96,7 @@ def test_a_dead_worker_process_then_a_dead_launcher_and_every_epoch_trained_once
             tr = demo.get("trainingruns", RUN).get("status", {}).get("training") or {}
             return tr if len(tr.get("worldPods") or []) == 2 and tr.get("epoch", 0) >= 1 else None
 
-        before = poll(both_in_the_world, 120, "two workers training")
+        before = poll(both_in_the_world, 240, "two workers training")
         # not rank 0: its pod stays, so the test sees the world shrink rather than move
         [victim] = [
             p for p in demo.pods(RUN, "worker") if p["metadata"]["name"] != before["rank0Pod"]
@@ -113,7 +113,9 @@ def test_a_dead_worker_process_then_a_dead_launcher_and_every_epoch_trained_once
             up = [p for p in now if ready(p)]
             return up if gone and len(up) == 2 else None
 
-        after = poll(replaced, 90, "the worker that left the world to be replaced")
+        # A worker turns Ready once its warm training processes have imported TensorFlow and built
+        # the model (accordion_trainer.warm, at most 120 s): under load that is most of the wait.
+        after = poll(replaced, 240, "the worker that left the world to be replaced")
         t_replaced = time.monotonic()
         [new] = [p for p in after if p["metadata"]["uid"] not in old_uids]
         # Its name is the first free index (the victim's own once that pod is gone); its pod IP
