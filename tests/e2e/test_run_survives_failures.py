@@ -36,7 +36,10 @@ RUN = "survivor"
 GRACE_S = 5
 #: the operator's first launcher back-off (10 s by default): the wait is the same code at any length
 BACKOFF_S = 2
-EPOCHS = 16
+#: enough epochs (about a second each at one worker) to outlast, under a loaded CI machine, the
+#: replacement's start (its warm processes import TensorFlow: 10-60 s) and the launcher's restart;
+#: with fewer, the run could succeed before the test saw either
+EPOCHS = 40
 
 
 def training_process(pod: dict[str, Any]) -> psutil.Process:

@@ -6,12 +6,16 @@ host change waits for that poll before workers are told. Our discovery script on
 hosts file that the launcher (or a standalone run) keeps, so with `ACCORDION_HOSTS_FILE` set the
 driver reads that file itself, without a process, every `ACCORDION_DISCOVERY_POLL_S` (default
 0.05 s; without the file: the script, every 0.25 s).
+
+It also keeps the host changes that the driver would lose (`hostupdates`).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+from .hostupdates import notify_missed_updates_on_registration
 
 #: the hosts file the discovery script prints (`addr:slots` lines), read directly instead
 HOSTS_FILE_ENV = "ACCORDION_HOSTS_FILE"
@@ -37,6 +41,7 @@ def main() -> None:
         HostDiscoveryScript._execute_discovery_script = lambda _self: read_hosts_file(path)
         poll = "0.05"
     driver.DISCOVER_HOSTS_FREQUENCY_SECS = float(os.environ.get("ACCORDION_DISCOVERY_POLL_S", poll))
+    notify_missed_updates_on_registration(driver.ElasticDriver)
     raise SystemExit(run_commandline())
 
 

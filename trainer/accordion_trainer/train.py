@@ -32,6 +32,7 @@ from .compiling import build_optimizer, describe_shape_error, plan_compile
 from .config import TrainConfig, from_env
 from .data import Dataset, class_labels, epoch_order, open_dir, shard_indices, take, to_dataset
 from .errors import Reason, TrainerError
+from .hostupdates import keep_updates_until_listened
 from .models import build, resolve
 from .outputs import emit, keep_log, open_results, save_results, write_checkpoint
 from .policy import decide_commit_every, divergence, scaled_lr
@@ -266,6 +267,9 @@ class _Job:
             plan_steps=0,
         )
         self.state.register_reset_callbacks([self.on_reset])
+        from horovod.common.elastic import notification_manager
+
+        keep_updates_until_listened(notification_manager)
         self.hvd.elastic.run(self.loop)(self.state)
 
     def on_reset(self) -> None:
