@@ -53,8 +53,9 @@ typecheck: deps-python ## mypy (strict on the operator)
 	$(VENV)/bin/mypy
 
 .PHONY: test test-unit test-cluster
+TEST_STREAMS ?= 2
 test: deps lint typecheck ## install what is missing, then lint, types and every test tier
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_STREAMS) --durations=30
 
 test-unit: deps-python ## pure-logic tests only (no cluster)
 	$(PY) -m pytest tests/unit

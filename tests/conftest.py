@@ -3,6 +3,14 @@
 The session cluster lives in its own temporary state directory on its own ports, so it never
 touches a developer's cluster (`make cluster-up`), and it is torn down (processes and state) at
 the end. Tests that need it carry the `cluster` marker (added automatically by fixture use).
+
+`make test` runs two pytest-xdist streams (`-n 2`; each stream has its own session cluster).
+The suite is mostly waiting (a whole serial run kept the 2-core machine ~51 % busy), so a
+second stream fills the gaps. Tests that run real pods (node agents, sshd, TensorFlow) stay in
+one stream, one after the other as before; the trainer's tests (TensorFlow, local sshd, no pods)
+in one other (`STREAM_GROUPS`), so that the two heaviest groups start at once on different
+streams (xdist hands out its largest groups first) and pure and kube-only tests fill in; the
+Kueue tests share one stream's Kueue.
 """
 
 from __future__ import annotations
@@ -16,7 +24,9 @@ from typing import Any
 import httpx
 import kr8s
 import pytest
+from hypothesis import settings
 from minio import Minio
+from xdist.scheduler import LoadScopeScheduling
 
 from accordion_dev.cluster import Cluster, ClusterConfig, free_port_block
 from accordion_dev.polling import poll
@@ -32,10 +42,55 @@ CLUSTER_FIXTURES = {
 }
 
 
+#: the stream group of each test file (by path) that needs one; other tests go one by one
+STREAM_GROUPS = {
+    "tests/e2e/": "processes",  # real pods on process nodes: one after the other, as before
+    "tests/images/": "processes",
+    "tests/cluster/test_nodeagent.py": "processes",
+    "tests/trainer/": "trainer",  # TensorFlow, local sshd, no pods
+    "tests/cluster/test_kueue_admission.py": "kueue",  # one stream's cluster runs Kueue
+    "tests/cluster/test_kueue_local.py": "kueue",
+}
+
+# Hypothesis' per-example deadline (200 ms) measures the machine, not the code, when two streams
+# share two cores; the allocator's speed has its own benchmark (benchmarks/allocator.py).
+settings.register_profile("accordion", deadline=None)
+settings.load_profile("accordion")
+
+
+def stream_group(nodeid: str) -> str | None:
+    return next((g for prefix, g in STREAM_GROUPS.items() if nodeid.startswith(prefix)), None)
+
+
+class GroupScheduling(LoadScopeScheduling):  # type: ignore[misc]
+    """xdist's scope scheduling with `STREAM_GROUPS` as the scopes (its `--dist loadgroup`
+    renames node ids, which pytest 9 no longer lets a plugin do): each group runs in one stream,
+    largest first; every other test is a scope of its own."""
+
+    def _split_scope(self, nodeid: str) -> str:
+        return stream_group(nodeid) or nodeid
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> GroupScheduling:
+    return GroupScheduling(config, log)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if CLUSTER_FIXTURES & set(getattr(item, "fixturenames", ())):
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if CLUSTER_FIXTURES & fixtures:
             item.add_marker(pytest.mark.cluster)
+        # a test that starts process nodes or Kueue elsewhere would run beside its group
+        for fixture, group in (("process_nodes", "processes"), ("kueue", "kueue")):
+            if fixture in fixtures and stream_group(item.nodeid) != group:
+                raise pytest.UsageError(
+                    f"{item.nodeid} uses {fixture}: add its file to STREAM_GROUPS ({group})"
+                )
+
+
+def stream_index() -> int:
+    """0, 1, ... for pytest-xdist's workers (gw0, gw1, ...); 0 without xdist."""
+    return int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
 
 
 @pytest.fixture(scope="session")
@@ -43,7 +98,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     state = tmp_path_factory.mktemp("cluster")
     cfg = ClusterConfig(
         state_dir=state,
-        base_port=free_port_block(),
+        # streams start their clusters at once: each looks for free ports in its own range
+        base_port=free_port_block(first=26400 + 1000 * stream_index()),
         kwok_nodes=int(os.environ.get("ACCORDION_TEST_KWOK_NODES", "4")),
     )
     c = Cluster(cfg)

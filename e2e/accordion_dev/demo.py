@@ -119,9 +119,10 @@ class Demo:
             if key in spec:
                 spec[key]["endpoint"] = endpoint  # the example names the default local port
         if self.ci:
-            # short, but long enough that grow and shrink happen mid-training (epochs of the
-            # 5,000-image sample take ~2-5 s here)
-            spec["epochs"] = min(spec.get("epochs", 10), 10)
+            # short, but long enough that grow and shrink happen mid-training on a loaded
+            # machine too (`make test`'s two streams): epochs of the 5,000-image sample take
+            # ~1-3 s here, a grow's new worker 10-40 s to import TensorFlow and join
+            spec["epochs"] = 20
         return doc
 
     def apply(self, doc: dict[str, Any]) -> None:

@@ -25,6 +25,8 @@ from accordion_dev.simulated_runs import run_body
 pytestmark = pytest.mark.cluster
 GATE = "ElasticJobsViaWorkloadSlices"
 MERGE = {"content-type": "application/merge-patch+json"}
+#: a wait for Kueue, the operator and the scheduler, with the other test stream beside them
+WAIT = 90
 
 
 @pytest.fixture(scope="module")
@@ -132,12 +134,12 @@ def wait_reserved(a: Api, cq: str, gpus: int) -> None:
         return seen[-2:] == [gpus, gpus]
 
     try:
-        poll(settled, 30, what=f"ClusterQueue {cq} reserving {gpus} GPUs", every=0.5)
+        poll(settled, WAIT, what=f"ClusterQueue {cq} reserving {gpus} GPUs", every=0.5)
     except TimeoutError as exc:
         raise AssertionError(f"{exc}; seen {seen[-5:]}") from None
 
 
-def wait_workers(a: Api, run: str, n: int, timeout: float = 30) -> None:
+def wait_workers(a: Api, run: str, n: int, timeout: float = WAIT) -> None:
     poll(lambda: len(a.workers(run)) == n, timeout, what=f"{run}: {n} workers")
 
 
@@ -146,7 +148,7 @@ def test_kueue_admits_the_minimum_and_a_run_waits_behind_a_full_cluster_queue(
 ) -> None:
     q = queue(2)
     assert kapi.create(queued_run("first", q, lo=2, hi=2)).status_code == 201
-    poll(lambda: admitted(kapi, "first") == ("True", "AdmittedByKueue"), 30, what="admitted")
+    poll(lambda: admitted(kapi, "first") == ("True", "AdmittedByKueue"), WAIT, what="admitted")
     wait_workers(kapi, "first", 2)
     # the Workload: the run's, for the launcher and the minimum, admitted by Kueue
     wl = workloads(kapi)["first-kueue-2"]
@@ -169,21 +171,21 @@ def test_kueue_admits_the_minimum_and_a_run_waits_behind_a_full_cluster_queue(
     )
     # the ClusterQueue is full: the next run waits with Kueue's reason, and no pod
     assert kapi.create(queued_run("second", q, lo=1, hi=1)).status_code == 201
-    poll(lambda: admitted(kapi, "second") == ("False", "WaitingForKueue"), 30, what="waits")
+    poll(lambda: admitted(kapi, "second") == ("False", "WaitingForKueue"), WAIT, what="waits")
     poll(
         lambda: "insufficient unused quota" in kapi.condition("second", "Admitted")["message"],
-        30,
+        WAIT,
         what="Kueue's reason in the message",
     )
     assert kapi.status("second")["phase"] == "Queued"
     assert kapi.pods("accordion.dev/run=second") == []
     # a run without the label is the allocator's, which does not wait for Kueue
     assert kapi.create(run_body("plain", lo=1, hi=1)).status_code == 201
-    poll(lambda: admitted(kapi, "plain") == ("True", "MinimumWorkersFit"), 30, what="plain")
+    poll(lambda: admitted(kapi, "plain") == ("True", "MinimumWorkersFit"), WAIT, what="plain")
     assert "plain-kueue-1" not in workloads(kapi)
     # the first run ends: its Workload goes with it, and Kueue admits the second
     kapi.delete("first")
-    poll(lambda: admitted(kapi, "second") == ("True", "AdmittedByKueue"), 30, what="second")
+    poll(lambda: admitted(kapi, "second") == ("True", "AdmittedByKueue"), WAIT, what="second")
     wait_workers(kapi, "second", 1)
     assert set(workloads(kapi)) == {"second-kueue-1"}
 
@@ -203,7 +205,7 @@ def test_kueue_preempts_a_lower_priority_run_which_waits_and_is_readmitted(
     assert kapi.create(queued_run("high", q, lo=2, hi=2, priority_class=high)).status_code == 201
     poll(
         lambda: admitted(kapi, "low") == ("False", "EvictedByKueuePreempted"),
-        30,
+        WAIT,
         what="low evicted by Kueue",
     )
     message = kapi.condition("low", "Admitted")["message"]
@@ -211,15 +213,15 @@ def test_kueue_preempts_a_lower_priority_run_which_waits_and_is_readmitted(
     assert "resumes from its last checkpoint" in message
     wait_workers(kapi, "high", 2)
     assert admitted(kapi, "high") == ("True", "AdmittedByKueue")
-    poll(lambda: kapi.pods("accordion.dev/run=low") == [], 30, what="low's pods gone")
+    poll(lambda: kapi.pods("accordion.dev/run=low") == [], WAIT, what="low's pods gone")
     assert kapi.status("low")["phase"] == "Queued"
     assert any(e["reason"] == "EvictedByKueuePreempted" for e in kapi.events("low"))
     wait_reserved(kapi, q, 2)  # high's only: low's quota went back at once
     # low waits in the queue again, saying why, until high is gone
-    poll(lambda: "low-kueue-2" in workloads(kapi), 30, what="low queued again")
+    poll(lambda: "low-kueue-2" in workloads(kapi), WAIT, what="low queued again")
     assert admitted(kapi, "low") == ("False", "EvictedByKueuePreempted")
     kapi.delete("high")
-    poll(lambda: admitted(kapi, "low") == ("True", "AdmittedByKueue"), 30, what="readmitted")
+    poll(lambda: admitted(kapi, "low") == ("True", "AdmittedByKueue"), WAIT, what="readmitted")
     wait_workers(kapi, "low", 2)
     relaunched = kapi.pods("accordion.dev/run=low,accordion.dev/role=launcher")[0]
     assert relaunched["metadata"]["uid"] != launcher["metadata"]["uid"]  # restarts, resumes
@@ -234,7 +236,7 @@ def test_growth_is_a_workload_slice_kueue_admits_when_its_quota_has_room(
     assert kapi.create(queued_run("grow", q, lo=1, hi=3)).status_code == 201
     wait_workers(kapi, "grow", 1)
     # the minimum is admitted; the slice for the rest waits: the queue is full
-    poll(lambda: "grow-kueue-3" in workloads(kapi), 30, what="the growth slice")
+    poll(lambda: "grow-kueue-3" in workloads(kapi), WAIT, what="the growth slice")
     slice_ = workloads(kapi)["grow-kueue-3"]
     assert (
         slice_["metadata"]["annotations"]["kueue.x-k8s.io/workload-slice-replacement-for"]
@@ -244,7 +246,7 @@ def test_growth_is_a_workload_slice_kueue_admits_when_its_quota_has_room(
         lambda: (
             "a slice of 3 workers waits for Kueue" in kapi.condition("grow", "Admitted")["message"]
         ),
-        30,
+        WAIT,
         what="the waiting slice in the message",
     )
     assert len(kapi.workers("grow")) == 1
@@ -258,7 +260,7 @@ def test_growth_is_a_workload_slice_kueue_admits_when_its_quota_has_room(
     )
     assert r.status_code == 200, r.text
     wait_workers(kapi, "grow", 3)
-    poll(lambda: "grow-kueue-1" not in workloads(kapi), 30, what="the old slice deleted")
+    poll(lambda: "grow-kueue-1" not in workloads(kapi), WAIT, what="the old slice deleted")
     wait_reserved(kapi, q, 4)  # other's 1 + grow's 3: counted once
     # kubectl scale down: a smaller slice, admitted at once; the extra worker goes
     r = kapi.http.patch(
@@ -268,7 +270,7 @@ def test_growth_is_a_workload_slice_kueue_admits_when_its_quota_has_room(
     )
     assert r.status_code == 200, r.text
     wait_workers(kapi, "grow", 2)
-    poll(lambda: set(workloads(kapi)) == {"other-kueue-1", "grow-kueue-2"}, 30, what="slices")
+    poll(lambda: set(workloads(kapi)) == {"other-kueue-1", "grow-kueue-2"}, WAIT, what="slices")
     wait_reserved(kapi, q, 3)
 
 
