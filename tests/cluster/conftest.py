@@ -46,17 +46,18 @@ def experiment_crd(cluster: Cluster) -> str:
 
 
 @pytest.fixture
-def operator(cluster: Cluster, trainingrun_crd: str, tmp_path: Path) -> Iterator[Operator]:
+def operator(
+    cluster: Cluster, trainingrun_crd: str, experiment_crd: str, tmp_path: Path
+) -> Iterator[Operator]:
+    """The operator on the API the chart installs: both CRDs (a test stream's cluster has only
+    what its own tests applied so far)."""
     with running_operator(cluster, tmp_path) as op:
         yield op
 
 
 @pytest.fixture
-def exp_operator(
-    cluster: Cluster, trainingrun_crd: str, experiment_crd: str, tmp_path: Path
-) -> Iterator[Operator]:
-    with running_operator(cluster, tmp_path) as op:
-        yield op
+def exp_operator(operator: Operator) -> Operator:
+    return operator
 
 
 @pytest.fixture

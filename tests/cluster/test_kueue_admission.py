@@ -212,7 +212,8 @@ def test_kueue_preempts_a_lower_priority_run_which_waits_and_is_readmitted(
     assert "Kueue evicted Workload" in message
     assert "resumes from its last checkpoint" in message
     wait_workers(kapi, "high", 2)
-    assert admitted(kapi, "high") == ("True", "AdmittedByKueue")
+    # (its status patch may land just after its pods)
+    poll(lambda: admitted(kapi, "high") == ("True", "AdmittedByKueue"), WAIT, what="high admitted")
     poll(lambda: kapi.pods("accordion.dev/run=low") == [], WAIT, what="low's pods gone")
     assert kapi.status("low")["phase"] == "Queued"
     assert any(e["reason"] == "EvictedByKueuePreempted" for e in kapi.events("low"))
