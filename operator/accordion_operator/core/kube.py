@@ -32,6 +32,13 @@ THROTTLE_RETRIES = 4
 THROTTLE_MAX_WAIT_S = 10.0
 
 
+def relist_delay(failures: int) -> float:
+    """Seconds before the next LIST after `failures` failed ones in a row: 1 s at first (an
+    apiserver restart is over quickly), doubling to 30 s (a CRD that is not installed is not
+    asked for, and logged, every second)."""
+    return float(min(2 ** (failures - 1), 30))
+
+
 class ApiError(RuntimeError):
     """An apiserver answer the caller cannot act on."""
 
@@ -282,6 +289,7 @@ class Kube:
         operator needs (kopf spends milliseconds and a worker task per object on them)."""
         rv = ""
         listed = 0.0
+        failures = 0
         while not stop.is_set():
             try:
                 if not rv or time.monotonic() - listed > self.cfg.relist_seconds:
@@ -292,6 +300,7 @@ class Kube:
                         sink.page(items)
                     sink.listed()
                     listed = time.monotonic()
+                    failures = 0
                 params = {
                     "watch": "true",
                     "resourceVersion": rv,
@@ -325,9 +334,23 @@ class Kube:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # network trouble, apiserver restart: re-LIST shortly
-                log.warning("watch %s in %s: %s; re-listing", plural, namespace or "*", exc)
+                failures += 1
+                delay = relist_delay(failures)
+                hint = (
+                    f" (is the CRD {plural}.{version.split('/')[0]} installed?)"
+                    if isinstance(exc, ApiError) and exc.code == 404 and "/" in version
+                    else ""
+                )
+                log.warning(
+                    "watch %s in %s: %s%s; re-listing in %.0f s",
+                    plural,
+                    namespace or "*",
+                    exc,
+                    hint,
+                    delay,
+                )
                 rv = ""
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(delay)
 
     async def secret_keys(self, namespace: str, name: str) -> tuple[frozenset[str], str] | None:
         """The keys of a Secret (never its values) and its resourceVersion, or None when it does

@@ -8,6 +8,7 @@ import pytest
 from trainingrun_factory import make_body
 
 from accordion_operator.config import Config
+from accordion_operator.core.kube import relist_delay
 from accordion_operator.trainingrun.allocator import PodUse, Taint
 from accordion_operator.trainingrun.cache import ClusterCache, node_from
 
@@ -217,3 +218,7 @@ def test_a_run_no_model_can_read_leaves_the_watch_and_other_runs_alone(
     cache.apply("run", "ADDED", make_body(metadata={"name": "bad"}))
     cache.apply("run", "ADDED", make_body(metadata={"name": "later"}))
     assert sorted(name for _, name in cache.runs) == ["good", "later"]
+
+
+def test_failed_lists_back_off_from_one_second_to_thirty() -> None:
+    assert [relist_delay(n) for n in range(1, 9)] == [1, 2, 4, 8, 16, 30, 30, 30]
