@@ -55,7 +55,8 @@ typecheck: deps-python ## mypy (strict on the operator)
 .PHONY: test test-unit test-cluster
 TEST_STREAMS ?= 2
 test: deps lint typecheck ## install what is missing, then lint, types and every test tier
-	$(PY) -m pytest -n $(TEST_STREAMS) --durations=30
+	$(PY) -m pytest -n $(TEST_STREAMS) -m "not kueue" --durations=30
+	$(PY) -m pytest -m kueue
 
 test-unit: deps-python ## pure-logic tests only (no cluster)
 	$(PY) -m pytest tests/unit

@@ -9,8 +9,9 @@ The suite is mostly waiting (a whole serial run kept the 2-core machine ~51 % bu
 second stream fills the gaps. Tests that run real pods (node agents, sshd, TensorFlow) stay in
 one stream, one after the other as before; the trainer's tests (TensorFlow, local sshd, no pods)
 in one other (`STREAM_GROUPS`), so that the two heaviest groups start at once on different
-streams (xdist hands out its largest groups first) and pure and kube-only tests fill in; the
-Kueue tests share one stream's Kueue.
+streams (xdist hands out its largest groups first) and pure and kube-only tests fill in. The
+Kueue tests (marker `kueue`) run after the streams, alone: beside another stream, Kueue twice
+left a run unadmitted for 90 s (not understood yet; alone they pass in ~45 s).
 """
 
 from __future__ import annotations
@@ -48,8 +49,6 @@ STREAM_GROUPS = {
     "tests/images/": "processes",
     "tests/cluster/test_nodeagent.py": "processes",
     "tests/trainer/": "trainer",  # TensorFlow, local sshd, no pods
-    "tests/cluster/test_kueue_admission.py": "kueue",  # one stream's cluster runs Kueue
-    "tests/cluster/test_kueue_local.py": "kueue",
 }
 
 # Hypothesis' per-example deadline (200 ms) measures the machine, not the code, when two streams
@@ -80,12 +79,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         fixtures = set(getattr(item, "fixturenames", ()))
         if CLUSTER_FIXTURES & fixtures:
             item.add_marker(pytest.mark.cluster)
-        # a test that starts process nodes or Kueue elsewhere would run beside its group
-        for fixture, group in (("process_nodes", "processes"), ("kueue", "kueue")):
-            if fixture in fixtures and stream_group(item.nodeid) != group:
-                raise pytest.UsageError(
-                    f"{item.nodeid} uses {fixture}: add its file to STREAM_GROUPS ({group})"
-                )
+        # a test that starts process nodes elsewhere would run beside its group
+        if "process_nodes" in fixtures and stream_group(item.nodeid) != "processes":
+            raise pytest.UsageError(
+                f"{item.nodeid} uses process_nodes: add its file to STREAM_GROUPS (processes)"
+            )
 
 
 def stream_index() -> int:

@@ -22,7 +22,7 @@ from accordion_dev.cluster import REPO, Cluster
 from accordion_dev.polling import poll
 from accordion_dev.simulated_runs import run_body
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.kueue]  # kueue: run alone (tests/conftest.py)
 GATE = "ElasticJobsViaWorkloadSlices"
 MERGE = {"content-type": "application/merge-patch+json"}
 #: a wait for Kueue, the operator and the scheduler, with the other test stream beside them

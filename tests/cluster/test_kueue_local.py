@@ -9,10 +9,13 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import pytest
 
 from accordion_dev import kueue as kq
 from accordion_dev.cluster import KWOK_KEEP_RUNNING, Cluster
 from accordion_dev.polling import poll
+
+pytestmark = pytest.mark.kueue  # run alone (tests/conftest.py)
 
 JOBS = "/apis/batch/v1/namespaces/{ns}/jobs"
 MERGE = {"content-type": "application/merge-patch+json"}
