@@ -56,11 +56,6 @@ def operator(
 
 
 @pytest.fixture
-def exp_operator(operator: Operator) -> Operator:
-    return operator
-
-
-@pytest.fixture
 def api(cluster: Cluster, trainingrun_crd: str, namespace: str) -> Iterator[Api]:
     with closing(Api(cluster, namespace)) as a:
         yield a

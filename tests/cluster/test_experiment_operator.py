@@ -50,7 +50,7 @@ def secret(api: ExpApi) -> None:
 
 
 def test_random_search_survives_a_restart_and_reports_the_best(
-    exp_api: ExpApi, exp_operator: Operator, cluster: Cluster
+    exp_api: ExpApi, operator: Operator, cluster: Cluster
 ) -> None:
     secret(exp_api)
     body = experiment_body("lr-search", seed=11, maxRuns=4, parallelism=2)
@@ -80,14 +80,14 @@ def test_random_search_survives_a_restart_and_reports_the_best(
     assert latency < 5
 
     # kill the operator mid-search, finish a run while it is down, start it again
-    exp_operator.kill()
+    operator.kill()
     runs = exp_api.runs("lr-search")
     succeed(exp_api, runs["lr-search-001"], score(runs["lr-search-001"]))
-    exp_operator.start()
+    operator.start()
     try:
         poll(lambda: "lr-search-003" in exp_api.runs("lr-search"), 30, what="run 003 (restart)")
     except AssertionError as exc:
-        raise AssertionError(f"{exc}\n{diagnose(exp_api, 'lr-search', exp_operator)}") from None
+        raise AssertionError(f"{exc}\n{diagnose(exp_api, 'lr-search', operator)}") from None
     runs = exp_api.runs("lr-search")
     for name in ("lr-search-002", "lr-search-003"):
         succeed(exp_api, runs[name], score(runs[name]))
@@ -104,7 +104,7 @@ def test_random_search_survives_a_restart_and_reports_the_best(
                 }
             )
         )
-        print(exp_operator.tail())
+        print(operator.tail())
         raise
     runs = exp_api.runs("lr-search")
     assert sorted(runs) == [f"lr-search-{i:03d}" for i in range(4)], "lost or duplicated runs"
@@ -129,7 +129,7 @@ def test_random_search_survives_a_restart_and_reports_the_best(
     assert st["bestRun"]["resultsURI"] == own
     best_status = exp_api.run_status(best["metadata"]["name"])
     assert best_status["resultsURI"] == best_status["training"]["resultsURI"] == own
-    assert st["runsSummary"] == "4/4", diagnose(exp_api, "lr-search", exp_operator)
+    assert st["runsSummary"] == "4/4", diagnose(exp_api, "lr-search", operator)
     assert [c["reason"] for c in st["conditions"] if c["status"] == "True"] == ["MaxRunsCompleted"]
     table = cluster.kubectl("get", "exp", "-n", exp_api.ns, "lr-search")
     assert table.split("\n")[0].split() == ["NAME", "PHASE", "BEST", "RUNS", "AGE"]
@@ -147,7 +147,7 @@ def test_random_search_survives_a_restart_and_reports_the_best(
 
 
 def test_median_stopping_prunes_a_bad_run_and_keeps_its_results(
-    exp_api: ExpApi, exp_operator: Operator
+    exp_api: ExpApi, operator: Operator
 ) -> None:
     secret(exp_api)
     body = experiment_body(

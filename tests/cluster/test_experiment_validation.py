@@ -67,7 +67,7 @@ def test_search_space_is_immutable(exp_api: ExpApi) -> None:
     assert exp_api.http.put(url, json=exp).status_code == 200
 
 
-def test_operator_reports_what_the_schema_cannot(exp_api: ExpApi, exp_operator: Operator) -> None:
+def test_operator_reports_what_the_schema_cannot(exp_api: ExpApi, operator: Operator) -> None:
     for case in STATUS:
         r = exp_api.create(body_for(case))
         assert r.status_code == 201, f"{case['id']}: {r.text[:300]}"
@@ -84,4 +84,4 @@ def test_operator_reports_what_the_schema_cannot(exp_api: ExpApi, exp_operator: 
         assert cond["reason"] == case["reason"], cond
         assert len(cond["message"]) > 20, cond
         assert exp_api.runs(name) == {}
-    assert exp_operator.alive()
+    assert operator.alive()
