@@ -408,11 +408,42 @@ def decide_allocation(
     """Target worker count per run (see the module docstring for the rules). `quotas`: the
     namespaces' GPU quotas; `weights`: fair-share weight per namespace (absent: 1; a weight
     that is not a positive finite number counts as 1)."""
-    owners: set[tuple[str, str]] | None = None  # made when the first pod of a run shows up
+    quota_order, in_ns = _index_quotas(quotas)
+    foreign, quota_foreign = _fixed_load(pods, runs, quota_order, in_ns)
+    plan = _Planner(_Capacity(nodes, foreign), runs, weights or {})
+    plan.set_quotas(quota_order, in_ns, quota_foreign, runs)
+    order = _visit_order(runs)
+    _admit_minimums(plan, runs, order)
+    _grow_surplus(plan, order, now, cooldown)
+    cap = plan.cap
+    node_used = {n: cap.used[n] + cap.initial_free[n] - cap.free[n] for n in cap.used}
+    return Allocation(
+        grants=_grants(plan, runs),
+        node_used=node_used,
+        placements=plan.placements,
+        namespace_gpus=dict(plan.ns_gpus),
+    )
+
+
+def _index_quotas(quotas: Sequence[GpuQuota]) -> tuple[list[GpuQuota], dict[str, list[int]]]:
+    """The order quotas are numbered in, and which of them each namespace has."""
+    # a fixed order, whatever order the cache lists them in: the refusal that names the
+    # tightest quota must not flip between equal ones from one decision to the next
     quota_order = sorted(quotas, key=lambda q: (q.namespace, q.name, q.hard))
     in_ns: dict[str, list[int]] = {}
     for qi, q in enumerate(quota_order):
         in_ns.setdefault(q.namespace, []).append(qi)
+    return quota_order, in_ns
+
+
+def _fixed_load(
+    pods: Iterable[PodUse],
+    runs: Sequence[RunRequest],
+    quota_order: Sequence[GpuQuota],
+    in_ns: Mapping[str, list[int]],
+) -> tuple[dict[str, int], list[int]]:
+    """Which GPUs the plan cannot move: those held per node and charged per quota by other pods."""
+    owners: set[tuple[str, str]] | None = None  # made when the first pod of a run shows up
     foreign: dict[str, int] = {}
     quota_foreign = [0] * len(quota_order)
     for pod in pods:
@@ -430,14 +461,23 @@ def decide_allocation(
         for qi in in_ns.get(pod.namespace, ()):
             if quota_order[qi].covers(pod.priority_class):
                 quota_foreign[qi] += pod.gpus
-    plan = _Planner(_Capacity(nodes, foreign), runs, weights or {})
-    plan.set_quotas(quota_order, in_ns, quota_foreign, runs)
+    return foreign, quota_foreign
+
+
+def _visit_order(runs: Sequence[RunRequest]) -> list[RunRequest]:
+    """The order runs are visited in: priority (high first), admitted before waiting, FIFO."""
     # by (-priority, waiting, created, key), in stable passes over keys made in C (a key tuple
     # made by a lambda per run took 40% longer)
     by_age = sorted(runs, key=attrgetter("created", "key"))
     order = [r for r in by_age if r.previous >= r.min] + [r for r in by_age if r.previous < r.min]
     order.sort(key=attrgetter("priority"), reverse=True)
-    # 1. gang minimums: first those no present run may preempt, then highest priority first
+    return order
+
+
+def _admit_minimums(
+    plan: _Planner, runs: Sequence[RunRequest], order: Sequence[RunRequest]
+) -> None:
+    """Which runs get their gang minimum (rule 1), those no present run may preempt first."""
     protected = _protected(runs)
     admit, rest = plan.admit, list[RunRequest]()
     for run in order:
@@ -446,7 +486,12 @@ def decide_allocation(
         else:
             rest.append(run)
     plan.admit_in_fair_order(rest)
-    # 2.-4. surplus per priority level: cooldown-frozen counts first, then fair water-filling
+
+
+def _grow_surplus(plan: _Planner, order: Sequence[RunRequest], now: float, cooldown: float) -> None:
+    """How many workers above its minimum each admitted run gets (rules 2-4)."""
+    # per surplus level, highest first: a level's cooldown-frozen counts come before its fair
+    # growth, so hysteresis is honoured ahead of fairness but never ahead of a higher level
     levels: dict[int, list[RunRequest]] = {}
     granted = plan.granted
     for run in order:
@@ -459,10 +504,12 @@ def decide_allocation(
     for priority in sorted(levels, reverse=True):
         plan.keep_in_cooldown(levels[priority], now, cooldown)
         plan.grow_fairly(levels[priority])
-    cap = plan.cap
-    node_used = {n: cap.used[n] + cap.initial_free[n] - cap.free[n] for n in cap.used}
+
+
+def _grants(plan: _Planner, runs: Sequence[RunRequest]) -> dict[str, Grant]:
+    """What each run's status says of the plan: its workers, or why it got none."""
     grants: dict[str, Grant] = {}
-    limited = plan.quota_limited
+    granted, limited = plan.granted, plan.quota_limited
     # Grants say the same for many runs: each distinct one is made once (a frozen Grant and
     # its message per run cost more than a look-up).
     made: dict[tuple[int, int, int, int], Grant] = {}
@@ -480,12 +527,7 @@ def decide_allocation(
             grants[key] = grant
         else:
             grants[key] = plan.refusal(run)
-    return Allocation(
-        grants=grants,
-        node_used=node_used,
-        placements=plan.placements,
-        namespace_gpus=dict(plan.ns_gpus),
-    )
+    return grants
 
 
 def _protected(runs: Sequence[RunRequest]) -> set[str]:
@@ -604,7 +646,7 @@ class _Planner:
         runs interleaved by namespace: next comes the namespace furthest below its weighted
         share of the GPUs granted so far, FIFO within it (ties: the older run). Admitted runs
         keep their place: fairness orders the queue, it does not preempt."""
-        admit, share = self.admit, self.share
+        admit = self.admit
         i, end = 0, len(order)
         while i < end:
             head = order[i]
@@ -619,7 +661,7 @@ class _Planner:
             if self.nothing_fits(segment):
                 self.refuse(segment)
                 continue
-            # per namespace its waiting runs, the next one last (pop() is cheap)
+            # per namespace its waiting runs, oldest first
             queues: dict[str, list[RunRequest]] = {}
             for r in segment:
                 queue = queues.get(r.namespace)
@@ -631,38 +673,43 @@ class _Planner:
                 for r in segment:
                     admit(r)
                 continue
-            for queue in queues.values():
-                queue.reverse()
-            heap = [(share(ns), q[-1].created, q[-1].key, ns) for ns, q in queues.items()]
-            heapq.heapify(heap)
-            full = False  # the cluster was full and some waiting run needs no GPUs
-            needs: dict[str, list[tuple[tuple[int, ...], int]] | None] = {}
-            while heap:
-                level, _, _, ns = heap[0]
-                queue = queues[ns]
-                run = queue.pop()
-                if admit(run):
-                    level = share(ns)  # a refusal leaves the namespace's share as it was
-                    if not full and not self.cap.free_gpus:
-                        rest = [r for q in queues.values() for r in q]
-                        if self.nothing_fits(rest):
-                            self.refuse(rest)
-                            break
-                        full = True
-                elif queue and run.key in self.quota_refused:
-                    if ns not in needs:
-                        needs[ns] = self.quota_needs(queue)
-                    if self.quotas_refuse(needs[ns]):
-                        # the namespace's quotas refuse the rest of its queue, whenever its
-                        # turn comes: their left GPUs only change when a run of it is admitted
-                        for r in queue:
-                            admit(r)
-                        queue.clear()
-                if queue:
-                    nxt = queue[-1]
-                    heapq.heapreplace(heap, (level, nxt.created, nxt.key, ns))
-                else:
-                    heapq.heappop(heap)
+            self._admit_interleaved(queues)
+
+    def _admit_interleaved(self, queues: dict[str, list[RunRequest]]) -> None:
+        """Which namespace's waiting run is tried next: the one furthest below its share."""
+        admit, share = self.admit, self.share
+        for queue in queues.values():
+            queue.reverse()  # the next one last: pop() is cheap
+        heap = [(share(ns), q[-1].created, q[-1].key, ns) for ns, q in queues.items()]
+        heapq.heapify(heap)
+        full = False  # the cluster was full and some waiting run needs no GPUs
+        needs: dict[str, list[tuple[tuple[int, ...], int]] | None] = {}
+        while heap:
+            level, _, _, ns = heap[0]
+            queue = queues[ns]
+            run = queue.pop()
+            if admit(run):
+                level = share(ns)  # a refusal leaves the namespace's share as it was
+                if not full and not self.cap.free_gpus:
+                    rest = [r for q in queues.values() for r in q]
+                    if self.nothing_fits(rest):
+                        self.refuse(rest)
+                        return
+                    full = True
+            elif queue and run.key in self.quota_refused:
+                if ns not in needs:
+                    needs[ns] = self.quota_needs(queue)
+                if self.quotas_refuse(needs[ns]):
+                    # the namespace's quotas refuse the rest of its queue, whenever its
+                    # turn comes: their left GPUs only change when a run of it is admitted
+                    for r in queue:
+                        admit(r)
+                    queue.clear()
+            if queue:
+                nxt = queue[-1]
+                heapq.heapreplace(heap, (level, nxt.created, nxt.key, ns))
+            else:
+                heapq.heappop(heap)
 
     def nothing_fits(self, runs: Sequence[RunRequest], *, growing: bool = False) -> bool:
         """Whether no node has a free GPU while each of `runs` needs some for its minimum (for

@@ -310,69 +310,121 @@ def decide_workloads(
     or being deleted)."""
     queue = queue_of(run.metadata.labels) or ""
     if not served:
-        return KueueDecision(
-            Grant(
-                0,
-                REASON_KUEUE_UNAVAILABLE,
-                f"the run is labelled {LABEL_QUEUE}={queue} but this cluster does not serve "
-                f"Kueue's API ({KUEUE_VERSION} Workloads), or the operator may not list them "
-                "(its log says which): install Kueue (or grant the chart's Kueue rules), or "
-                "remove the label to have Accordion's allocator admit the run",
-            )
-        )
+        return KueueDecision(_unavailable(queue))
+    stale, live = _sort_out(workloads, queue)
+    released = _release(run, live, queue, active=active)
+    if released is not None:
+        return KueueDecision(released, delete=stale + tuple(w.name for w in live))
+    admitted = [w for w in live if w.admitted]
+    if not admitted:
+        return _queued(run, live, stale, queue)
+    return _running(run, admitted, live, stale, flavors)
+
+
+def _unavailable(queue: str) -> Grant:
+    """The refusal of a run labelled for Kueue on a cluster that does not serve Kueue's API."""
+    return Grant(
+        0,
+        REASON_KUEUE_UNAVAILABLE,
+        f"the run is labelled {LABEL_QUEUE}={queue} but this cluster does not serve "
+        f"Kueue's API ({KUEUE_VERSION} Workloads), or the operator may not list them "
+        "(its log says which): install Kueue (or grant the chart's Kueue rules), or "
+        "remove the label to have Accordion's allocator admit the run",
+    )
+
+
+def _sort_out(
+    workloads: Sequence[WorkloadState], queue: str
+) -> tuple[tuple[str, ...], list[WorkloadState]]:
+    """Which Workloads are stale (to delete) and which still count for the run (live)."""
     # finished slices, and those of another queue (the label changed: Kueue keeps a Workload's
     # queue while it holds quota, so the run queues again where the label now says)
     stale = tuple(w.name for w in workloads if (w.finished or w.queue != queue) and not w.deleting)
     live = [w for w in workloads if not w.finished and not w.deleting and w.queue == queue]
+    return stale, live
+
+
+def _release(
+    run: TrainingRun, live: Sequence[WorkloadState], queue: str, *, active: bool
+) -> Grant | None:
+    """Whether the run gives up all its Workloads, and the grant that says why (None: no)."""
     if not active or run.status.phase in FINISHED_PHASES:
-        return KueueDecision(_idle(), delete=stale + tuple(w.name for w in live))
+        return _idle()
     if not _QUEUE_NAME.match(queue) or len(queue) > 253:
-        return KueueDecision(
-            Grant(
-                0,
-                REASON_INVALID_QUEUE,
-                f"label {LABEL_QUEUE}: {queue!r} is not a LocalQueue name (lowercase letters, "
-                "digits, '-' and '.')",
-            ),
-            delete=stale + tuple(w.name for w in live),
+        return Grant(
+            0,
+            REASON_INVALID_QUEUE,
+            f"label {LABEL_QUEUE}: {queue!r} is not a LocalQueue name (lowercase letters, "
+            "digits, '-' and '.')",
         )
     evicted = next((w for w in live if w.evicted is not None), None)
-    if evicted is not None:
-        # Kueue took the quota back: every pod goes (decide_run releases them for a grant of
-        # 0) and the Workloads with it, so the quota is free at once and a new minimum queues.
-        assert evicted.evicted is not None
-        kreason, kmessage = evicted.evicted
-        word = kreason if _REASON_WORD.match(kreason) else "Evicted"
-        return KueueDecision(
-            Grant(
-                0,
-                REASON_EVICTED_PREFIX + word,
-                f"Kueue evicted Workload {run.metadata.namespace}/{evicted.name} ({kreason}: "
-                f"{kmessage}); the run waits in LocalQueue {queue} to be admitted again and "
-                "resumes from its last checkpoint",
-            ),
-            delete=stale + tuple(w.name for w in live),
-        )
-    admitted = [w for w in live if w.admitted]
-    if not admitted:
-        return _queued(run, live, stale, queue)
-    # the admitted slice no other admitted slice replaces (creation times have 1 s steps)
-    replaced = {w.replaces for w in admitted}
-    current = ([w for w in admitted if w.name not in replaced] or admitted)[-1]
+    if evicted is None:
+        return None
+    # Kueue took the quota back: every pod goes (decide_run releases them for a grant of
+    # 0) and the Workloads with it, so the quota is free at once and a new minimum queues.
+    assert evicted.evicted is not None
+    kreason, kmessage = evicted.evicted
+    word = kreason if _REASON_WORD.match(kreason) else "Evicted"
+    return Grant(
+        0,
+        REASON_EVICTED_PREFIX + word,
+        f"Kueue evicted Workload {run.metadata.namespace}/{evicted.name} ({kreason}: "
+        f"{kmessage}); the run waits in LocalQueue {queue} to be admitted again and "
+        "resumes from its last checkpoint",
+    )
+
+
+def _running(
+    run: TrainingRun,
+    admitted: list[WorkloadState],
+    live: Sequence[WorkloadState],
+    stale: tuple[str, ...],
+    flavors: Mapping[str, Flavor],
+) -> KueueDecision:
+    """An admitted slice: the grant it gives and the slices that resize it to the request."""
+    current = _current_slice(admitted)
     older = tuple(w.name for w in admitted if w is not current)
     want = target_workers(run)
     pending = [w for w in live if not w.admitted]
-    create: tuple[Slice, ...] = ()
-    keep: WorkloadState | None = None
-    if want != current.workers:
-        keep = next((w for w in pending if w.workers == want and w.replaces == current.name), None)
-        if keep is None:
-            create = (Slice(workload_name(run.metadata.name, want), want, current.name),)
+    keep, create = _resize(run, current, pending, want)
     delete = stale + older + tuple(w.name for w in pending if w is not keep)
     if create and create[0].name in delete:
         # a slice of that size exists but replaces another one: it goes first, the new one
         # comes next pass
         create = ()
+    labels, tols = _placement(current, flavors)
+    return KueueDecision(
+        Grant(current.workers, REASON_KUEUE_ADMITTED, _admitted_message(run, current, want, keep)),
+        create=create,
+        delete=delete,
+        node_labels=labels,
+        tolerations=tols,
+    )
+
+
+def _current_slice(admitted: list[WorkloadState]) -> WorkloadState:
+    """Which admitted slice holds the run's quota: the newest one no other one replaces."""
+    # the replacement chain, not the order by age alone: creation times have 1 s steps
+    replaced = {w.replaces for w in admitted}
+    return ([w for w in admitted if w.name not in replaced] or admitted)[-1]
+
+
+def _resize(
+    run: TrainingRun, current: WorkloadState, pending: Sequence[WorkloadState], want: int
+) -> tuple[WorkloadState | None, tuple[Slice, ...]]:
+    """Which pending slice of `want` workers replacing `current` to keep, else which to create."""
+    if want == current.workers:
+        return None, ()
+    keep = next((w for w in pending if w.workers == want and w.replaces == current.name), None)
+    if keep is not None:
+        return keep, ()
+    return None, (Slice(workload_name(run.metadata.name, want), want, current.name),)
+
+
+def _admitted_message(
+    run: TrainingRun, current: WorkloadState, want: int, keep: WorkloadState | None
+) -> str:
+    """What the Admitted condition says of the admitted slice and of a resize Kueue holds."""
     gpus = current.workers * run.spec.workers.gpus_per_worker
     message = (
         f"admitted by Kueue in ClusterQueue {current.cluster_queue or '?'} (Workload "
@@ -382,14 +434,7 @@ def decide_workloads(
         message += f"; a slice of {want} workers waits for Kueue"
         if keep is not None and keep.pending:
             message += f": {keep.pending}"
-    labels, tols = _placement(current, flavors)
-    return KueueDecision(
-        Grant(current.workers, REASON_KUEUE_ADMITTED, message),
-        create=create,
-        delete=delete,
-        node_labels=labels,
-        tolerations=tols,
-    )
+    return message
 
 
 def _idle() -> Grant:
