@@ -85,11 +85,12 @@ async def create_runs(cluster: Cluster, namespaces: list[str], runs: int, conc: 
 
 async def floor_writes(cluster: Cluster, namespaces: list[str], runs: int, conc: int) -> float:
     """`--floor`: no operator. Right after creating each run, the benchmark makes the writes the
-    operator's first decision for it makes: decide_run's plan (ssh Secret, ServiceAccount, Role,
-    RoleBinding, launcher and worker pod, status patch, event) executed by the operator's own
-    code and client, one GPU granted in creation order until the GPUs are taken. What is left
-    out is everything that makes the operator an operator (watches, cache, allocator, passes),
-    so the time is this control plane's floor for Accordion's write pattern."""
+    operator's first decision for it makes: decide_run's plan (ssh Secret, the namespace's
+    launcher identity once, launcher and worker pod, status patch, event) executed by the
+    operator's own code and client, one GPU granted in creation order until the GPUs are
+    taken. What is left out is everything that makes the operator an operator (watches, cache,
+    allocator, passes), so the time is this control plane's floor for Accordion's write
+    pattern."""
     os.environ["KUBECONFIG"] = str(cluster.kubeconfig)
     cfg = Config()
     kube = await Kube.connect(cfg)

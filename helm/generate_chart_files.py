@@ -6,6 +6,9 @@
 - `helm/accordion/files/crds/*.yaml`: byte-for-byte copies of the repository's `crds/`
   (themselves generated from the operator's pydantic models by `python -m accordion_operator.crd`).
   The chart must carry copies: a packaged chart cannot reach outside its folder.
+- `helm/accordion/files/launcher-policy.json`: the ValidatingAdmissionPolicy (and its binding)
+  that keeps each launcher to its own run's status (`trainingrun.builders.build_launcher_policy`);
+  `kubectl apply -f` it where the operator is installed without the chart.
 - `helm/accordion/files/dashboards/*.json`: the Grafana dashboards, built from the panel lists
   below, so that each PromQL expression is written once, reviewed as code and extracted by the
   tests that evaluate every expression against a real Prometheus.
@@ -18,6 +21,8 @@ import json
 import sys
 from pathlib import Path
 from typing import Any
+
+from accordion_operator.trainingrun.builders import build_launcher_policy
 
 REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "helm" / "accordion"
@@ -469,6 +474,9 @@ def expected_files(chart: Path = CHART) -> dict[Path, str]:
     }
     for name, build in DASHBOARDS.items():
         files[chart / "files" / "dashboards" / name] = json.dumps(build(), indent=2) + "\n"
+    # the launcher's admission policy, as the operator's code states it (rbac/launcher-policy.yaml)
+    policy = {"apiVersion": "v1", "kind": "List", "items": build_launcher_policy()}
+    files[chart / "files" / "launcher-policy.json"] = json.dumps(policy, indent=2) + "\n"
     return files
 
 

@@ -34,6 +34,7 @@ from rich.live import Live
 from rich.table import Table
 
 from accordion_dev.cluster import REPO, Cluster, ClusterConfig, ClusterError, bin_dir
+from accordion_dev.operator_proc import install_launcher_policy
 
 console = Console()
 NS = "demo"
@@ -70,6 +71,7 @@ class Demo:
         for crd in sorted((REPO / "crds").glob("*.yaml")):
             self.c.kubectl("apply", "--server-side", "-f", str(crd))
         self.c.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+        install_launcher_policy(self.c)
         self.load_alert_rules()
         if any(p.name == "operator" and p.alive() for p in self.c.procs.load()):
             console.print("operator already running")

@@ -16,8 +16,23 @@ from pathlib import Path
 
 import httpx
 
-from accordion_dev.cluster import Cluster
+from accordion_dev.cluster import REPO, Cluster
 from accordion_dev.polling import poll
+
+#: the chart's copy of the operator's launcher admission policy (helm/generate_chart_files.py)
+LAUNCHER_POLICY = REPO / "helm" / "accordion" / "files" / "launcher-policy.json"
+
+#: the clusters (state dirs) this process already gave the launcher admission policy
+_POLICY_INSTALLED: set[Path] = set()
+
+
+def install_launcher_policy(cluster: Cluster) -> None:
+    """What the chart installs beside the operator and the operator cannot create itself (a
+    cluster-scoped admission policy): each launcher may write its own run's status only."""
+    if cluster.state_dir in _POLICY_INSTALLED:
+        return
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(LAUNCHER_POLICY))
+    _POLICY_INSTALLED.add(cluster.state_dir)
 
 
 def free_port() -> int:
@@ -59,6 +74,7 @@ class OperatorProcess:
     def start(self, wait: bool = True) -> None:
         """Starts the process; with `wait`, returns once /healthz answers."""
         assert self.proc is None
+        install_launcher_policy(self.cluster)
         self.starts += 1
         self.log_dir.mkdir(parents=True, exist_ok=True)
         env = {

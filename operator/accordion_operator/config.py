@@ -118,6 +118,11 @@ class Config:
     leader_renew_deadline_seconds: float = 7.0
     #: Seconds between a leader's renewals and between a standby's looks at the Lease.
     leader_retry_seconds: float = 2.0
+    #: Name of the ValidatingAdmissionPolicy that keeps each launcher to its own run's status
+    #: (the chart installs it and sets this). Checked at start (an error in the log when it is
+    #: missing) and made the owner of the launchers' ServiceAccounts, Roles and RoleBindings, so
+    #: that removing it (`helm uninstall`) removes them; empty = no policy, no owner.
+    launcher_policy: str = "accordion-launcher-own-run"
     #: Log level (DEBUG, INFO, WARNING, ERROR).
     log_level: str = "INFO"
 

@@ -27,7 +27,6 @@ from chartkit import Obj, find, one, render
 
 from accordion_operator.api.common import GROUP
 from accordion_operator.api.trainingrun import KIND as RUN_KIND
-from accordion_operator.api.trainingrun import TrainingRun
 from accordion_operator.core import objects
 from accordion_operator.core.objects import Resource
 from accordion_operator.trainingrun import builders
@@ -40,6 +39,7 @@ FRAMEWORK: set[Perm] = {
     ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
 }
 CLUSTER_SCOPED = {
+    "validatingadmissionpolicies",
     "nodes",
     "customresourcedefinitions",
     "priorityclasses",
@@ -193,22 +193,9 @@ def permissions_from_handlers() -> set[Perm]:
 
 
 def permissions_granted_to_launchers() -> set[Perm]:
-    run = TrainingRun.model_validate(
-        {
-            "metadata": {"name": "r", "namespace": "ns", "uid": "u"},
-            "spec": {
-                "model": {"builtin": "mnist-cnn"},
-                "results": {
-                    "endpoint": "minio:9000",
-                    "bucket": "results",
-                    "credentialsSecret": {"name": "s"},
-                },
-            },
-        }
-    )
     from accordion_operator.config import Config
 
-    role = builders.build_role(run, Config())
+    role = builders.build_role("ns", Config())
     return {
         (g, r, v)
         for rule in role["rules"]
@@ -242,7 +229,12 @@ def needed_with_lease() -> frozenset[Perm]:
 def _expand(rules: list[dict[str, Any]]) -> set[Perm]:
     out: set[Perm] = set()
     for rule in rules:
-        assert "resourceNames" not in rule
+        # by name only where the chart knows the one object: its own launcher admission policy
+        names = rule.get("resourceNames")
+        assert names is None or (
+            rule["resources"] == ["validatingadmissionpolicies"]
+            and names == ["acc-accordion-launcher-own-run"]
+        ), rule
         for g in rule["apiGroups"]:
             for r in rule["resources"]:
                 for v in rule["verbs"]:
@@ -409,3 +401,17 @@ def test_rbac_toggles(value: str) -> None:
         assert find(objs, "ClusterRoleBinding") == []
     else:
         assert names == {"acc-accordion-operator"}
+
+
+def test_the_launcher_admission_policy_is_the_operators(defaults: list[Obj]) -> None:
+    """The launchers of a namespace share one Role that lets them patch runs' status; the chart's
+    admission policy is what keeps each to its own run (builders.build_launcher_policy)."""
+    policy = one(defaults, "ValidatingAdmissionPolicy", "acc-accordion-launcher-own-run")
+    assert policy["spec"] == builders.build_launcher_policy()[0]["spec"]
+    binding = one(defaults, "ValidatingAdmissionPolicyBinding", "acc-accordion-launcher-own-run")
+    assert binding["spec"] == {
+        "policyName": policy["metadata"]["name"],
+        "validationActions": ["Deny"],
+    }
+    no_rbac = render({"rbac.create": "false"})
+    assert find(no_rbac, "ValidatingAdmissionPolicy") == []

@@ -61,12 +61,16 @@ def test_default_objects(defaults: list[Obj]) -> None:
         ("RoleBinding", "acc-accordion-operator-lease"),
         ("Service", "acc-accordion-operator-metrics"),
         ("ServiceAccount", "acc-accordion-operator"),
+        ("ValidatingAdmissionPolicy", "acc-accordion-launcher-own-run"),
+        ("ValidatingAdmissionPolicyBinding", "acc-accordion-launcher-own-run"),
     ]
     cluster_scoped = (
         "ClusterRole",
         "ClusterRoleBinding",
         "CustomResourceDefinition",
         "PriorityClass",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
     )
     for o in defaults:
         if o["kind"] not in cluster_scoped:
@@ -204,12 +208,17 @@ def test_rendered_defaults_equal_the_operator_defaults() -> None:
     ) == ("acc-accordion-operator", "accordion-system", False)
     # and its pods listen on their own IP (test_replicas_listen_on_their_pod_ip)
     assert parsed.bind_address == "pod-ip"
+    # the launcher admission policy of this release (templates/rbac/launcher-policy.yaml)
+    assert parsed.launcher_policy == "acc-accordion-launcher-own-run"
+    no_rbac = operator_config.Config.from_env(_settings(render({"rbac.create": "false"})))
+    assert no_rbac.launcher_policy == ""
     local = {
         "trainer_image": "x",
         "leader_lease_name": "x",
         "leader_lease_namespace": "x",
         "leader_lease_create": True,
         "bind_address": "x",
+        "launcher_policy": "x",
     }
     assert dataclasses.replace(parsed, **local) == dataclasses.replace(
         operator_config.Config(), **local

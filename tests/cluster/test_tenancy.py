@@ -538,24 +538,39 @@ def restricted_namespace(ctx: Ctx) -> None:
 # --- what the run's launcher writes --------------------------------------------------------------
 
 
-def launcher_token(ctx: Ctx, run: str) -> str:
-    """A token of the run's launcher ServiceAccount: what the user's own image holds."""
+def launcher_token(ctx: Ctx, run: str, bound: bool = True) -> str:
+    """A token of the launchers' ServiceAccount bound to the run's launcher pod, what the user's
+    own image holds (or, not `bound`, to no pod)."""
     api = ctx.api
+    spec: dict[str, Any] = {}
+    if bound:
+        name = f"{run}-launcher"
+        found = poll(
+            lambda: api.http.get(f"/api/v1/namespaces/{api.ns}/pods/{name}").json().get("metadata"),
+            20,
+            f"pod {name}",
+        )
+        spec["boundObjectRef"] = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "name": name,
+            "uid": found["uid"],
+        }
     r = api.http.post(
-        f"/api/v1/namespaces/{api.ns}/serviceaccounts/{run}-launcher/token",
-        json={"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {}},
+        f"/api/v1/namespaces/{api.ns}/serviceaccounts/accordion-launcher/token",
+        json={"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec},
     )
     assert r.status_code == 201, r.text
     token: str = r.json()["status"]["token"]
     return token
 
 
-def as_launcher(ctx: Ctx, run: str) -> httpx.Client:
+def as_launcher(ctx: Ctx, run: str, bound: bool = True) -> httpx.Client:
     """A client that is the run's launcher."""
     return httpx.Client(
         base_url=ctx.cluster.server,
         verify=ssl.create_default_context(cafile=str(ctx.cluster.pki / "ca.crt")),
-        headers={"Authorization": f"Bearer {launcher_token(ctx, run)}"},
+        headers={"Authorization": f"Bearer {launcher_token(ctx, run, bound)}"},
         timeout=30,
     )
 
@@ -611,8 +626,29 @@ def launcher_token_scope(ctx: Ctx) -> None:
         }
         for what, r in denied.items():
             assert r.status_code == 403, (what, r.status_code, r.text)
+        assert "own run only" in denied["another run's status"].text  # the admission policy
         # what it may do: read its namespace's pods (host discovery)
         assert http.get(f"/api/v1/namespaces/{api.ns}/pods").status_code == 200
+    # The namespace's launchers share one ServiceAccount and Role: the admission policy keeps
+    # each to the run of the pod its token is bound to.
+    poll(lambda: status_of(api, "victim").get("phase") == "Running", 20, "run victim to run")
+    # (above: bound to another run's launcher pod; here: bound to no pod at all. The apiserver
+    # binds the ServiceAccount's tokens only to pods that run as it: the launchers.)
+    with as_launcher(ctx, "victim", bound=False) as http:
+        r = http.patch(
+            tr_path(api, "victim") + "/status",
+            json={"status": {"phase": "Failed"}},
+            headers=MERGE,
+        )
+        assert r.status_code == 403, (r.status_code, r.text)
+        assert "own run only" in r.text, r.text
+    with as_launcher(ctx, "victim") as http:  # its own launcher's token: allowed
+        r = http.patch(
+            tr_path(api, "victim") + "/status",
+            json={"status": {"training": {"epoch": 1}}},
+            headers=MERGE,
+        )
+        assert r.status_code == 200, r.text
 
 
 #: Status fields the operator derives, with what the run's launcher forges into them.

@@ -51,6 +51,7 @@ app.kubernetes.io/component: operator
 {{- define "accordion.operatorSettings" -}}
 ACCORDION_NAMESPACES: {{ join "," .Values.watch.namespaces | quote }}
 ACCORDION_LOG_LEVEL: {{ .Values.operator.logLevel | quote }}
+ACCORDION_LAUNCHER_POLICY: {{ ternary (printf "%s-launcher-own-run" (include "accordion.fullname" .)) "" .Values.rbac.create | quote }}
 ACCORDION_LEADER_ELECTION: {{ .Values.operator.leaderElection.enabled | quote }}
 ACCORDION_LEADER_LEASE_NAME: {{ include "accordion.operatorName" . | quote }}
 ACCORDION_LEADER_LEASE_NAMESPACE: {{ .Release.Namespace | quote }}

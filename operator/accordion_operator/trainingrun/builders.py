@@ -7,6 +7,7 @@ made by `new_ssh_keypair`, which the caller passes in).
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
@@ -41,6 +42,11 @@ def worker_name(run: str, index: int) -> str:
 
 def launcher_name(run: str) -> str:
     return f"{run}-launcher"
+
+
+#: the launcher's ServiceAccount, Role and RoleBinding: one each per namespace, shared by the
+#: namespace's runs (docs/trainingrun.md, "Security model")
+LAUNCHER_IDENTITY = "accordion-launcher"
 
 
 def ssh_secret_name(run: str) -> str:
@@ -114,43 +120,138 @@ def build_ssh_secret(run: TrainingRun, cfg: Config, keypair: tuple[str, str]) ->
     }
 
 
-def build_service_account(run: TrainingRun, cfg: Config) -> dict[str, Any]:
+#: the owner of a namespace's launcher identity: the admission policy it relies on, or none
+Owner = dict[str, Any] | None
+
+
+def policy_owner(policy: Mapping[str, Any]) -> dict[str, Any]:
+    """An ownerReference to the launcher admission policy (cluster-scoped): the garbage collector
+    removes the identities in every namespace when the policy goes (`helm uninstall`)."""
+    meta = policy["metadata"]
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "name": meta["name"],
+        "uid": meta["uid"],
+    }
+
+
+def _identity_meta(namespace: str, cfg: Config, owner: Owner) -> dict[str, Any]:
+    """A namespace's launcher identity belongs to no one run (the operator removes it once the
+    namespace has had no run for a while: `trainingrun.identity`)."""
+    meta: dict[str, Any] = {
+        "name": LAUNCHER_IDENTITY,
+        "namespace": namespace,
+        "labels": {
+            **cfg.pod_labels(),
+            LABEL_NAME: "accordion",
+            LABEL_MANAGED_BY: MANAGED_BY,
+            LABEL_ROLE: ROLE_LAUNCHER,
+        },
+    }
+    if owner is not None:
+        meta["ownerReferences"] = [owner]
+    return meta
+
+
+def build_service_account(namespace: str, cfg: Config, owner: Owner = None) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "ServiceAccount",
-        "metadata": _meta(run, launcher_name(run.metadata.name), ROLE_LAUNCHER, cfg),
+        "metadata": _identity_meta(namespace, cfg, owner),
         "automountServiceAccountToken": True,
     }
 
 
-def build_role(run: TrainingRun, cfg: Config) -> dict[str, Any]:
+def build_role(namespace: str, cfg: Config, owner: Owner = None) -> dict[str, Any]:
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "Role",
-        "metadata": _meta(run, launcher_name(run.metadata.name), ROLE_LAUNCHER, cfg),
+        "metadata": _identity_meta(namespace, cfg, owner),
         "rules": [
             # host discovery: the launcher lists its run's Ready worker pods
             {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
-            # progress reports into status.training, of this run only
+            # progress reports into status.training; a launcher patches its own run only, which
+            # the ValidatingAdmissionPolicy of `build_launcher_policy` enforces (RBAC cannot
+            # name "the run of the pod holding the token")
             {
                 "apiGroups": ["accordion.dev"],
                 "resources": [f"{PLURAL}/status"],
-                "resourceNames": [run.metadata.name],
                 "verbs": ["get", "patch"],
             },
         ],
     }
 
 
-def build_role_binding(run: TrainingRun, cfg: Config) -> dict[str, Any]:
-    name = launcher_name(run.metadata.name)
+def build_role_binding(namespace: str, cfg: Config, owner: Owner = None) -> dict[str, Any]:
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "RoleBinding",
-        "metadata": _meta(run, name, ROLE_LAUNCHER, cfg),
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
-        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": run.metadata.namespace}],
+        "metadata": _identity_meta(namespace, cfg, owner),
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "Role",
+            "name": LAUNCHER_IDENTITY,
+        },
+        "subjects": [{"kind": "ServiceAccount", "name": LAUNCHER_IDENTITY, "namespace": namespace}],
     }
+
+
+#: The admission policy that keeps each launcher to its own run's status (cluster-scoped; the
+#: chart installs it, `python -m accordion_operator.crd --policy` prints it).
+LAUNCHER_POLICY = "accordion-launcher-own-run"
+_POD_NAME = "authentication.kubernetes.io/pod-name"
+
+
+def build_launcher_policy() -> list[dict[str, Any]]:
+    """A ValidatingAdmissionPolicy and its binding: a status write by a launcher identity must
+    come from a token bound to the pod `<run>-launcher` of the run it writes. The apiserver puts
+    the pod's name into the token's user info (`authentication.kubernetes.io/pod-name`, Kubernetes
+    1.30+), and only the operator creates pods of that name for a run (a pod of that name that
+    the run does not control is refused its pods: `Controller._name_taken`)."""
+    user = f"system:serviceaccount:' + request.namespace + ':{LAUNCHER_IDENTITY}"
+    policy = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": LAUNCHER_POLICY, "labels": {LABEL_NAME: "accordion"}},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {
+                "resourceRules": [
+                    {
+                        "apiGroups": ["accordion.dev"],
+                        "apiVersions": ["*"],
+                        "operations": ["UPDATE"],
+                        "resources": [f"{PLURAL}/status"],
+                    }
+                ]
+            },
+            "matchConditions": [
+                {"name": "is-a-launcher", "expression": f"request.userInfo.username == '{user}'"}
+            ],
+            "validations": [
+                {
+                    "expression": (
+                        f"'{_POD_NAME}' in request.userInfo.extra && "
+                        f"request.userInfo.extra['{_POD_NAME}'] == "
+                        "[object.metadata.name + '-launcher']"
+                    ),
+                    "messageExpression": (
+                        "'a launcher writes the status of its own run only: this token is not "
+                        "bound to the pod ' + object.metadata.name + '-launcher'"
+                    ),
+                    "reason": "Forbidden",
+                }
+            ],
+        },
+    }
+    binding = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": LAUNCHER_POLICY, "labels": {LABEL_NAME: "accordion"}},
+        "spec": {"policyName": LAUNCHER_POLICY, "validationActions": ["Deny"]},
+    }
+    return [policy, binding]
 
 
 # --- pods ----------------------------------------------------------------------------------------
@@ -337,7 +438,7 @@ def build_launcher_pod(run: TrainingRun, cfg: Config) -> dict[str, Any]:
         "metadata": _meta(run, name, ROLE_LAUNCHER, cfg),
         "spec": {
             "restartPolicy": "Never",
-            "serviceAccountName": name,
+            "serviceAccountName": LAUNCHER_IDENTITY,
             "enableServiceLinks": False,
             "terminationGracePeriodSeconds": 30,
             **_pod_security(cfg),

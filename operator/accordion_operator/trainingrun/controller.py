@@ -50,6 +50,7 @@ from accordion_operator.trainingrun.decide import (
     unparsable_plan,
 )
 from accordion_operator.trainingrun.export import RunExport
+from accordion_operator.trainingrun.identity import LauncherIdentities
 from accordion_operator.trainingrun.kueue import (
     KUEUE_VERSION,
     KueueDecision,
@@ -118,8 +119,10 @@ class Controller:
     kube: Kube
     cache: ClusterCache
     clock: Callable[[], float] = time.time
-    #: run uids whose ssh Secret/SA/Role/RoleBinding this process has ensured
+    #: run uids whose ssh Secret (and their namespace's launcher identity) this process ensured
     auth_done: set[str] = field(default_factory=set)
+    #: the launchers' ServiceAccount, Role and RoleBinding, one each per namespace
+    identities: LauncherIdentities = field(init=False)
     #: (namespace, secret) -> (checked at, info)
     secrets: dict[tuple[str, str], tuple[float, SecretInfo | None]] = field(default_factory=dict)
     secret_ttl: float = 10.0
@@ -153,6 +156,7 @@ class Controller:
     passes: int = 0
 
     def __post_init__(self) -> None:
+        self.identities = LauncherIdentities(self.kube, self.cfg)
         if self.metrics is not None:
             self.export = RunExport(self.metrics, self.clock)
 
@@ -213,6 +217,12 @@ class Controller:
             }
         if len(self._own) > len(uids):
             self._own = {u: o for u, o in self._own.items() if u in uids}
+        if len(self.auth_done) > len(uids):
+            self.auth_done &= uids
+        with_runs = {v.namespace for v in cache.runs.values()}
+        idle = await self.identities.collect(with_runs, now)
+        if idle is not None:
+            tally.delays.append(idle)
         tally.delays += [max(0.0, f.retry_at - now) for f in self._create_failures.values()]
         t = time.perf_counter()
         for view in list(cache.runs.values()):
@@ -710,30 +720,18 @@ class Controller:
         )
 
     async def _ensure_auth(self, run: TrainingRun) -> None:
-        cfg = self.cfg
-        objs = [
-            builders.build_ssh_secret(run, cfg, builders.new_ssh_keypair()),
-            builders.build_service_account(run, cfg),
-            builders.build_role(run, cfg),
-        ]
-        codes = await asyncio.gather(*(self.kube.create(o) for o in objs))
-        # The RoleBinding only once its Role exists: without `bind`, the apiserver checks that
-        # the operator holds every permission of the referenced Role, and answers 404 while the
-        # Role is not there yet (a superuser, e.g. a kubeconfig admin, skips that check).
-        binding = builders.build_role_binding(run, cfg)
-        if codes[-1][0] in (200, 201, 409):
-            objs.append(binding)
-            codes.append(await self.kube.create(binding))
-        bad = [
-            (o["kind"], c, d.get("message"))
-            for o, (c, d) in zip(objs, codes, strict=True)
-            if c not in (200, 201, 409)
-        ]
-        if bad:
-            raise RuntimeError(f"creating auth objects for {run.key}: {bad}")
+        """The run's ssh Secret and its namespace's launcher identity, before its first pod."""
+        ns = run.metadata.namespace
+        secret = builders.build_ssh_secret(run, self.cfg, builders.new_ssh_keypair())
+        (code, data), _ = await asyncio.gather(self.kube.create(secret), self.identities.ensure(ns))
+        if code not in (200, 201, 409):
+            raise RuntimeError(
+                f"creating the ssh Secret of {run.key}: {code} {data.get('message')}"
+            )
         self.auth_done.add(run.metadata.uid)
 
     async def run_forever(self, stop: asyncio.Event) -> None:
+        await self.identities.discover()
         kueue = asyncio.create_task(self._watch_kueue(stop), name="kueue")
         try:
             await run_watched(self._loop(stop), self.kube, self.cache, CORE_WATCHES, stop)

@@ -89,7 +89,7 @@ def test_launcher_never_gets_credentials_and_uses_its_service_account() -> None:
     env = env_of(pod)
     assert not any(name.endswith("ACCESS_KEY_ID") for name in env)
     assert not any("secretKeyRef" in e.get("valueFrom", {}) for e in env.values())
-    assert pod["spec"]["serviceAccountName"] == "mnist-launcher"
+    assert pod["spec"]["serviceAccountName"] == "accordion-launcher"
     assert pod["spec"]["containers"][0]["image"] == "mine:2"
     assert "nvidia.com/gpu" not in pod["spec"]["containers"][0]["resources"]["requests"]
     assert json.loads(env["ACCORDION_HPARAMS"]["value"]) == {"learning_rate": 0.01}
@@ -176,20 +176,40 @@ def test_auth_objects() -> None:
     assert secret["metadata"]["name"] == "mnist-ssh"
     assert set(secret["stringData"]) == {"id_ed25519", "id_ed25519.pub", "authorized_keys"}
     assert secret["stringData"]["authorized_keys"].startswith(public)
-    role = builders.build_role(run, CFG)
+    role = builders.build_role("team-a", CFG)
+    assert role["metadata"]["namespace"] == "team-a"
+    assert "ownerReferences" not in role["metadata"]  # the namespace's, not one run's
     assert role["rules"][0] == {
         "apiGroups": [""],
         "resources": ["pods"],
         "verbs": ["get", "list", "watch"],
     }
-    assert role["rules"][1]["resources"] == ["trainingruns/status"]
-    assert role["rules"][1]["resourceNames"] == ["mnist"]
-    assert role["rules"][1]["verbs"] == ["get", "patch"]
-    binding = builders.build_role_binding(run, CFG)
+    assert role["rules"][1] == {
+        "apiGroups": ["accordion.dev"],
+        "resources": ["trainingruns/status"],
+        "verbs": ["get", "patch"],
+    }
+    binding = builders.build_role_binding("team-a", CFG)
+    assert binding["roleRef"]["name"] == "accordion-launcher"
     assert binding["subjects"] == [
-        {"kind": "ServiceAccount", "name": "mnist-launcher", "namespace": "team-a"}
+        {"kind": "ServiceAccount", "name": "accordion-launcher", "namespace": "team-a"}
     ]
-    assert builders.build_service_account(run, CFG)["metadata"]["name"] == "mnist-launcher"
+    sa = builders.build_service_account("team-a", CFG)
+    assert sa["metadata"]["name"] == "accordion-launcher"
+    assert sa["metadata"]["labels"]["accordion.dev/role"] == "launcher"
+
+
+def test_launcher_policy_names_the_launcher_pod_of_the_run() -> None:
+    policy, binding = builders.build_launcher_policy()
+    assert binding["spec"]["policyName"] == policy["metadata"]["name"]
+    assert binding["spec"]["validationActions"] == ["Deny"]
+    spec = policy["spec"]
+    assert spec["failurePolicy"] == "Fail"
+    assert spec["matchConstraints"]["resourceRules"][0]["resources"] == ["trainingruns/status"]
+    assert "accordion-launcher" in spec["matchConditions"][0]["expression"]
+    rule = spec["validations"][0]["expression"]
+    assert "authentication.kubernetes.io/pod-name" in rule
+    assert "object.metadata.name + '-launcher'" in rule
 
 
 def test_placement_is_copied() -> None:

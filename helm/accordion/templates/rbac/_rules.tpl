@@ -17,8 +17,9 @@ The operator's permissions, least privilege: exactly the calls in operator/accor
 - apiGroups: [accordion.dev]
   resources: [experiments]
   verbs: [list, watch]
-# Application: phase, conditions and worker counts in status; each launcher is granted get/patch
-# on its own run's status, which the operator must therefore hold.
+# Application: phase, conditions and worker counts in status; the launchers are granted get/patch
+# on runs' status (each its own run's only: the launcher admission policy), which the operator
+# must therefore hold.
 - apiGroups: [accordion.dev]
   resources: [trainingruns/status]
   verbs: [get, patch]
@@ -36,14 +37,17 @@ The operator's permissions, least privilege: exactly the calls in operator/accor
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get, create]
-# Application: each run's launcher identity and its Role/RoleBinding (created once; a 409 on
-# an existing one counts as success, so no get/update).
+# Application: the launchers' identity, one ServiceAccount, Role and RoleBinding
+# (accordion-launcher) per namespace with runs: created before its first launcher (a 409 on an
+# existing one counts as success, so no get/update), deleted once the namespace has had no run
+# for 10 minutes; the operator's own ServiceAccounts are listed (label selector) at start to
+# find those an earlier process left.
 - apiGroups: [""]
   resources: [serviceaccounts]
-  verbs: [create]
+  verbs: [list, create, delete]
 - apiGroups: [rbac.authorization.k8s.io]
   resources: [roles, rolebindings]
-  verbs: [create]
+  verbs: [create, delete]
 # Application: Events on runs (admission, scaling, failures).
 - apiGroups: [""]
   resources: [events]
@@ -64,6 +68,13 @@ The operator's permissions, least privilege: exactly the calls in operator/accor
 
 {{/* Rules on cluster-scoped objects (always a ClusterRole). */}}
 {{- define "accordion.rbac.clusterRules" -}}
+# Application: the launcher admission policy this chart installs (templates/rbac/
+# launcher-policy.yaml), read once at start: checked to exist, and made the owner of the
+# launchers' identities so that removing it removes them.
+- apiGroups: [admissionregistration.k8s.io]
+  resources: [validatingadmissionpolicies]
+  resourceNames: [{{ printf "%s-launcher-own-run" (include "accordion.fullname" .) }}]
+  verbs: [get]
 # Application: GPU capacity (allocatable nvidia.com/gpu), taints and readiness of every node.
 - apiGroups: [""]
   resources: [nodes]
