@@ -374,72 +374,13 @@ class Controller:
         overhead = tally.decide_seconds  # so far only the pass's fixed cost: checks, allocation
         settled: dict[str, tuple[tuple[object, ...], float]] = {}
         batch: list[tuple[TrainingRun, Plan]] = []
-        # Highest priority first, so that under load its pods are created first; within a
-        # priority, runs whose current spec was never acted on (new runs, `kubectl scale`) before
-        # the status refreshes of runs already decided: a burst of 10,000 arrivals otherwise
-        # waits behind thousands of "worker became ready" updates.
-        prio = self._priorities
-        ordered = sorted(views, key=lambda v: (-prio.get(v.key, 0), v.decided, v.created))
+        ordered = self._decision_order(views)
         arrivals = self.cache.arrivals
         for i, v in enumerate(ordered):
             t = time.perf_counter()
-            grant, verdict = grants.get(v.key, NO_GRANT), invalid.get(v.key)
-            pods, lookalikes = owned(self.cache.pods_of(v.namespace, v.name), v.uid)
-            if lookalikes:
-                await self._report_lookalikes(v, lookalikes)
-            failure = self._create_failures.get(v.uid)
-            refused = failure.message if failure is not None else ""
-            kueued: KueueDecision | None = None
-            if queue_of(v.labels) is not None:
-                if not self._kueue_known():
-                    # Kueue's Workloads not listed yet: this run waits, as it was
-                    if v.key in self._settled:
-                        settled[v.key] = self._settled[v.key]
-                    continue
-                kueued = self._kueue_decision(v, verdict)
-                grant = kueued.grant
-            elif (v.namespace, v.name) in self.cache.kueue.workloads:
-                # the label was removed: the allocator has the run now, and Kueue's quota goes
-                kueued = self._kueue_leftovers(v)
-            inputs = (
-                v.resource_version,
-                tuple(sorted(pods, key=lambda p: p.name)),
-                grant,
-                verdict,
-                refused,
-                kueued,
-            )
-            # decide_run is a pure function of these inputs (and of time only through the requeue
-            # it asks for): a run whose inputs did not change since its last no-op decision needs
-            # no new one before that time. This keeps a pass at 10,000 quiet runs cheap (each
-            # running one asks to be checked at its progress deadline).
-            hit = self._settled.get(v.key)
-            if hit is not None and hit[0] == inputs and now < hit[1]:
-                settled[v.key] = hit
-                if hit[1] != math.inf:
-                    tally.delays.append(hit[1] - now)
-                continue
-            run = v.model()
-            children = Children(pods, auth_ready=v.uid in self.auth_done, create_error=refused)
-            plan = decide_run(
-                run,
-                children,
-                grant,
-                invalid=verdict,
-                cfg=self.cfg,
-                now=now,
-                own=self._own.get(v.uid),
-            )
-            if kueued is not None:
-                self._kueue_plan(run, plan, kueued)
-            if plan.requeue_after is not None:
-                tally.delays.append(plan.requeue_after)
-            if _has_work(plan):
-                batch.append((run, plan))
-                tally.acted += 1
-            else:
-                due = now + plan.requeue_after if plan.requeue_after is not None else math.inf
-                settled[v.key] = (inputs, due)
+            decided = await self._decide_one(v, grants, invalid, now, tally, settled)
+            if decided is not None:
+                batch.append(decided)
             tally.decide_seconds += time.perf_counter() - t
             if len(batch) >= self.cfg.batch_runs:
                 tally.act_seconds += await self._act(batch)
@@ -454,6 +395,77 @@ class Controller:
                     break
         tally.act_seconds += await self._act(batch)
         self._settled = settled
+
+    def _decision_order(self, views: list[CachedRun]) -> list[CachedRun]:
+        """Highest priority first, so that under load its pods are created first; within a
+        priority, runs whose current spec was never acted on (new runs, `kubectl scale`) before
+        the status refreshes of runs already decided: a burst of 10,000 arrivals otherwise
+        waits behind thousands of "worker became ready" updates."""
+        prio = self._priorities
+        return sorted(views, key=lambda v: (-prio.get(v.key, 0), v.decided, v.created))
+
+    async def _decide_one(
+        self,
+        v: CachedRun,
+        grants: Mapping[str, Grant],
+        invalid: Mapping[str, tuple[str, str] | None],
+        now: float,
+        tally: _Tally,
+        settled: dict[str, tuple[tuple[object, ...], float]],
+    ) -> tuple[TrainingRun, Plan] | None:
+        """One run's plan when it has work; None when its decision holds (noted in `settled`)
+        or it waits for Kueue's Workloads to be listed."""
+        grant, verdict = grants.get(v.key, NO_GRANT), invalid.get(v.key)
+        pods, lookalikes = owned(self.cache.pods_of(v.namespace, v.name), v.uid)
+        if lookalikes:
+            await self._report_lookalikes(v, lookalikes)
+        failure = self._create_failures.get(v.uid)
+        refused = failure.message if failure is not None else ""
+        kueued: KueueDecision | None = None
+        if queue_of(v.labels) is not None:
+            if not self._kueue_known():
+                # Kueue's Workloads not listed yet: this run waits, as it was
+                if v.key in self._settled:
+                    settled[v.key] = self._settled[v.key]
+                return None
+            kueued = self._kueue_decision(v, verdict)
+            grant = kueued.grant
+        elif (v.namespace, v.name) in self.cache.kueue.workloads:
+            # the label was removed: the allocator has the run now, and Kueue's quota goes
+            kueued = self._kueue_leftovers(v)
+        inputs = (
+            v.resource_version,
+            tuple(sorted(pods, key=lambda p: p.name)),
+            grant,
+            verdict,
+            refused,
+            kueued,
+        )
+        # decide_run is a pure function of these inputs (and of time only through the requeue
+        # it asks for): a run whose inputs did not change since its last no-op decision needs
+        # no new one before that time. This keeps a pass at 10,000 quiet runs cheap (each
+        # running one asks to be checked at its progress deadline).
+        hit = self._settled.get(v.key)
+        if hit is not None and hit[0] == inputs and now < hit[1]:
+            settled[v.key] = hit
+            if hit[1] != math.inf:
+                tally.delays.append(hit[1] - now)
+            return None
+        run = v.model()
+        children = Children(pods, auth_ready=v.uid in self.auth_done, create_error=refused)
+        plan = decide_run(
+            run, children, grant, invalid=verdict, cfg=self.cfg, now=now, own=self._own.get(v.uid)
+        )
+        if kueued is not None:
+            self._kueue_plan(run, plan, kueued)
+        if plan.requeue_after is not None:
+            tally.delays.append(plan.requeue_after)
+        if _has_work(plan):
+            tally.acted += 1
+            return run, plan
+        due = now + plan.requeue_after if plan.requeue_after is not None else math.inf
+        settled[v.key] = (inputs, due)
+        return None
 
     def _kueue_known(self) -> bool:
         """Whether the cluster's answer on Kueue is in: its API is not served, or it is and
