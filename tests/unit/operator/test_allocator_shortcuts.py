@@ -169,7 +169,9 @@ def busy_world(draw: st.DrawFn) -> tuple[tuple[Any, ...], dict[str, Any]]:
     return (nodes, pods, runs, 100.0, cooldown), {"quotas": quotas, "weights": weights}
 
 
-@settings(max_examples=800, deadline=None)
+# 300 random worlds here (48 s at 800 in a loaded CI stream); `benchmarks/allocator.py --check`
+# compares 500 more against the code before each speed-up
+@settings(max_examples=300, deadline=None)
 @given(busy_world())
 def test_the_shortcuts_change_no_decision(w: tuple[tuple[Any, ...], dict[str, Any]]) -> None:
     args, kw = w
