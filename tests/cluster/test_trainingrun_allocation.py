@@ -177,16 +177,25 @@ def test_operator_killed_mid_way_converges_without_orphans(
     operator.start()
     wait_workers(api, {"one": 4, "two": 2, "four": 1}, timeout=40)
     runs = {"one", "two", "four"}
-    pods = api.pods()
-    owners = {p["metadata"]["ownerReferences"][0]["name"] for p in pods}
-    assert owners == runs  # nothing left of "three", nothing unowned
+
+    def owners() -> set[str]:
+        return {p["metadata"]["ownerReferences"][0]["name"] for p in api.pods()}
+
+    # nothing left of "three", nothing unowned. The garbage collector removes "three"'s pods; on
+    # a cluster whose CRD is seconds old it first has to discover TrainingRuns (every 30 s).
+    poll(lambda: owners() == runs, 60, "only the live runs' pods", every=0.5)
     for run in runs:
         names = [p["metadata"]["name"] for p in api.workers(run)]
         assert len(names) == len(set(names))
         assert len(api.pods(f"accordion.dev/run={run},accordion.dev/role=launcher")) == 1
-    for kind in ("secrets", "serviceaccounts"):
-        items = api.http.get(
-            f"/api/v1/namespaces/{api.ns}/{kind}",
-            params={"labelSelector": "accordion.dev/run=three"},
-        ).json()["items"]
-        assert [i for i in items if not i["metadata"].get("deletionTimestamp")] == []
+    items = api.http.get(
+        f"/api/v1/namespaces/{api.ns}/secrets",
+        params={"labelSelector": "accordion.dev/run=three"},
+    ).json()["items"]
+    assert [i for i in items if not i["metadata"].get("deletionTimestamp")] == []
+    # the launchers' identity is the namespace's: one of each, kept while it has runs
+    for kind in ("/api/v1/{}/serviceaccounts", "/apis/rbac.authorization.k8s.io/v1/{}/roles"):
+        path = kind.format(f"namespaces/{api.ns}")
+        names = [i["metadata"]["name"] for i in api.http.get(path).json()["items"]]
+        assert names.count("accordion-launcher") == 1, names
+        assert not [n for n in names if n.endswith("-launcher") and n != "accordion-launcher"]
