@@ -123,6 +123,10 @@ class Config:
     #: missing) and made the owner of the launchers' ServiceAccounts, Roles and RoleBindings, so
     #: that removing it (`helm uninstall`) removes them; empty = no policy, no owner.
     launcher_policy: str = "accordion-launcher-own-run"
+    #: Seconds a namespace keeps its launcher ServiceAccount, Role and RoleBinding with no
+    #: TrainingRun in it: a team that deletes its last run and starts the next soon does not pay
+    #: three deletions and three creations.
+    launcher_identity_idle_seconds: float = 600.0
     #: Log level (DEBUG, INFO, WARNING, ERROR).
     log_level: str = "INFO"
 

@@ -1,5 +1,6 @@
 """The launchers' identity: one ServiceAccount, Role and RoleBinding `accordion-launcher` in each
-namespace that has runs, removed once the namespace has had no run for `IDLE_S`.
+namespace that has runs, removed once the namespace has had no run for
+`ACCORDION_LAUNCHER_IDENTITY_IDLE_SECONDS`.
 
 Per namespace rather than per run: three apiserver writes per namespace instead of three per
 run, which bound how fast a burst of runs gets its pods (issue #21). Each launcher still writes
@@ -26,9 +27,6 @@ from accordion_operator.trainingrun import builders
 
 log = logging.getLogger(__name__)
 
-#: how long a namespace keeps its launcher identity with no run in it: a team that deletes its
-#: last run and starts the next soon does not pay three deletions and three creations
-IDLE_S = 600.0
 SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY},{builders.LABEL_ROLE}={builders.ROLE_LAUNCHER}"
 
 
@@ -58,8 +56,9 @@ class LauncherIdentities:
     """Creates a namespace's launcher identity before its first launcher, once per namespace and
     process (a 409 on an existing object is success), and removes idle ones."""
 
-    def __init__(self, kube: Kube, cfg: Config, idle_after: float = IDLE_S) -> None:
-        self.kube, self.cfg, self.idle_after = kube, cfg, idle_after
+    def __init__(self, kube: Kube, cfg: Config) -> None:
+        self.kube, self.cfg = kube, cfg
+        self.idle_after = cfg.launcher_identity_idle_seconds
         #: created (or found existing) by this process
         self.ensured: set[str] = set()
         #: may hold an identity: ensured, or listed at start (left by an earlier process)

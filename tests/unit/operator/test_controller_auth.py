@@ -110,7 +110,7 @@ class DeletingKube(EscalationCheckingKube):
 
 async def test_idle_identities_are_removed_binding_first_and_recreated_on_demand() -> None:
     kube = DeletingKube()
-    ids = LauncherIdentities(kube, Config(), idle_after=60.0)  # type: ignore[arg-type]
+    ids = LauncherIdentities(kube, Config(launcher_identity_idle_seconds=60.0))  # type: ignore[arg-type]
     await ids.discover()  # the policy, and an identity left by an earlier operator process
     await ids.ensure("team-a")
     assert {o["metadata"]["ownerReferences"][0]["uid"] for o in kube.objects} == {"p-uid"}
@@ -131,7 +131,7 @@ async def test_idle_identities_are_removed_binding_first_and_recreated_on_demand
 
 async def test_a_refused_removal_is_tried_again() -> None:
     kube = DeletingKube(delete_status=403)
-    ids = LauncherIdentities(kube, Config(), idle_after=0.0)  # type: ignore[arg-type]
+    ids = LauncherIdentities(kube, Config(launcher_identity_idle_seconds=0.0))  # type: ignore[arg-type]
     await ids.ensure("team-a")
     await ids.collect(set(), now=0.0)
     assert ids.present == {"team-a"}
