@@ -40,8 +40,8 @@ The operator's permissions, least privilege: exactly the calls in operator/accor
 # Application: the launchers' identity, one ServiceAccount, Role and RoleBinding
 # (accordion-launcher) per namespace with runs: created before its first launcher (a 409 on an
 # existing one counts as success, so no get/update), deleted once the namespace has had no run
-# for 10 minutes; the operator's own ServiceAccounts are listed (label selector) at start to
-# find those an earlier process left.
+# for operator.launcherIdentityIdleSeconds; the operator's own ServiceAccounts are listed (label
+# selector) at start to find those an earlier process left.
 - apiGroups: [""]
   resources: [serviceaccounts]
   verbs: [list, create, delete]
