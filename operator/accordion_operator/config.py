@@ -21,6 +21,9 @@ def _split(value: str) -> tuple[str, ...]:
 POD_IP = "pod-ip"
 #: bind_address's default: Prometheus and the kubelet call the pod's IP from outside
 EVERY_ADDRESS = "0.0.0.0"  # noqa: S104
+#: the launcher admission policy of an install without the chart
+#: (helm/accordion/files/launcher-policy.json)
+LAUNCHER_POLICY = "accordion-launcher-own-run"
 
 
 @dataclass(frozen=True)
@@ -122,7 +125,7 @@ class Config:
     #: (the chart installs it and sets this). Checked at start (an error in the log when it is
     #: missing) and made the owner of the launchers' ServiceAccounts, Roles and RoleBindings, so
     #: that removing it (`helm uninstall`) removes them; empty = no policy, no owner.
-    launcher_policy: str = "accordion-launcher-own-run"
+    launcher_policy: str = LAUNCHER_POLICY
     #: Seconds a namespace keeps its launcher ServiceAccount, Role and RoleBinding with no
     #: TrainingRun in it: a team that deletes its last run and starts the next soon does not pay
     #: three deletions and three creations.

@@ -38,8 +38,12 @@ def identity(api: Api) -> list[dict[str, object] | None]:
     out: list[dict[str, object] | None] = []
     for path in IDENTITY:
         r = api.http.get(path.format(ns=api.ns))
-        meta = r.json().get("metadata") or {} if r.status_code == 200 else {}
-        out.append(None if r.status_code == 404 or meta.get("deletionTimestamp") else r.json())
+        if r.status_code == 404:
+            out.append(None)
+            continue
+        assert r.status_code == 200, r.text
+        body = r.json()
+        out.append(None if body["metadata"].get("deletionTimestamp") else body)
     return out
 
 

@@ -11,6 +11,11 @@
 {{- printf "%s-operator" (include "accordion.fullname" .) -}}
 {{- end -}}
 
+{{/* The launcher admission policy of this release (templates/rbac/launcher-policy.yaml). */}}
+{{- define "accordion.launcherPolicyName" -}}
+{{- printf "%s-launcher-own-run" (include "accordion.fullname" .) -}}
+{{- end -}}
+
 {{- define "accordion.labels" -}}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 app.kubernetes.io/name: accordion
@@ -51,7 +56,7 @@ app.kubernetes.io/component: operator
 {{- define "accordion.operatorSettings" -}}
 ACCORDION_NAMESPACES: {{ join "," .Values.watch.namespaces | quote }}
 ACCORDION_LOG_LEVEL: {{ .Values.operator.logLevel | quote }}
-ACCORDION_LAUNCHER_POLICY: {{ ternary (printf "%s-launcher-own-run" (include "accordion.fullname" .)) "" .Values.rbac.create | quote }}
+ACCORDION_LAUNCHER_POLICY: {{ ternary (include "accordion.launcherPolicyName" .) "" .Values.rbac.create | quote }}
 ACCORDION_LEADER_ELECTION: {{ .Values.operator.leaderElection.enabled | quote }}
 ACCORDION_LEADER_LEASE_NAME: {{ include "accordion.operatorName" . | quote }}
 ACCORDION_LEADER_LEASE_NAMESPACE: {{ .Release.Namespace | quote }}

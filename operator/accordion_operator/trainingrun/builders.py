@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from accordion_operator.api.trainingrun import PLURAL, ObjectStore, TrainingRun
-from accordion_operator.config import Config
+from accordion_operator.config import LAUNCHER_POLICY, Config
 from accordion_operator.core.objects import (
     LABEL_EXPERIMENT,
     LABEL_MANAGED_BY,
@@ -197,9 +197,6 @@ def build_role_binding(namespace: str, cfg: Config, owner: Owner = None) -> dict
     }
 
 
-#: The admission policy that keeps each launcher to its own run's status (cluster-scoped; the
-#: chart installs it, `python -m accordion_operator.crd --policy` prints it).
-LAUNCHER_POLICY = "accordion-launcher-own-run"
 _POD_NAME = "authentication.kubernetes.io/pod-name"
 
 

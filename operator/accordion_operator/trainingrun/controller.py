@@ -219,10 +219,10 @@ class Controller:
             self._own = {u: o for u, o in self._own.items() if u in uids}
         if len(self.auth_done) > len(uids):
             self.auth_done &= uids
-        with_runs = {v.namespace for v in cache.runs.values()}
-        idle = await self.identities.collect(with_runs, now)
-        if idle is not None:
-            tally.delays.append(idle)
+        if self.identities.present:  # a namespace set per pass only where one may be idle
+            idle = await self.identities.collect({v.namespace for v in cache.runs.values()}, now)
+            if idle is not None:
+                tally.delays.append(idle)
         tally.delays += [max(0.0, f.retry_at - now) for f in self._create_failures.values()]
         t = time.perf_counter()
         for view in list(cache.runs.values()):

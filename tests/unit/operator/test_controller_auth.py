@@ -26,7 +26,6 @@ class EscalationCheckingKube:
         self.role_status = role_status
         self.existing: set[tuple[str, str]] = set()
         self.created: list[str] = []
-        self.deleted: list[tuple[str, str]] = []
         self.objects: list[dict[str, Any]] = []
 
     async def create(self, obj: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -89,6 +88,7 @@ class DeletingKube(EscalationCheckingKube):
     def __init__(self, delete_status: int = 200) -> None:
         super().__init__()
         self.delete_status = delete_status
+        self.deleted: list[tuple[str, str]] = []
 
     async def delete(self, resource: Any, namespace: str, name: str) -> tuple[int, dict[str, Any]]:
         self.deleted.append((resource.kind, namespace))

@@ -73,7 +73,7 @@ The operator's permissions, least privilege: exactly the calls in operator/accor
 # launchers' identities so that removing it removes them.
 - apiGroups: [admissionregistration.k8s.io]
   resources: [validatingadmissionpolicies]
-  resourceNames: [{{ printf "%s-launcher-own-run" (include "accordion.fullname" .) }}]
+  resourceNames: [{{ include "accordion.launcherPolicyName" . }}]
   verbs: [get]
 # Application: GPU capacity (allocatable nvidia.com/gpu), taints and readiness of every node.
 - apiGroups: [""]
