@@ -35,8 +35,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.namespace:
         os.environ[env_name("namespaces")] = ",".join(args.namespace)
-    cfg = Config.from_env()
     try:
+        cfg = Config.from_env()
         address = cfg.listen_address()
     except ValueError as e:
         parser.error(str(e))

@@ -146,10 +146,12 @@ class Config:
                 values[f.name] = _split(raw)
             elif isinstance(default, bool):
                 values[f.name] = raw.lower() in ("1", "true", "yes")
-            elif isinstance(default, int):
-                values[f.name] = int(raw)
-            elif isinstance(default, float):
-                values[f.name] = float(raw)
+            elif isinstance(default, int | float):
+                try:
+                    values[f.name] = type(default)(raw)
+                except ValueError:
+                    kind = "a whole number" if isinstance(default, int) else "a number"
+                    raise ValueError(f"{env_name(f.name)}={raw!r}: not {kind}") from None
             else:
                 values[f.name] = raw
         return cls(**values)

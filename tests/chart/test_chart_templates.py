@@ -375,6 +375,14 @@ def test_notes_tell_the_next_steps() -> None:
     [
         ({"opertor.replicas": "1"}, "additional properties 'opertor' not allowed"),
         ({"operator.replicas": "-1"}, "at '/operator/replicas': minimum: got -1, want 0"),
+        (
+            {"operator.launcherIdentityIdleSeconds": "-1"},
+            "at '/operator/launcherIdentityIdleSeconds': minimum: got -1, want 0",
+        ),
+        (
+            {"operator.launcherIdentityIdleSeconds": '"10m"'},
+            "/operator/launcherIdentityIdleSeconds",
+        ),
         ({"operator.podAntiAffinity": '"soft"'}, "at '/operator/podAntiAffinity'"),
         ({"operator.resources.limit": '{"memory":"1Gi"}'}, "additional properties 'limit'"),
         ({"operator.logLevel": '"verbose"'}, "at '/operator/logLevel'"),

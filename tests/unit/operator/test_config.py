@@ -69,6 +69,27 @@ def test_listen_address_is_an_ip_or_the_pods() -> None:
     assert http_host("10.1.2.3") == "10.1.2.3"
 
 
+@pytest.mark.parametrize(
+    ("name", "raw", "said"),
+    [
+        ("ACCORDION_LAUNCHER_IDENTITY_IDLE_SECONDS", "ten minutes", "not a number"),
+        ("ACCORDION_BATCH_RUNS", "2.5", "not a whole number"),
+    ],
+)
+def test_a_setting_that_is_no_number_stops_the_operator_with_its_name(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    name: str,
+    raw: str,
+    said: str,
+) -> None:
+    monkeypatch.setenv(name, raw)
+    with pytest.raises(SystemExit) as stopped:
+        main([])
+    assert stopped.value.code == 2
+    assert f"{name}={raw!r}: {said}" in capsys.readouterr().err
+
+
 def test_a_bad_bind_address_stops_the_operator_with_its_name(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
