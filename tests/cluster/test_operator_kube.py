@@ -113,3 +113,30 @@ async def test_watch_keeps_the_cache_current(namespace: str) -> None:
 
 def names(cache: ClusterCache, namespace: str) -> list[str]:
     return sorted(p.name for p in cache.pods_of(namespace, "r"))
+
+
+@pytest.mark.usefixtures("kubeconfig")
+async def test_the_same_news_twice_is_one_event_with_count_two(
+    cluster: Cluster, namespace: str
+) -> None:
+    """A decision's Events go out before the status write that marks them said; a process killed
+    between the two says them again after its restart. That second post must not be a second
+    Event, and a true repeat shows as a count, as `kubectl describe` reads it."""
+    kube = await Kube.connect(Config(namespaces=(namespace,)), OperatorMetrics())
+    ref = {"apiVersion": "v1", "kind": "Pod", "name": "p", "namespace": namespace, "uid": "u1"}
+    await kube.event(ref, "Warning", "Preempted", "room for a higher priority")
+    await kube.event(ref, "Warning", "Preempted", "room for a higher priority")
+    await kube.event(ref, "Warning", "Preempted", "another message")
+    await kube.event({**ref, "uid": "u2"}, "Warning", "Preempted", "room for a higher priority")
+    await kube.close()
+    http = cluster.http()
+    try:
+        items = http.get(f"/api/v1/namespaces/{namespace}/events").json()["items"]
+    finally:
+        http.close()
+    seen = sorted((e["involvedObject"]["uid"], e["message"], e["count"]) for e in items)
+    assert seen == [
+        ("u1", "another message", 1),
+        ("u1", "room for a higher priority", 2),
+        ("u2", "room for a higher priority", 1),
+    ]

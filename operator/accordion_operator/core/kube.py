@@ -21,8 +21,8 @@ import kr8s.asyncio
 import orjson
 
 from accordion_operator.config import Config
-from accordion_operator.core.events import event_body
-from accordion_operator.core.objects import Resource, plural_of
+from accordion_operator.core.events import event_body, repeat_patch
+from accordion_operator.core.objects import EVENTS, Resource, plural_of
 from accordion_operator.metrics import OperatorMetrics
 
 log = logging.getLogger("accordion.kube")
@@ -420,8 +420,16 @@ class Kube:
         self, involved: Mapping[str, str], etype: str, reason: str, message: str
     ) -> None:
         """Post an Event about `involved` (an object reference: apiVersion, kind, name,
-        namespace, uid). A refused Event is logged, never raised: it must not stop a pass."""
-        code, data = await self.create(event_body(involved, etype, reason, message, time.time()))
+        namespace, uid). Its name says what it is (core/events.py): a 409 is the same news
+        posted before, and raises that Event's count. A refused Event is logged, never raised:
+        it must not stop a pass."""
+        body = event_body(involved, etype, reason, message, time.time())
+        code, data = await self.create(body)
+        if code == 409:
+            ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
+            code, data = await self.request("GET", "v1", f"events/{name}", ns)
+            if code == 200:
+                code, data = await self.patch(EVENTS, ns, name, repeat_patch(data, time.time()))
         if code >= 300:
             log.warning(
                 "event %s on %s not posted: %s", reason, involved.get("name"), data.get("message")

@@ -31,6 +31,7 @@ EXPERIMENTS = Resource(API_VERSION, experiment.KIND, experiment.PLURAL)
 SERVICEACCOUNTS = Resource("v1", "ServiceAccount", "serviceaccounts")
 ROLES = Resource("rbac.authorization.k8s.io/v1", "Role", "roles")
 ROLEBINDINGS = Resource("rbac.authorization.k8s.io/v1", "RoleBinding", "rolebindings")
+EVENTS = Resource("v1", "Event", "events")
 #: kind -> plural of every kind the operator creates (`Kube.create`; the chart's RBAC follows it)
 PLURALS = {
     "Pod": "pods",

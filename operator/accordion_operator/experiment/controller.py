@@ -176,15 +176,16 @@ class ExperimentController:
                     log.warning(
                         "%s/%s: stopping %s: %s %s", ns, name, run, code, data.get("message")
                     )
+            # the Events before the status write that marks them said (core/events.py)
+            ref = object_ref(EXPERIMENTS, ns, name, uid)
+            for etype, reason, message in plan.events:
+                await self.kube.event(ref, etype, reason, message)
             if plan.status_patch is not None:
                 code, data = await self.kube.patch_status(EXPERIMENTS, ns, name, plan.status_patch)
                 if code == 200:
                     self.cache.apply("experiment", "MODIFIED", data, wake=False)
                 elif code != 404:
                     log.warning("%s/%s: status patch: %s %s", ns, name, code, data.get("message"))
-            ref = object_ref(EXPERIMENTS, ns, name, uid)
-            for etype, reason, message in plan.events:
-                await self.kube.event(ref, etype, reason, message)
             if plan.create or plan.stop:
                 # our own writes changed the children: decide again on the next pass
                 self.seen.pop(key, None)

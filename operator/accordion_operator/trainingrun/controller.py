@@ -613,11 +613,12 @@ class Controller:
             return
         meta = body["metadata"]
         ns, name = meta["namespace"], meta["name"]
-        if plan.status_patch is not None:
-            await self._patch_status(f"{ns}/{name}", ns, name, plan.status_patch)
+        # Events before the status that marks them said (core/events.py: at least once, named)
         ref = object_ref(TRAININGRUNS, ns, name, meta.get("uid", ""))
         for etype, reason, message in plan.events:
             await self.kube.event(ref, etype, reason, message)
+        if plan.status_patch is not None:
+            await self._patch_status(f"{ns}/{name}", ns, name, plan.status_patch)
 
     def _remember_own(self, uid: str, patch: Mapping[str, Any]) -> None:
         """After a status write: the operator-owned fields it set are the trusted ones now."""
@@ -667,6 +668,11 @@ class Controller:
                     self.cache.apply("pod", "MODIFIED", data, wake=False)
                 elif code not in (200, 202, 404):
                     log.warning("%s: deleting pod %s: %s", run.key, pod, data.get("message"))
+            # the Events first: the status write marks them said, and a process killed between
+            # the two must leave them to be said again, not lost (core/events.py)
+            ref = object_ref(TRAININGRUNS, ns, name, run.metadata.uid)
+            for etype, reason, message in plan.events:
+                await self.kube.event(ref, etype, reason, message)
             if plan.status_patch is not None:
                 written = await self._patch_status(run.key, ns, name, plan.status_patch)
                 if written is not None:
@@ -674,9 +680,6 @@ class Controller:
                 if written is not None and self.export is not None:
                     status = written.get("status") or {}
                     self.export.after_write(run, plan, status, replaced)
-            ref = object_ref(TRAININGRUNS, ns, name, run.metadata.uid)
-            for etype, reason, message in plan.events:
-                await self.kube.event(ref, etype, reason, message)
         except Exception:  # never let one run's trouble stop the loop
             log.exception("reconciling %s failed; retrying on the next pass", run.key)
 

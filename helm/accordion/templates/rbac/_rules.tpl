@@ -48,10 +48,11 @@ The operator's permissions, least privilege: exactly the calls in operator/accor
 - apiGroups: [rbac.authorization.k8s.io]
   resources: [roles, rolebindings]
   verbs: [create, delete]
-# Application: Events on runs (admission, scaling, failures).
+# Application: Events on runs (admission, scaling, failures). An Event's name says what it is:
+# the same news again is a 409, and the existing Event's count is read and raised (get, patch).
 - apiGroups: [""]
   resources: [events]
-  verbs: [create]
+  verbs: [get, create, patch]
 # Application: which PriorityClasses a namespace may use: its ResourceQuotas scoped to a
 # PriorityClass (read-only: the cache's LIST + WATCH; docs/helm.md, "Priority classes").
 - apiGroups: [""]
