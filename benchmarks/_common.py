@@ -74,9 +74,11 @@ def write_result(name: str, data: dict[str, Any]) -> Path:
     return path
 
 
-def start_operator(cluster: Cluster, log: Path) -> subprocess.Popen[bytes]:
-    """`python -m accordion_operator` against `cluster` with default settings, its health and
-    metrics ports right after the cluster's own."""
+def start_operator(
+    cluster: Cluster, log: Path, settings: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """`python -m accordion_operator` against `cluster` with default settings (and `settings`,
+    ACCORDION_* variables), its health and metrics ports right after the cluster's own."""
     ports = free_port_block(first=cluster.config.base_port + 9, size=2)
     env = {
         **os.environ,
@@ -86,6 +88,7 @@ def start_operator(cluster: Cluster, log: Path) -> subprocess.Popen[bytes]:
         # the runs name a fake endpoint (minio.local:9000): the preflight would only add a
         # failing name lookup per namespace to what is measured
         "ACCORDION_STORAGE_PREFLIGHT": "false",
+        **(settings or {}),
     }
     return subprocess.Popen(
         [sys.executable, "-m", "accordion_operator"],

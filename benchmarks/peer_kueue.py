@@ -16,6 +16,8 @@ over the namespaces:
 - `kueue-raised`: the same with the client rate limits raised (`--raised-qps/--raised-burst`).
 - `accordion`: `python -m accordion_operator` with default settings and N TrainingRuns of
   `simulated_runs.run_body` (`operator_scale`'s runs: a launcher and one worker pod each).
+- `accordion-hosting`: the same with ACCORDION_LAUNCHER_HOSTS_WORKER=true: each run's launcher
+  pod hosts its worker, one pod per run as a Job has.
 
 Measured per system: time until every pod exists and until every pod is Running (the
 apiserver's watch, from the first create), CPU-seconds by process over that time, apiserver
@@ -167,6 +169,7 @@ def measure(
     *,
     qps: float | None = None,
     burst: int | None = None,
+    hosts_worker: bool = False,
 ) -> dict[str, Any]:
     """One system on a fresh cluster: N objects created, until every pod is Running."""
     state = Path(tempfile.mkdtemp(prefix=f"accordion-peer-{system}-"))
@@ -193,10 +196,11 @@ def measure(
             url, body, selector = JOBS, job_body, JOB_POD
             pods_per_job = 1
         else:
-            op = start_operator(cluster, state / "operator.log")
+            settings = {"ACCORDION_LAUNCHER_HOSTS_WORKER": "true"} if hosts_worker else {}
+            op = start_operator(cluster, state / "operator.log", settings)
             time.sleep(3)
             url, body, selector = TR, run_body, RUN_POD
-            pods_per_job = 2  # launcher and worker
+            pods_per_job = 1 if hosts_worker else 2  # (launcher and) worker
         want = args.jobs * pods_per_job
         load = os.getloadavg()
         t0 = 0.0
@@ -294,11 +298,12 @@ def summary(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
     is the figure: absolute times on a shared machine vary from run to run)."""
     out: dict[str, Any] = {}
     for i, r in enumerate(rounds):
-        acc = r["accordion"]["all_pods_running_seconds"]
         out[f"round_{i + 1}"] = {
-            f"accordion_over_{k.replace('-', '_')}": round(
-                acc / r[k]["all_pods_running_seconds"], 2
+            f"{a.replace('-', '_')}_over_{k.replace('-', '_')}": round(
+                r[a]["all_pods_running_seconds"] / r[k]["all_pods_running_seconds"], 2
             )
+            for a in ("accordion", "accordion-hosting")
+            if a in r
             for k in ("kueue-default", "kueue-raised")
         }
     return out
@@ -311,18 +316,24 @@ def plot(result: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(9, 5))
-    styles = {"kueue-default": "--", "kueue-raised": "-.", "accordion": "-"}
+    styles = {
+        "kueue-default": "--",
+        "kueue-raised": "-.",
+        "accordion": "-",
+        "accordion-hosting": ":",
+    }
     for i, rnd in enumerate(result["rounds"]):
         for system, r in rnd.items():
             t = [s[0] for s in r["progress"]]
-            # a share of all pods: a TrainingRun has two (launcher, worker), a Job one
+            # a share of all pods: a TrainingRun has two (launcher, worker), or one when its
+            # launcher hosts the worker; a Job one
             running = [100 * s[2] / r["pods"] for s in r["progress"]]
             label = f"{system}: {r['all_pods_running_seconds']:.0f} s"
             if len(result["rounds"]) > 1:
                 label = f"round {i + 1} {label}"
             ax.plot(t, running, linestyle=styles[system], label=label)
     ax.set_xlabel("seconds since the first job was created")
-    ax.set_ylabel("pods Running, % of all (a Job: 1 pod, a TrainingRun: 2)")
+    ax.set_ylabel("pods Running, % of all (a Job: 1 pod, a TrainingRun: 2, hosting: 1)")
     ax.set_title(
         f"{result['jobs']:,} one-GPU jobs, {result['nodes']} kwok nodes x 8 GPUs "
         "(shared 2-core VM)\nKueue v0.17.0 batch/v1 Jobs vs Accordion TrainingRuns"
@@ -357,6 +368,7 @@ def main() -> int:
                     "kueue-raised", args, qps=args.raised_qps, burst=args.raised_burst
                 ),
                 "accordion": measure("accordion", args),
+                "accordion-hosting": measure("accordion-hosting", args, hosts_worker=True),
             }
         )
     result = {

@@ -130,6 +130,13 @@ class Config:
     #: TrainingRun in it: a team that deletes its last run and starts the next soon does not pay
     #: three deletions and three creations.
     launcher_identity_idle_seconds: float = 600.0
+    #: The launcher pod also hosts the run's worker 0 (the MPI operator's runLauncherAsWorker):
+    #: it requests a worker's resources, stages the data and serves ssh beside horovodrun, and
+    #: the operator creates the grant's other workers only. A one-worker run is then one pod,
+    #: not two (about 4 fewer apiserver writes); the cost is that training code runs in the pod
+    #: that holds the launcher's token (docs/trainingrun.md, "Security model"). Runs Kueue admits
+    #: keep a separate launcher (their Workloads' pod sets say launcher + workers).
+    launcher_hosts_worker: bool = False
     #: Log level (DEBUG, INFO, WARNING, ERROR).
     log_level: str = "INFO"
 

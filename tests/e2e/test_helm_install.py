@@ -52,7 +52,8 @@ CRDS = {
 
 @pytest.fixture
 def env(tmp_path: Path) -> Iterator[Env]:
-    # 2 workers of the run, 1 of the Experiment's trial, 1 of `helm test`
+    # 2 workers of the run, 1 of the Experiment's trial, 1 of `helm test` (each run's first in
+    # its launcher's pod)
     with helm_cluster(tmp_path, first_port=24400, process_nodes=4) as e:
         yield e
 
@@ -84,7 +85,10 @@ def install_train_uninstall(env: Env) -> None:
     # the whole operator's. Two replicas electing a leader on process nodes (each listening on
     # its own pod IP, operator.bindAddress) run in images/tests/test_helm_images.py, and as
     # processes in tests/cluster/test_operator_ha.py.
-    env.install({"operator": {"replicas": 1, "leaderElection": {"enabled": False}}}, "3m")
+    # The launcher hosts worker 0 here (operator.launcherHostsWorker): every run trains with one
+    # pod fewer, rank 0 in the launcher's pod; the other real-training tests run the default.
+    operator = {"replicas": 1, "leaderElection": {"enabled": False}, "launcherHostsWorker": True}
+    env.install({"operator": operator}, "3m")
     ops = env.operator_pods()
     assert len(ops) == 1, [p["metadata"]["name"] for p in ops]
     for op in ops:
@@ -120,6 +124,8 @@ def install_train_uninstall(env: Env) -> None:
     st = run["status"]
     assert st["phase"] == "Succeeded", json.dumps(st, indent=1)
     assert st["training"]["worldSize"] == 2, st["training"]
+    # two pods trained: the launcher (as worker 0) and worker 1; there was no worker 0 pod
+    assert sorted(st["training"]["worldPods"]) == ["mnist-launcher", "mnist-worker-1"]
     # the run object's own folder, `runs/team-a/mnist-<uid digits>`: in its status from the
     # operator, reported by the trainer, and where the model is
     folder = results_path(run)

@@ -213,3 +213,41 @@ def test_launcher_reports_a_worker_error_reason(workers: dict, tmp_path: Path) -
     assert "declined a start" in (tmp_path / "worker0.log").read_text()
     term = (tmp_path / "bad.term").read_text()
     assert term.startswith("ModelInvalid: unknown built-in model 'nope'")
+
+
+def test_a_launcher_hosting_worker_0_fails_with_its_workers_stage_in_reason(
+    trainer_minio: MinioServer, ssh_dir: Path, tmp_path: Path
+) -> None:
+    """The launcher pod that hosts worker 0 (ACCORDION_WORKER_INDEX set) runs the worker's half
+    as a child; when that child fails (here: no data under the prefix), the launcher stops
+    horovodrun at once, instead of waiting out its start timeout for the host, and ends with the
+    worker's exit code and reason."""
+    bucket = f"run-{secrets.token_hex(4)}"
+    trainer_minio.client().make_bucket(bucket)
+    ip = f"127.0.{20 + secrets.randbelow(200)}.4"
+    common = _common("hosting", ssh_dir, _free_port(ip), trainer_minio, bucket)
+    env = run_env(
+        **{**common, "ACCORDION_DATA_PREFIX": "nothing-here"},
+        ACCORDION_HOSTS=ip,
+        ACCORDION_POD_IP=ip,
+        ACCORDION_WORKER_INDEX="0",
+        ACCORDION_WORK_DIR=str(tmp_path / "w0"),
+        ACCORDION_LAUNCHER_DIR=str(tmp_path / "launcher"),
+        ACCORDION_TERMINATION_LOG=str(tmp_path / "term"),
+        ACCORDION_START_TIMEOUT_S="600",
+        AWS_ACCESS_KEY_ID=trainer_minio.access_key,
+        AWS_SECRET_ACCESS_KEY=trainer_minio.secret_key,
+    )
+    log = tmp_path / "launcher.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            trainer_cmd("launcher"), env=env, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    try:
+        rc = proc.wait(timeout=90)  # not the 600 s start timeout
+    finally:
+        if proc.poll() is None:
+            stop_tree(proc)
+    assert rc == 12, log.read_text()[-3000:]
+    assert (tmp_path / "term").read_text().startswith("DataNotFound"), log.read_text()[-3000:]

@@ -7,7 +7,8 @@ hosts file that the launcher (or a standalone run) keeps, so with `ACCORDION_HOS
 driver reads that file itself, without a process, every `ACCORDION_DISCOVERY_POLL_S` (default
 0.05 s; without the file: the script, every 0.25 s).
 
-It also keeps the host changes that the driver would lose (`hostupdates`).
+It also keeps the host changes that the driver would lose (`hostupdates`), and with
+`ACCORDION_SSH_EVERY_HOST` set reaches every host over ssh (`ssh_every_host`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,24 @@ from .hostupdates import notify_missed_updates_on_registration
 
 #: the hosts file the discovery script prints (`addr:slots` lines), read directly instead
 HOSTS_FILE_ENV = "ACCORDION_HOSTS_FILE"
+#: set by a launcher whose pod hosts worker 0 (incluster.start_hosted_worker)
+SSH_EVERY_HOST_ENV = "ACCORDION_SSH_EVERY_HOST"
+
+
+def ssh_every_host() -> None:
+    """Horovod's gloo launcher starts the processes of a host whose address is one of this
+    machine's as its own children, with its own environment, and uses ssh only for the others.
+    A launcher whose pod hosts worker 0 has that pod's address: its slots must go through the
+    pod's sshd like every worker's, whose session hands the training processes what horovodrun
+    must not carry (the stores' keys, the pod's GPU ids, the warm processes, the pod's name).
+    So gloo_run, and only it, sees no local address."""
+    import types
+
+    import horovod.runner.gloo_run as gloo_run
+
+    network = types.SimpleNamespace(**vars(gloo_run.network))
+    network.get_local_host_addresses = set
+    gloo_run.network = network  # type: ignore[assignment]
 
 
 def read_hosts_file(path: Path) -> str:
@@ -41,6 +60,8 @@ def main() -> None:
         HostDiscoveryScript._execute_discovery_script = lambda _self: read_hosts_file(path)
         poll = "0.05"
     driver.DISCOVER_HOSTS_FREQUENCY_SECS = float(os.environ.get("ACCORDION_DISCOVERY_POLL_S", poll))
+    if os.environ.get(SSH_EVERY_HOST_ENV):
+        ssh_every_host()
     notify_missed_updates_on_registration(driver.ElasticDriver)
     raise SystemExit(run_commandline())
 

@@ -4,7 +4,8 @@ worker   stage data in, then serve SSH (Debian's OpenSSH sshd, run as the pod's 
          `$ACCORDION_POD_IP:$ACCORDION_SSH_PORT` with the per-run key, plus `/metrics`.
 launcher `horovodrun` in elastic mode; a thread polls the apiserver for the run's Ready worker
          pods and rewrites the hosts file that the discovery script prints; rank 0's progress
-         lines become merge-patches of `status.training` (progress.py).
+         lines become merge-patches of `status.training` (progress.py). A launcher pod that
+         hosts worker 0 (ACCORDION_WORKER_INDEX set) runs `worker` as a child as well.
 
 Both also run outside a cluster for tests: `ACCORDION_HOSTS` (comma-separated addresses) replaces
 the apiserver as the host source, and the SSH port/addresses are plain loopback addresses.
@@ -30,7 +31,7 @@ from typing import Any
 
 from .errors import Reason, TrainerError, fail, parse_error_line
 from .gpus import POD_GPUS_ENV, pod_gpu_ids, slots_per_worker
-from .horovod_run import HOSTS_FILE_ENV
+from .horovod_run import HOSTS_FILE_ENV, SSH_EVERY_HOST_ENV
 from .progress import Reporter, parse_progress
 from .usercmd import model_command
 from .warm import DATA_READY, WARM_DIR_ENV, start_pool, usable_dir, wait_prepared
@@ -51,6 +52,22 @@ SECRET_ENV = (
     *RESULTS_SECRET_ENV,
     "ACCORDION_DATA_ACCESS_KEY_ID",
     "ACCORDION_DATA_SECRET_ACCESS_KEY",
+)
+
+
+#: What a worker's sshd session sets for the training processes (`cmd_worker`), and the
+#: worker's index. horovodrun
+#: writes its own environment onto each ssh command line, after the session's: a launcher pod
+#: that hosts worker 0 has these as that worker, and would hand its own on to every other
+#: worker's processes (its pod name into their world report, its GPU ids), so they are dropped.
+WORKER_SESSION_ENV = (
+    "PROMETHEUS_MULTIPROC_DIR",
+    "ACCORDION_WORK_DIR",
+    "ACCORDION_DATA_DIR",
+    "ACCORDION_POD_NAME",
+    "ACCORDION_WORKER_INDEX",
+    POD_GPUS_ENV,
+    WARM_DIR_ENV,
 )
 
 
@@ -483,10 +500,56 @@ def status_sender(env: Mapping[str, str]) -> Callable[[dict[str, Any]], None]:
 
 
 def launcher_env(env: Mapping[str, str], bindir: Path) -> dict[str, str]:
-    out = {k: v for k, v in env.items() if k not in SECRET_ENV}
+    """horovodrun's environment: the launcher's, without what must not reach the workers'
+    command lines (the stores' keys) or would override their own sessions'."""
+    out = {k: v for k, v in env.items() if k not in SECRET_ENV and k not in WORKER_SESSION_ENV}
     out["PATH"] = f"{bindir}{os.pathsep}{env.get('PATH', os.defpath)}"
     out.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     return out
+
+
+def start_hosted_worker(env: Mapping[str, str]) -> subprocess.Popen[bytes] | None:
+    """The launcher pod that also hosts worker 0 (the operator sets ACCORDION_WORKER_INDEX on
+    it only then) runs the worker's half as a child: stage-in, the warm training processes and
+    sshd, with the pod's whole environment, credentials included; horovodrun's environment has
+    them removed (`launcher_env`). Host discovery finds this pod like any worker's."""
+    if env.get("ACCORDION_WORKER_INDEX") is None:
+        return None
+    return subprocess.Popen([sys.executable, "-m", "accordion_trainer", "worker"], env=dict(env))
+
+
+def end_hosted_worker(worker: subprocess.Popen[bytes] | None) -> int:
+    """Stop the hosted worker (SIGTERM: its sshd goes once no session is left, `leave`) and
+    return the exit code it had ended with on its own: non-zero when it failed first (its
+    stage-in, say), which is then the launcher's exit code and reason too."""
+    if worker is None:
+        return 0
+    rc = worker.poll()
+    if rc is not None:
+        return 0 if rc in (0, -signal.SIGTERM) else rc
+    worker.terminate()
+    try:
+        worker.wait(LEAVE_WAIT_S + 5)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+    return 0
+
+
+def watch_hosted_worker(
+    worker: subprocess.Popen[bytes] | None, horovodrun: subprocess.Popen[str]
+) -> None:
+    """A hosted worker that fails (its stage-in, its model download) ends horovodrun, which
+    would otherwise wait out its start timeout for a host that never comes."""
+    if worker is None:
+        return
+
+    def watch() -> None:
+        from .standalone import stop_horovodrun
+
+        if worker.wait() not in (0, -signal.SIGTERM) and horovodrun.poll() is None:
+            stop_horovodrun(horovodrun)
+
+    threading.Thread(target=watch, name="hosted-worker", daemon=True).start()
 
 
 def cmd_launcher(_: argparse.Namespace) -> int:
@@ -494,6 +557,7 @@ def cmd_launcher(_: argparse.Namespace) -> int:
     from .usercmd import training_entry
 
     env = dict(os.environ)
+    worker = start_hosted_worker(env)
     # horovodrun counts processes: a worker pod is one host with one slot per GPU, and it
     # joins or leaves with all of them
     slots = slots_per_worker(env)
@@ -526,7 +590,10 @@ def cmd_launcher(_: argparse.Namespace) -> int:
     print(f"[launcher] {' '.join(argv)}", flush=True)
     hvd_env = launcher_env(env, bindir)
     hvd_env[HOSTS_FILE_ENV] = str(hosts_file)  # horovodrun reads it without the script
+    if worker is not None:  # this pod's own slots over ssh too (horovod_run.ssh_every_host)
+        hvd_env[SSH_EVERY_HOST_ENV] = "1"
     proc = start_horovodrun(argv, hvd_env, work)
+    watch_hosted_worker(worker, proc)
 
     def stop(signum: int, _frame: Any) -> None:
         proc.send_signal(signal.SIGTERM)
@@ -548,6 +615,9 @@ def cmd_launcher(_: argparse.Namespace) -> int:
     rc = proc.wait()
     poller.stop()
     reporter.flush()
+    worker_rc = end_hosted_worker(worker)
+    if worker_rc:  # the worker reported its reason itself (its termination message)
+        return worker_rc
     if error is not None:
         return fail(error)
     if rc != 0:

@@ -95,7 +95,9 @@ class ApiClient:
 
 
 def worker_selector(run: str) -> str:
-    return f"accordion.dev/run={run},accordion.dev/role=worker"
+    """The run's Horovod hosts: its worker pods, and its launcher when that hosts worker 0 (the
+    only launcher with a worker index)."""
+    return f"accordion.dev/run={run},accordion.dev/worker-index"
 
 
 def controlled_by(meta: dict[str, Any], uid: str) -> bool:

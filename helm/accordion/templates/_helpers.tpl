@@ -70,6 +70,7 @@ ACCORDION_BIND_ADDRESS: {{ .Values.operator.bindAddress | quote }}
 ACCORDION_STORAGE_PREFLIGHT: {{ .Values.operator.storagePreflight | quote }}
 ACCORDION_STORAGE_RETRY_SECONDS: {{ .Values.operator.storageRetrySeconds | quote }}
 ACCORDION_LAUNCHER_IDENTITY_IDLE_SECONDS: {{ .Values.operator.launcherIdentityIdleSeconds | quote }}
+ACCORDION_LAUNCHER_HOSTS_WORKER: {{ .Values.operator.launcherHostsWorker | quote }}
 ACCORDION_RESYNC_SECONDS: {{ .Values.operator.reconcile.resyncSeconds | quote }}
 ACCORDION_DEBOUNCE_SECONDS: {{ .Values.operator.reconcile.debounceSeconds | quote }}
 ACCORDION_RELIST_SECONDS: {{ .Values.operator.reconcile.relistSeconds | quote }}

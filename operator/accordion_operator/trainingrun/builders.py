@@ -425,8 +425,11 @@ def build_worker_pod(run: TrainingRun, index: int, cfg: Config) -> dict[str, Any
     }
 
 
-def build_launcher_pod(run: TrainingRun, cfg: Config) -> dict[str, Any]:
-    """The elastic driver (`horovodrun`); restarted by the operator with exponential backoff."""
+def build_launcher_pod(run: TrainingRun, cfg: Config, hosts_worker: bool = False) -> dict[str, Any]:
+    """The elastic driver (`horovodrun`); restarted by the operator with exponential backoff.
+    With `hosts_worker`, the pod is worker 0 as well (`_hosting_launcher_pod`)."""
+    if hosts_worker:
+        return _hosting_launcher_pod(run, cfg)
     image, pull = _image(run, cfg)
     name = launcher_name(run.metadata.name)
     return {
@@ -459,3 +462,21 @@ def build_launcher_pod(run: TrainingRun, cfg: Config) -> dict[str, Any]:
             "volumes": [_ssh_volume(run)],
         },
     }
+
+
+def _hosting_launcher_pod(run: TrainingRun, cfg: Config) -> dict[str, Any]:
+    """The launcher that hosts worker 0 (Config.launcher_hosts_worker): worker 0's pod (its
+    resources, data volume, credentials, ssh port and readiness) under the launcher's name, role
+    and identity, running the `launcher` command. It keeps the launcher's name, which the
+    admission policy checks, and carries worker-index 0: the trainer's host discovery lists it
+    first, so rank 0 trains here and a shrink, which never takes the launcher, never moves it.
+    The trainer knows it hosts a worker by ACCORDION_WORKER_INDEX in its environment."""
+    pod = build_worker_pod(run, 0, cfg)
+    name = launcher_name(run.metadata.name)
+    pod["metadata"] = _meta(run, name, ROLE_LAUNCHER, cfg, 0)
+    spec = pod["spec"]
+    del spec["automountServiceAccountToken"]
+    spec |= {"hostname": name, "serviceAccountName": LAUNCHER_IDENTITY}
+    container = spec["containers"][0]
+    container |= {"name": "launcher", "command": ["python", "-m", "accordion_trainer", "launcher"]}
+    return pod

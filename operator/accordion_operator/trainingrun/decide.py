@@ -300,13 +300,16 @@ def admission_events(conds: Conditions) -> list[Event]:
 
 def release(pods: Pods, changes: Changes, *, keep_launcher: bool) -> Changes:
     """Nothing runs: free every GPU (checkpoints stay in the results bucket) and create nothing.
-    A run that just finished keeps its launcher, for its logs, until the TTL."""
+    A run that just finished keeps its launcher, for its logs, until the TTL: unless it hosts
+    worker 0 and still runs, holding that worker's GPUs."""
     freed = tuple(
         p.name
         for p in pods.all
         if not p.deleting
         and p.name not in changes.delete
-        and not (keep_launcher and p.role == builders.ROLE_LAUNCHER)
+        and not (
+            keep_launcher and p.role == builders.ROLE_LAUNCHER and not (p.hosts_worker and p.live)
+        )
     )
     return Changes(delete=changes.delete + freed, events=changes.events)
 

@@ -74,6 +74,11 @@ class PodState:
     def live(self) -> bool:
         return not self.terminal and not self.deleting
 
+    @property
+    def hosts_worker(self) -> bool:
+        """A launcher that is its run's worker 0 as well (builders._hosting_launcher_pod)."""
+        return self.role == builders.ROLE_LAUNCHER and self.index is not None
+
 
 def pod_gpus(spec: Mapping[str, Any], resource: str) -> int:
     total = 0

@@ -32,6 +32,7 @@ from accordion_operator.api.trainingrun import (
 from accordion_operator.config import Config
 from accordion_operator.core.timefmt import from_rfc3339, to_rfc3339
 from accordion_operator.trainingrun import builders
+from accordion_operator.trainingrun.kueue import LABEL_QUEUE
 from accordion_operator.trainingrun.observe import (
     EXIT_REASONS,
     IMAGE_PULL_REASONS,
@@ -51,6 +52,7 @@ class Pods:
     """A run's child pods, by role and state."""
 
     all: tuple[PodState, ...]
+    #: the worker pods, and a launcher that hosts worker 0: both hold a Horovod host
     workers: tuple[PodState, ...]
     launchers: tuple[PodState, ...]
     #: workers neither ended nor being deleted
@@ -63,7 +65,9 @@ class Pods:
 
     @classmethod
     def of(cls, children: Children) -> Pods:
-        workers = tuple(p for p in children.pods if p.role == builders.ROLE_WORKER)
+        workers = tuple(
+            p for p in children.pods if p.role == builders.ROLE_WORKER or p.hosts_worker
+        )
         live = tuple(p for p in workers if p.live)
         return cls(
             all=tuple(children.pods),
@@ -78,6 +82,17 @@ class Pods:
     @property
     def launcher(self) -> PodState | None:
         return self.launchers[0] if self.launchers else None
+
+    @property
+    def plain(self) -> tuple[PodState, ...]:
+        """The live worker pods that are no launcher: what scaling creates and removes."""
+        return tuple(p for p in self.live if p.role == builders.ROLE_WORKER)
+
+
+def hosts_worker(run: TrainingRun, cfg: Config) -> bool:
+    """Whether a launcher created for `run` now hosts its worker 0 (Config.launcher_hosts_worker).
+    Not for a run Kueue admits: its Workloads' pod sets are a launcher and the workers."""
+    return cfg.launcher_hosts_worker and LABEL_QUEUE not in run.metadata.labels
 
 
 @dataclass(frozen=True)
@@ -332,12 +347,16 @@ def launcher_creation(run: TrainingRun, pods: Pods, cfg: Config) -> Changes:
     """The launcher, when there is none: at admission, or once a restarted one is gone."""
     if pods.launcher is not None:
         return Changes()
-    return Changes(create=(builders.build_launcher_pod(run, cfg),), ensure_auth=not pods.auth_ready)
+    pod = builders.build_launcher_pod(run, cfg, hosts_worker(run, cfg))
+    return Changes(create=(pod,), ensure_auth=not pods.auth_ready)
 
 
 def worker_replacement(pods: Pods) -> Changes:
-    """Workers that ended are deleted; scaling then creates their replacements."""
-    ended = [p for p in pods.workers if p.terminal and not p.deleting]
+    """Workers that ended are deleted; scaling then creates their replacements. A launcher that
+    hosts worker 0 is not among them: its end is the launcher's lifecycle."""
+    ended = [
+        p for p in pods.workers if p.role == builders.ROLE_WORKER and p.terminal and not p.deleting
+    ]
     return Changes(
         delete=tuple(p.name for p in ended),
         events=tuple(
@@ -391,7 +410,10 @@ def left_world(run: TrainingRun, pods: Pods, desired: int, cfg: Config, now: flo
         (
             p
             for p in pods.ready
-            if p.name not in world and p.ready_since is not None and seen - p.ready_since > grace
+            if p.role == builders.ROLE_WORKER
+            and p.name not in world
+            and p.ready_since is not None
+            and seen - p.ready_since > grace
         ),
         key=lambda p: p.name,
     )
@@ -411,17 +433,22 @@ def left_world(run: TrainingRun, pods: Pods, desired: int, cfg: Config, now: flo
 
 
 def scaling(run: TrainingRun, pods: Pods, desired: int, cfg: Config) -> Changes:
-    """Live workers to the grant: the surplus deleted, the missing created at free indices."""
-    live = pods.live
-    if len(live) > desired:
+    """Live workers to the grant: the surplus deleted, the missing created at free indices. A
+    launcher that hosts worker 0 (or will: one being restarted) holds one of the grant and
+    index 0, and is never removed: the others are scaled around it."""
+    launcher = pods.launcher
+    hosted = launcher.hosts_worker if launcher is not None else hosts_worker(run, cfg)
+    live, want = pods.plain, desired - 1 if hosted else desired
+    if len(live) > want:
         rank0 = run.status.training.rank0_pod if run.status.training else None
-        victims = _pick_victims(live, len(live) - desired, rank0)
+        victims = _pick_victims(live, len(live) - want, rank0)
         return Changes(delete=tuple(p.name for p in victims))
-    if len(live) < desired:
+    if len(live) < want:
+        taken = {p.index for p in pods.workers if p.index is not None} | ({0} if hosted else set())
         return Changes(
             create=tuple(
                 builders.build_worker_pod(run, i, cfg)
-                for i in _free_indices(pods.workers, desired - len(live))
+                for i in _free_indices(taken, want - len(live))
             ),
             ensure_auth=not pods.auth_ready,
         )
@@ -438,8 +465,7 @@ def _pick_victims(live: Sequence[PodState], count: int, rank0: str | None) -> li
     return order[:count]
 
 
-def _free_indices(pods: Sequence[PodState], count: int) -> list[int]:
-    taken = {p.index for p in pods if p.index is not None}
+def _free_indices(taken: set[int], count: int) -> list[int]:
     out: list[int] = []
     i = 0
     while len(out) < count:

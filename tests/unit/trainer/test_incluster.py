@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from accordion_trainer.errors import TrainerError
-from accordion_trainer.incluster import launcher_env, sshd_set_env
+from accordion_trainer.horovod_run import ssh_every_host
+from accordion_trainer.incluster import WORKER_SESSION_ENV, launcher_env, sshd_set_env
 from accordion_trainer.kube import ready_worker_ips, starting_worker_ips, worker_selector
 from accordion_trainer.policy import decide_commit_every, scaled_lr
 from accordion_trainer.progress import (
@@ -53,7 +54,8 @@ def test_discovery_lists_only_ready_running_workers_in_index_order() -> None:
     }
     assert ready_worker_ips(pods) == ["10.0.0.10", "10.0.0.12", "10.0.0.20"]
     assert ready_worker_ips({}) == []
-    assert worker_selector("r") == "accordion.dev/run=r,accordion.dev/role=worker"
+    # the worker pods, and a launcher that hosts worker 0: the pods with a worker index
+    assert worker_selector("r") == "accordion.dev/run=r,accordion.dev/worker-index"
     # Running but not Ready yet: listed (in its index's place) once its sshd answers the
     # launcher itself, without waiting for the probe; never a pod that is not Running or going
     assert starting_worker_ips(pods) == ["10.0.0.11"]
@@ -156,6 +158,42 @@ def test_secrets_never_reach_the_horovodrun_environment(tmp_path: Any) -> None:
         for k in ("ACCESS_KEY_ID", "SECRET_ACCESS_KEY")
     }
     assert not set(launcher_env({**pairs, "PATH": "/usr/bin"}, tmp_path)) & set(pairs)
+
+
+def test_a_hosting_launcher_keeps_its_worker_env_off_the_other_workers_command_lines(
+    tmp_path: Any,
+) -> None:
+    """A launcher pod that hosts worker 0 has that worker's variables; horovodrun writes its
+    environment after the sessions' on each ssh command line, so they would become every other
+    worker's: its pod name in their world report, its GPU ids, its scratch dirs."""
+    hosting = {
+        "ACCORDION_POD_NAME": "r-launcher",
+        "ACCORDION_WORKER_INDEX": "0",
+        "ACCORDION_DATA_DIR": "/var/lib/accordion/data",
+        "ACCORDION_POD_GPUS": "0",
+        "ACCORDION_RUN_NAME": "r",
+        "PATH": "/usr/bin",
+    }
+    env = launcher_env(hosting, tmp_path)
+    assert not set(env) & set(WORKER_SESSION_ENV)
+    assert env["ACCORDION_RUN_NAME"] == "r"
+
+
+def test_every_host_over_ssh_leaves_the_rest_of_horovods_network_helpers() -> None:
+    """With the launcher hosting worker 0, horovod's gloo launcher must ssh into the launcher's
+    own pod address too (else it starts those processes itself, with the launcher's stripped
+    environment): it sees no local address, and nothing else of its network module changes."""
+    import horovod.runner.gloo_run as gloo_run
+    from horovod.runner.util import network
+
+    try:
+        ssh_every_host()
+        assert gloo_run.network.get_local_host_addresses() == set()
+        assert gloo_run.network.resolve_host_address is network.resolve_host_address
+        assert gloo_run.network.get_driver_ip is network.get_driver_ip
+        assert network.get_local_host_addresses()  # the module itself is unchanged
+    finally:
+        gloo_run.network = network
 
 
 def test_sshd_set_env_quotes_and_refuses_unsafe_values() -> None:
