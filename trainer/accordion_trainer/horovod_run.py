@@ -37,7 +37,7 @@ def ssh_every_host() -> None:
 
     network = types.SimpleNamespace(**vars(gloo_run.network))
     network.get_local_host_addresses = set
-    gloo_run.network = network  # type: ignore[assignment]
+    gloo_run.network = network
 
 
 def read_hosts_file(path: Path) -> str:
