@@ -33,18 +33,16 @@ def _run(name: str) -> dict[str, Any]:
     return dict(doc)
 
 
-def _pod(name: str, role: str, index: int) -> dict[str, Any]:
+def _pod(name: str, role: str, index: int | None) -> dict[str, Any]:
+    """A pod labelled as the operator labels them: a worker index on workers only (and on a
+    launcher that hosts worker 0, which this test has not)."""
+    labels = {"accordion.dev/run": "r1", "accordion.dev/role": role}
+    if index is not None:
+        labels["accordion.dev/worker-index"] = str(index)
     return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {
-            "name": name,
-            "labels": {
-                "accordion.dev/run": "r1",
-                "accordion.dev/role": role,
-                "accordion.dev/worker-index": str(index),
-            },
-        },
+        "metadata": {"name": name, "labels": labels},
         "spec": {
             "containers": [{"name": "trainer", "image": "accordion-trainer:test"}],
             "tolerations": [{"operator": "Exists"}],
@@ -125,7 +123,7 @@ def test_discovery_and_status_patch_with_the_launcher_role(
             _ok(
                 http.post(f"/api/v1/namespaces/{ns}/pods", json=_pod(f"r1-worker-{i}", "worker", i))
             )
-        _ok(http.post(f"/api/v1/namespaces/{ns}/pods", json=_pod("r1-launcher", "launcher", 0)))
+        _ok(http.post(f"/api/v1/namespaces/{ns}/pods", json=_pod("r1-launcher", "launcher", None)))
 
     sa = tmp_path / "sa"
     sa.mkdir()
