@@ -485,11 +485,8 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 op.kill()
         cluster.down(purge=True)
-    name = (
-        "operator_scale"
-        if (args.runs, args.nodes) == (10_000, 1_000)
-        else (f"operator_scale-{args.runs}x{args.nodes}")
-    ) + ("-floor.json" if args.floor else args.suffix + ".json")
+    size = "" if (args.runs, args.nodes) == (10_000, 1_000) else f"-{args.runs}x{args.nodes}"
+    name = f"operator_scale{size}{'-floor' if args.floor else ''}{args.suffix}.json"
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     (OUT_DIR / name).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k not in ("progress",)}, indent=2))
