@@ -56,10 +56,10 @@ SECRET_ENV = (
 
 
 #: What a worker's sshd session sets for the training processes (`cmd_worker`), and the
-#: worker's index. horovodrun
-#: writes its own environment onto each ssh command line, after the session's: a launcher pod
-#: that hosts worker 0 has these as that worker, and would hand its own on to every other
-#: worker's processes (its pod name into their world report, its GPU ids), so they are dropped.
+#: worker's index. horovodrun writes its own environment onto each ssh command line, after the
+#: session's: a launcher pod that hosts worker 0 has these as that worker, and would hand its
+#: own on to every other worker's processes (its pod name into their world report, its GPU ids),
+#: so they are dropped.
 WORKER_SESSION_ENV = (
     "PROMETHEUS_MULTIPROC_DIR",
     "ACCORDION_WORK_DIR",
