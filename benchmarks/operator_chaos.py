@@ -58,7 +58,10 @@ def observe(cluster: Cluster, gpus: int, namespaces: Sequence[str] = ()) -> dict
         if owner not in uids:
             orphans.append(meta["name"])
             continue
-        owned[(owner, meta["labels"].get("accordion.dev/role", ""))] += 1
+        labels = meta["labels"]
+        owned[(owner, labels.get("accordion.dev/role", ""))] += 1
+        # a Horovod host: a worker pod, or a launcher that hosts worker 0 (a worker index)
+        owned[(owner, "host")] += "accordion.dev/worker-index" in labels
     problems: list[str] = []
     admitted = 0
     for r in runs:
@@ -70,8 +73,8 @@ def observe(cluster: Cluster, gpus: int, namespaces: Sequence[str] = ()) -> dict
         )
         granted = 1 if adm.get("status") == "True" else 0
         admitted += granted
-        if owned[(uid, "worker")] != granted:
-            problems.append(f"{name}: {owned[(uid, 'worker')]} workers, granted {granted}")
+        if owned[(uid, "host")] != granted:
+            problems.append(f"{name}: {owned[(uid, 'host')]} workers, granted {granted}")
         if owned[(uid, "launcher")] != granted:
             problems.append(f"{name}: {owned[(uid, 'launcher')]} launchers, granted {granted}")
     if admitted != min(len(runs), gpus):

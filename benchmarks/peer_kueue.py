@@ -15,9 +15,13 @@ over the namespaces:
   the queue name, their pods staying Running (kwok completes a Job's pods at once otherwise).
 - `kueue-raised`: the same with the client rate limits raised (`--raised-qps/--raised-burst`).
 - `accordion`: `python -m accordion_operator` with default settings and N TrainingRuns of
-  `simulated_runs.run_body` (`operator_scale`'s runs: a launcher and one worker pod each).
-- `accordion-hosting`: the same with ACCORDION_LAUNCHER_HOSTS_WORKER=true: each run's launcher
-  pod hosts its worker, one pod per run as a Job has.
+  `simulated_runs.run_body` (`operator_scale`'s runs): each run's launcher pod hosts its one
+  worker (ACCORDION_LAUNCHER_HOSTS_WORKER, on by default), one pod per run as a Job has.
+- `accordion-own-launcher`: the same with ACCORDION_LAUNCHER_HOSTS_WORKER=false: a launcher
+  pod and a worker pod per run. (Results before session 13 call the hosting system
+  `accordion-hosting` and this one `accordion`.)
+
+`--systems` measures a subset, in the order given.
 
 Measured per system: time until every pod exists and until every pod is Running (the
 apiserver's watch, from the first create), CPU-seconds by process over that time, apiserver
@@ -196,7 +200,7 @@ def measure(
             url, body, selector = JOBS, job_body, JOB_POD
             pods_per_job = 1
         else:
-            settings = {"ACCORDION_LAUNCHER_HOSTS_WORKER": "true"} if hosts_worker else {}
+            settings = {"ACCORDION_LAUNCHER_HOSTS_WORKER": "true" if hosts_worker else "false"}
             op = start_operator(cluster, state / "operator.log", settings)
             time.sleep(3)
             url, body, selector = TR, run_body, RUN_POD
@@ -302,9 +306,10 @@ def summary(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
             f"{a.replace('-', '_')}_over_{k.replace('-', '_')}": round(
                 r[a]["all_pods_running_seconds"] / r[k]["all_pods_running_seconds"], 2
             )
-            for a in ("accordion", "accordion-hosting")
+            for a in ("accordion", "accordion-own-launcher")
             if a in r
             for k in ("kueue-default", "kueue-raised")
+            if k in r
         }
     return out
 
@@ -320,20 +325,20 @@ def plot(result: dict[str, Any], path: Path) -> None:
         "kueue-default": "--",
         "kueue-raised": "-.",
         "accordion": "-",
-        "accordion-hosting": ":",
+        "accordion-own-launcher": ":",
     }
     for i, rnd in enumerate(result["rounds"]):
         for system, r in rnd.items():
             t = [s[0] for s in r["progress"]]
-            # a share of all pods: a TrainingRun has two (launcher, worker), or one when its
-            # launcher hosts the worker; a Job one
+            # a share of all pods: a TrainingRun has one (its launcher hosts the worker), or
+            # two with a launcher of its own; a Job one
             running = [100 * s[2] / r["pods"] for s in r["progress"]]
             label = f"{system}: {r['all_pods_running_seconds']:.0f} s"
             if len(result["rounds"]) > 1:
                 label = f"round {i + 1} {label}"
             ax.plot(t, running, linestyle=styles[system], label=label)
     ax.set_xlabel("seconds since the first job was created")
-    ax.set_ylabel("pods Running, % of all (a Job: 1 pod, a TrainingRun: 2, hosting: 1)")
+    ax.set_ylabel("pods Running, % of all (a Job: 1 pod, a TrainingRun: 1, own launcher: 2)")
     ax.set_title(
         f"{result['jobs']:,} one-GPU jobs, {result['nodes']} kwok nodes x 8 GPUs "
         "(shared 2-core VM)\nKueue v0.17.0 batch/v1 Jobs vs Accordion TrainingRuns"
@@ -354,23 +359,24 @@ def main() -> int:
     ap.add_argument("--raised-qps", type=float, default=500.0)
     ap.add_argument("--raised-burst", type=int, default=1000)
     ap.add_argument("--timeout", type=float, default=900)
+    systems = ("kueue-default", "kueue-raised", "accordion", "accordion-own-launcher")
+    ap.add_argument("--systems", nargs="+", choices=systems, default=list(systems))
     args = ap.parse_args()
     if args.jobs > args.nodes * 8:
         ap.error("every job must fit: --jobs <= 8 x --nodes")
     rounds = []
     for _ in range(args.rounds):
-        rounds.append(
-            {
-                "kueue-default": measure(
-                    "kueue-default", args, qps=kq.DEFAULT_QPS, burst=kq.DEFAULT_BURST
-                ),
-                "kueue-raised": measure(
-                    "kueue-raised", args, qps=args.raised_qps, burst=args.raised_burst
-                ),
-                "accordion": measure("accordion", args),
-                "accordion-hosting": measure("accordion-hosting", args, hosts_worker=True),
-            }
-        )
+        how: dict[str, Any] = {
+            "kueue-default": lambda: measure(
+                "kueue-default", args, qps=kq.DEFAULT_QPS, burst=kq.DEFAULT_BURST
+            ),
+            "kueue-raised": lambda: measure(
+                "kueue-raised", args, qps=args.raised_qps, burst=args.raised_burst
+            ),
+            "accordion": lambda: measure("accordion", args, hosts_worker=True),
+            "accordion-own-launcher": lambda: measure("accordion-own-launcher", args),
+        }
+        rounds.append({system: how[system]() for system in args.systems})
     result = {
         "benchmark": "peer_kueue",
         "jobs": args.jobs,

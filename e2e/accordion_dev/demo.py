@@ -139,11 +139,16 @@ class Demo:
 
     def pods(self, run: str, role: str) -> list[dict[str, Any]]:
         """The run's pods of `role` (launcher, worker) that are not being deleted."""
+        return self._pods(f"accordion.dev/run={run},accordion.dev/role={role}")
+
+    def hosts(self, run: str) -> list[dict[str, Any]]:
+        """The run's Horovod hosts that are not being deleted: its worker pods, and its launcher
+        when that hosts worker 0 (the pods with a worker index)."""
+        return self._pods(f"accordion.dev/run={run},accordion.dev/worker-index")
+
+    def _pods(self, selector: str) -> list[dict[str, Any]]:
         with self.c.http() as http:
-            r = http.get(
-                f"/api/v1/namespaces/{NS}/pods",
-                params={"labelSelector": f"accordion.dev/run={run},accordion.dev/role={role}"},
-            )
+            r = http.get(f"/api/v1/namespaces/{NS}/pods", params={"labelSelector": selector})
             r.raise_for_status()
             return [p for p in r.json()["items"] if not p["metadata"].get("deletionTimestamp")]
 

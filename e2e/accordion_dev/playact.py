@@ -27,6 +27,7 @@ from accordion_dev.simulated_runs import MERGE
 
 LABEL_RUN = "accordion.dev/run"
 LABEL_ROLE = "accordion.dev/role"
+LABEL_INDEX = "accordion.dev/worker-index"
 
 
 def _rfc3339(t: float) -> str:
@@ -151,6 +152,8 @@ class PlayedRun:
 class PodSeen:
     run: str
     role: str
+    #: a Horovod host (it carries a worker index): a worker pod, or a launcher hosting worker 0
+    host: bool
     ready: bool
     deleting: bool
     phase: str
@@ -262,7 +265,7 @@ class Player:
                 self.pods.pop(name, None)
             elif ev["type"] in ("ADDED", "MODIFIED"):
                 seen = self.pods[name] = self._seen(obj)
-                if seen.role == "worker":
+                if seen.host:
                     first = self.first.setdefault(seen.run, {})
                     first.setdefault("pod", now)
                     if seen.node:
@@ -284,6 +287,7 @@ class Player:
         return PodSeen(
             run=labels.get(LABEL_RUN, ""),
             role=labels.get(LABEL_ROLE, ""),
+            host=LABEL_INDEX in labels,
             ready=ready,
             deleting=bool(meta.get("deletionTimestamp")),
             phase=status.get("phase") or "Pending",
@@ -294,8 +298,9 @@ class Player:
     # --- playing ---------------------------------------------------------------------------------
 
     def world_pods(self) -> tuple[dict[str, list[str]], dict[str, str], dict[str, int]]:
-        """(Ready live workers per run, sorted by name; launcher phase per run; worker pods
-        bound to a node and not ended per run: the GPUs the run holds)."""
+        """(Ready live Horovod hosts per run, sorted by name; launcher phase per run; hosts
+        bound to a node and not ended per run: the GPUs the run holds). A launcher that hosts
+        worker 0 counts in all three."""
         ready: dict[str, list[str]] = {}
         launchers: dict[str, str] = {}
         bound: dict[str, int] = {}
@@ -303,7 +308,7 @@ class Player:
             for name, p in self.pods.items():
                 if p.role == "launcher":
                     launchers[p.run] = "Deleting" if p.deleting else p.phase
-                elif p.role == "worker":
+                if p.host:
                     if p.ready and not p.deleting and p.phase == "Running":
                         ready.setdefault(p.run, []).append(name)
                     if p.node and p.phase not in ("Succeeded", "Failed"):

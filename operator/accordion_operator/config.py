@@ -134,9 +134,10 @@ class Config:
     #: it requests a worker's resources, stages the data and serves ssh beside horovodrun, and
     #: the operator creates the grant's other workers only. A one-worker run is then one pod,
     #: not two (about 4 fewer apiserver writes); the cost is that training code runs in the pod
-    #: that holds the launcher's token (docs/trainingrun.md, "Security model"). Runs Kueue admits
-    #: keep a separate launcher (their Workloads' pod sets say launcher + workers).
-    launcher_hosts_worker: bool = False
+    #: that holds the launcher's token (docs/trainingrun.md, "Security model"); false gives
+    #: every run a launcher pod of its own. Runs Kueue admits keep a separate launcher (their
+    #: Workloads' pod sets say launcher + workers).
+    launcher_hosts_worker: bool = True
     #: Log level (DEBUG, INFO, WARNING, ERROR).
     log_level: str = "INFO"
 

@@ -319,7 +319,11 @@ def test_service_monitor_names_the_job_and_keeps_the_metric_labels() -> None:
 
 def test_pod_monitor_labels_worker_series_with_their_run() -> None:
     pm = one(render({"monitoring.podMonitor.enabled": "true"}), "PodMonitor")
-    assert pm["spec"]["selector"]["matchLabels"]["accordion.dev/role"] == "worker"
+    # every Horovod host, a launcher hosting worker 0 included: the pods with a worker index
+    assert pm["spec"]["selector"]["matchExpressions"] == [
+        {"key": "accordion.dev/worker-index", "operator": "Exists"}
+    ]
+    assert "accordion.dev/role" not in pm["spec"]["selector"]["matchLabels"]
     (ep,) = pm["spec"]["podMetricsEndpoints"]
     targets = {r["targetLabel"] for r in ep["relabelings"]}
     assert {"run", "experiment", "role", "job"} <= targets

@@ -20,7 +20,8 @@ PREEMPT = "accordion.dev/preempt-other-namespaces"
 
 
 def _pods(objs: list[Obj], experiment: bool = False) -> dict[str, dict[str, Any]]:
-    """A launcher and a worker as the operator builds them with the chart's settings."""
+    """A launcher of its own, a launcher hosting worker 0 and a worker as the operator builds
+    them with the chart's settings."""
     settings = one(objs, "ConfigMap", "acc-accordion-operator-settings")["data"]
     cfg = Config.from_env(settings)
     run = TrainingRun.model_validate(
@@ -43,13 +44,18 @@ def _pods(objs: list[Obj], experiment: bool = False) -> dict[str, dict[str, Any]
     )
     return {
         "launcher": builders.build_launcher_pod(run, cfg),
-        "worker": builders.build_worker_pod(run, 0, cfg),
+        "hosting": builders.build_launcher_pod(run, cfg, hosts_worker=cfg.launcher_hosts_worker),
+        "worker": builders.build_worker_pod(run, 1, cfg),
     }
 
 
 def _selects(selector: dict[str, Any], pod: dict[str, Any]) -> bool:
-    assert set(selector) <= {"matchLabels"}, selector  # the policies use matchLabels only
+    assert set(selector) <= {"matchLabels", "matchExpressions"}, selector
     labels = pod["metadata"]["labels"]
+    for e in selector.get("matchExpressions", []):
+        assert e["operator"] == "Exists", e  # the only operator the policies use
+        if e["key"] not in labels:
+            return False
     return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
 
 
@@ -103,6 +109,7 @@ def test_only_accordion_pods_of_the_namespace_reach_launcher_and_workers(
     policy = _policies(objs, "team-a")["acc-accordion-training"]["spec"]
     # it isolates both pods of a run, for ingress only (egress stays open: S3, apiserver, DNS)
     assert _selects(policy["podSelector"], pods["launcher"])
+    assert _selects(policy["podSelector"], pods["hosting"])
     assert _selects(policy["podSelector"], pods["worker"])
     assert policy["policyTypes"] == ["Ingress"]
     (rule,) = policy["ingress"]
@@ -123,6 +130,9 @@ def test_prometheus_reaches_only_the_workers_metrics_port() -> None:
     pods = _pods(objs)
     policy = _policies(objs, "team-b")["acc-accordion-worker-metrics"]["spec"]
     assert _selects(policy["podSelector"], pods["worker"])
+    # the launcher that hosts worker 0 (the chart's default) serves the worker's metrics too
+    assert pods["hosting"]["metadata"]["labels"]["accordion.dev/role"] == "launcher"
+    assert _selects(policy["podSelector"], pods["hosting"])
     assert not _selects(policy["podSelector"], pods["launcher"])
     assert policy["policyTypes"] == ["Ingress"]
     (rule,) = policy["ingress"]

@@ -14,9 +14,17 @@ import httpx
 
 from accordion_dev.cluster import Cluster
 from accordion_dev.operator_proc import OperatorProcess
+from accordion_operator.config import Config
 
 TR = "/apis/accordion.dev/v1alpha1/namespaces/{ns}/trainingruns"
 EXP = "/apis/accordion.dev/v1alpha1/namespaces/{ns}/experiments"
+
+
+def run_pods(workers: int) -> int:
+    """How many pods a run with `workers` Horovod hosts has: the workers and a launcher, which
+    hosts worker 0 itself unless ACCORDION_LAUNCHER_HOSTS_WORKER is off in the environment the
+    test operators inherit."""
+    return workers + (0 if Config.from_env().launcher_hosts_worker else 1)
 
 
 class Operator(OperatorProcess):
@@ -116,7 +124,9 @@ class Api(ResourceApi):
         return [p for p in r.json()["items"] if not p["metadata"].get("deletionTimestamp")]
 
     def workers(self, run: str) -> list[dict[str, Any]]:
-        return self.pods(f"accordion.dev/run={run},accordion.dev/role=worker")
+        """The run's Horovod hosts: its worker pods and a launcher that hosts worker 0 (the pods
+        with a worker index), whichever way the operator runs the launcher."""
+        return self.pods(f"accordion.dev/run={run},accordion.dev/worker-index")
 
 
 class ExpApi(ResourceApi):

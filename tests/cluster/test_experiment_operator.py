@@ -204,7 +204,7 @@ def test_median_stopping_prunes_a_bad_run_and_keeps_its_results(
                 for p in exp_api.http.get(
                     f"/api/v1/namespaces/{exp_api.ns}/pods",
                     params={
-                        "labelSelector": "accordion.dev/run=pruned-001,accordion.dev/role=worker"
+                        "labelSelector": "accordion.dev/run=pruned-001,accordion.dev/worker-index"
                     },
                 ).json()["items"]
                 if not p["metadata"].get("deletionTimestamp")

@@ -81,9 +81,10 @@ def set_weight(a: Api, weight: str) -> None:
 
 
 def worker_gpus(a: Api) -> int:
-    """GPUs requested by the namespace's live worker pods (bound or not)."""
+    """GPUs requested by the namespace's live Horovod hosts (bound or not): worker pods and
+    launchers that host worker 0."""
     total = 0
-    for pod in a.pods("accordion.dev/role=worker"):
+    for pod in a.pods("accordion.dev/worker-index"):
         for c in pod["spec"]["containers"]:
             total += int((c.get("resources") or {}).get("requests", {}).get("nvidia.com/gpu", 0))
     return total

@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
-from operator_support import Api, Operator, running_operator
+from operator_support import Api, Operator, run_pods, running_operator
 from tenancy_support import KWOK, bystander_progresses, tenant_namespace
 
 from accordion_dev.cluster import Cluster
@@ -176,12 +176,20 @@ def start(api: Api, name: str, ns: str | None = None, **spec: Any) -> dict[str, 
 
 
 def running_as_before(api: Api, name: str, workers: int = 1) -> None:
-    """The run still runs with its own launcher and `workers` workers, nothing more."""
+    """The run still runs with its one launcher and `workers` Horovod hosts, nothing more (the
+    launcher may itself host worker 0, docs/trainingrun.md)."""
     st = status_of(api, name)
     assert st.get("phase") == "Running", st
-    pods = own_pods(api, name)
-    roles = sorted(p["metadata"]["labels"]["accordion.dev/role"] for p in pods)
-    assert roles == ["launcher"] + ["worker"] * workers, roles
+    labels = [p["metadata"]["labels"] for p in own_pods(api, name)]
+    roles = sorted(lb["accordion.dev/role"] for lb in labels)
+    assert roles.count("launcher") == 1, roles
+    assert set(roles) <= {"launcher", "worker"}, roles
+    # every worker pod carries an index; the indices are the hosts 0..workers-1, once each
+    hosts = sorted(
+        int(lb["accordion.dev/worker-index"]) for lb in labels if "accordion.dev/worker-index" in lb
+    )
+    assert hosts == list(range(workers)), labels
+    assert len(hosts) >= roles.count("worker"), labels
 
 
 def finishes(api: Api, name: str) -> dict[str, Any]:
@@ -381,7 +389,7 @@ def lookalike_launcher(ctx: Ctx) -> None:
     r = api.http.post(f"/api/v1/namespaces/{api.ns}/pods", json=pod("fake-launcher", labels))
     assert r.status_code == 201, r.text
     create(api, run_body("l", nodeSelector=KWOK))
-    poll(lambda: len(own_pods(api, "l")) == 2, 20, "the run's own launcher and worker")
+    poll(lambda: len(own_pods(api, "l")) == run_pods(1), 20, "the run's own launcher and worker")
     poll(lambda: events(api, "l", "IgnoredPod"), 20, "an IgnoredPod Event")
 
 
@@ -411,7 +419,7 @@ def lookalike_worker_after(ctx: Ctx) -> None:
 def orphans_then_reapply(ctx: Ctx) -> None:
     api = ctx.api
     create(api, run_body("r", nodeSelector=KWOK))
-    poll(lambda: len(own_pods(api, "r")) == 2, 20, "the first run's launcher and worker")
+    poll(lambda: len(own_pods(api, "r")) == run_pods(1), 20, "the first run's launcher and worker")
     r = api.http.delete(tr_path(api, "r"), params={"propagationPolicy": "Orphan"})
     assert r.status_code in (200, 202), r.text
     poll(lambda: api.http.get(tr_path(api, "r")).status_code == 404, 20, "r deleted")
@@ -422,9 +430,11 @@ def orphans_then_reapply(ctx: Ctx) -> None:
         20,
         "the orphaned pods lose their owner",
     )
-    assert len(api.pods("accordion.dev/run=r")) == 2
+    assert len(api.pods("accordion.dev/run=r")) == run_pods(1)
     create(api, run_body("r", nodeSelector=KWOK))
-    poll(lambda: len(own_pods(api, "r")) == 2, 30, "the new run's own launcher and worker")
+    poll(
+        lambda: len(own_pods(api, "r")) == run_pods(1), 30, "the new run's own launcher and worker"
+    )
     poll(lambda: status_of(api, "r").get("phase") == "Running", 20, "the new run runs")
 
 
@@ -714,16 +724,17 @@ def early_shrink(ctx: Ctx) -> None:
     discovery) stays (issue 16, item 8)."""
     api = ctx.api
     create(api, run_body("early", nodeSelector=KWOK, lo=1, hi=3))
-    poll(lambda: len(own_pods(api, "early")) == 4, 20, "launcher and 3 workers", every=0.1)
+    poll(lambda: len(own_pods(api, "early")) == run_pods(3), 20, "3 workers", every=0.1)
     before = {p["metadata"]["name"]: p["metadata"]["uid"] for p in own_pods(api, "early")}
     assert "rank0Pod" not in (status_of(api, "early").get("training") or {})
     r = api.http.patch(
         tr_path(api, "early"), json={"spec": {"workers": {"replicas": 1}}}, headers=MERGE
     )
     assert r.status_code == 200, r.text
-    poll(lambda: len(own_pods(api, "early")) == 2, 20, "down to one worker", every=0.1)
+    poll(lambda: len(own_pods(api, "early")) == run_pods(1), 20, "one worker", every=0.1)
     after = {p["metadata"]["name"]: p["metadata"]["uid"] for p in own_pods(api, "early")}
-    assert after == {k: before[k] for k in ("early-launcher", "early-worker-0")}
+    # the launcher and worker 0 (a pod of its own, or the launcher itself) stay, unchanged
+    assert after == {k: v for k, v in before.items() if k in ("early-launcher", "early-worker-0")}
 
 
 def control_characters(ctx: Ctx) -> None:

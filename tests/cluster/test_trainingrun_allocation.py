@@ -116,7 +116,8 @@ def test_kubectl_scale_and_columns(
     ).json()
     assert scale["spec"]["replicas"] == 3
     assert scale["status"]["replicas"] == 3
-    assert scale["status"]["selector"] == "accordion.dev/run=elastic,accordion.dev/role=worker"
+    assert scale["status"]["selector"] == "accordion.dev/run=elastic,accordion.dev/worker-index"
+    assert len(api.workers("elastic")) == 3  # the selector finds the run's three hosts
     text = httpx.get(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5).text
     samples = {
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value

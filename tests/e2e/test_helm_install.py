@@ -85,9 +85,10 @@ def install_train_uninstall(env: Env) -> None:
     # the whole operator's. Two replicas electing a leader on process nodes (each listening on
     # its own pod IP, operator.bindAddress) run in images/tests/test_helm_images.py, and as
     # processes in tests/cluster/test_operator_ha.py.
-    # The launcher hosts worker 0 here (operator.launcherHostsWorker): every run trains with one
-    # pod fewer, rank 0 in the launcher's pod; the other real-training tests run the default.
-    operator = {"replicas": 1, "leaderElection": {"enabled": False}, "launcherHostsWorker": True}
+    # Each run gets a launcher pod of its own here (operator.launcherHostsWorker: false), so
+    # real training goes through that mode too; the other real-training tests run the default,
+    # the launcher as worker 0.
+    operator = {"replicas": 1, "leaderElection": {"enabled": False}, "launcherHostsWorker": False}
     env.install({"operator": operator}, "3m")
     ops = env.operator_pods()
     assert len(ops) == 1, [p["metadata"]["name"] for p in ops]
@@ -124,8 +125,8 @@ def install_train_uninstall(env: Env) -> None:
     st = run["status"]
     assert st["phase"] == "Succeeded", json.dumps(st, indent=1)
     assert st["training"]["worldSize"] == 2, st["training"]
-    # two pods trained: the launcher (as worker 0) and worker 1; there was no worker 0 pod
-    assert sorted(st["training"]["worldPods"]) == ["mnist-launcher", "mnist-worker-1"]
+    # two worker pods trained; the launcher pod, of its own, only ran horovodrun
+    assert sorted(st["training"]["worldPods"]) == ["mnist-worker-0", "mnist-worker-1"]
     # the run object's own folder, `runs/team-a/mnist-<uid digits>`: in its status from the
     # operator, reported by the trainer, and where the model is
     folder = results_path(run)

@@ -101,17 +101,17 @@ def test_a_dead_worker_process_then_a_dead_launcher_and_every_epoch_trained_once
 
         before = poll(both_in_the_world, 240, "two workers training")
         # not rank 0: its pod stays, so the test sees the world shrink rather than move
-        [victim] = [
-            p for p in demo.pods(RUN, "worker") if p["metadata"]["name"] != before["rank0Pod"]
-        ]
+        # (a launcher that hosts worker 0 holds rank 0: accordion_trainer.incluster.led_by)
+        [victim] = [p for p in demo.hosts(RUN) if p["metadata"]["name"] != before["rank0Pod"]]
+        assert victim["metadata"]["labels"]["accordion.dev/role"] == "worker", victim["metadata"]
         name, uid = victim["metadata"]["name"], victim["metadata"]["uid"]
-        old_uids = {p["metadata"]["uid"] for p in demo.pods(RUN, "worker")}
+        old_uids = {p["metadata"]["uid"] for p in demo.hosts(RUN)}
         assert name in before["worldPods"]
         training_process(victim).send_signal(signal.SIGKILL)
         t_killed = time.monotonic()
 
         def replaced() -> list[dict[str, Any]] | None:
-            now = demo.pods(RUN, "worker")
+            now = demo.hosts(RUN)
             gone = all(p["metadata"]["uid"] != uid for p in now)
             up = [p for p in now if ready(p)]
             return up if gone and len(up) == 2 else None

@@ -7,7 +7,8 @@ hosts file that the launcher (or a standalone run) keeps, so with `ACCORDION_HOS
 driver reads that file itself, without a process, every `ACCORDION_DISCOVERY_POLL_S` (default
 0.05 s; without the file: the script, every 0.25 s).
 
-It also keeps the host changes that the driver would lose (`hostupdates`), and with
+It also keeps the host changes that the driver would lose (`hostupdates`), ranks hosts found
+together in the discovery's order (`rank_in_discovery_order`), and with
 `ACCORDION_SSH_EVERY_HOST` set reaches every host over ssh (`ssh_every_host`).
 """
 
@@ -40,6 +41,42 @@ def ssh_every_host() -> None:
     gloo_run.network = network
 
 
+def ordered_hosts(available: set[str], previous: list[str], discovered: list[str]) -> list[str]:
+    """Horovod's rank order of `available` hosts (pure): the hosts of `previous` first, as they
+    were (an older host keeps a lower rank), then the new ones in `discovered` order."""
+    kept = [h for h in previous if h in available]
+    position = {h: i for i, h in enumerate(discovered)}
+    new = sorted(available.difference(kept), key=lambda h: (position.get(h, len(position)), h))
+    return kept + new
+
+
+def rank_in_discovery_order() -> None:
+    """Horovod appends the hosts that one discovery newly found to its rank order by iterating
+    a set, in an order that changes with each process's string hashing: hosts found together
+    take ranks at random. Our discovery lists hosts in worker-index order, with a launcher that
+    hosts worker 0 first, so that pod (which a shrink never takes) holds rank 0
+    (incluster.led_by); `ordered_hosts` keeps that order."""
+    from horovod.runner.elastic import discovery
+
+    discovered: list[str] = []
+
+    def find_in_order(self: discovery.HostDiscoveryScript) -> dict[str, int]:
+        # Horovod's own parser, but over the lines in order (it makes a set of them too)
+        slots: dict[str, int] = {}
+        for line in self._execute_discovery_script().strip().split("\n"):
+            host, _, count = line.partition(":")
+            if host:
+                slots.setdefault(host, int(count) if count else self._default_slots)
+        discovered[:] = list(slots)
+        return slots
+
+    def order(available: set[str], previous: list[str]) -> list[str]:
+        return ordered_hosts(available, previous, discovered)
+
+    discovery.HostDiscoveryScript.find_available_hosts_and_slots = find_in_order
+    discovery.HostManager.order_available_hosts = staticmethod(order)
+
+
 def read_hosts_file(path: Path) -> str:
     """What the discovery script would print: the file, or nothing while it does not exist."""
     try:
@@ -60,6 +97,7 @@ def main() -> None:
         HostDiscoveryScript._execute_discovery_script = lambda _self: read_hosts_file(path)
         poll = "0.05"
     driver.DISCOVER_HOSTS_FREQUENCY_SECS = float(os.environ.get("ACCORDION_DISCOVERY_POLL_S", poll))
+    rank_in_discovery_order()
     if os.environ.get(SSH_EVERY_HOST_ENV):
         ssh_every_host()
     notify_missed_updates_on_registration(driver.ElasticDriver)

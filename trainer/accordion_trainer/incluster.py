@@ -450,10 +450,29 @@ def host_source(env: Mapping[str, str]) -> Callable[[], list[str]]:
     return PodHosts(env)
 
 
+def led_by(hosts: list[str], first: str | None) -> list[str]:
+    """`hosts` once `first` is among them, none before (pure). Horovod's elastic driver ranks a
+    world's hosts in the order it first discovered them, so a launcher that hosts worker 0
+    offers no host until its own serves: rank 0 then trains in the launcher's pod, which a
+    shrink never takes, instead of in whichever worker warmed up first."""
+    return hosts if first is None or first in hosts else []
+
+
+def left_world(progress: Mapping[str, Any], own: str | None) -> bool:
+    """Whether a progress report's world lacks `own`, the pod of a launcher that hosts worker 0
+    (pure). Horovod drops a host whose training process died for good, and the operator, which
+    replaces a worker pod that left the world, never replaces the launcher's: the launcher then
+    fails, to be restarted with its worker (and resume from the newest checkpoint), instead of
+    training on without its GPUs (or, alone, waiting out the start timeout for a host)."""
+    world = progress.get("worldPods")
+    return own is not None and isinstance(world, list) and own not in world
+
+
 class PodHosts:
     """The run's worker pods that can take the launcher's ssh now (a callable host source):
     Ready ones, and Running ones whose SSH port already accepts a connection; `starting()`:
-    whether, at the last list, a Running pod did not yet."""
+    whether, at the last list, a Running pod did not yet. A launcher hosting worker 0 lists
+    none until its own pod serves (`led_by`)."""
 
     def __init__(self, env: Mapping[str, str]) -> None:
         from .kube import ApiClient
@@ -463,6 +482,8 @@ class PodHosts:
         self.owner = env.get("ACCORDION_RUN_UID") or None
         self.port = int(env.get("ACCORDION_SSH_PORT", "2222"))
         self._starting = False
+        #: this pod's address while it hosts worker 0 and has not served yet
+        self._first = pod_ip(env) if env.get("ACCORDION_WORKER_INDEX") is not None else None
 
     def __call__(self) -> list[str]:
         from .kube import ready_worker_ips, starting_worker_ips, worker_selector
@@ -470,6 +491,9 @@ class PodHosts:
         pods = self.api.list_pods(self.ns, worker_selector(self.run))
         hosts = ready_worker_ips(pods, self.owner, serving=self.serving)
         self._starting = any(ip not in hosts for ip in starting_worker_ips(pods, self.owner))
+        hosts = led_by(hosts, self._first)
+        if hosts:
+            self._first = None  # from now on the world follows the pods, own host or not
         return hosts
 
     def serving(self, ip: str) -> bool:
@@ -587,6 +611,7 @@ def cmd_launcher(_: argparse.Namespace) -> int:
     argv[argv.index("--start-timeout") + 1] = env.get("ACCORDION_START_TIMEOUT_S", "600")
     reporter = Reporter(status_sender(env))
     error: TrainerError | None = None
+    own = env.get("ACCORDION_POD_NAME") if worker is not None else None
     print(f"[launcher] {' '.join(argv)}", flush=True)
     hvd_env = launcher_env(env, bindir)
     hvd_env[HOSTS_FILE_ENV] = str(hosts_file)  # horovodrun reads it without the script
@@ -606,6 +631,13 @@ def cmd_launcher(_: argparse.Namespace) -> int:
         progress = parse_progress(line)
         if progress is not None:
             reporter.offer(progress, force="resultsURI" in progress)
+            if error is None and left_world(progress, own):
+                error = TrainerError(
+                    Reason.TrainingError,
+                    f"worker 0's training process in this pod ({own}) left the Horovod world; "
+                    "the launcher restarts with it and resumes from the newest checkpoint",
+                )
+                stop_horovodrun(proc)
         if error is None:
             error = parse_error_line(line)
             if error is not None:

@@ -53,9 +53,10 @@ def ssh_secret_name(run: str) -> str:
     return f"{run}-ssh"
 
 
-def selector(run: str, role: str = ROLE_WORKER) -> str:
-    """The label selector of a run's workers (status.selector, the scale subresource)."""
-    return f"{LABEL_RUN}={run},{LABEL_ROLE}={role}"
+def selector(run: str) -> str:
+    """The label selector of a run's Horovod hosts (status.selector, the scale subresource): its
+    worker pods and a launcher that hosts worker 0, the pods that carry a worker index."""
+    return f"{LABEL_RUN}={run},{LABEL_INDEX}"
 
 
 def labels(run: TrainingRun, role: str, cfg: Config, index: int | None = None) -> dict[str, str]:

@@ -279,7 +279,7 @@ async def test_refused_pods_back_off_and_the_reason_reaches_the_running_conditio
     ctl, api, now = refusing()
     api.add_run("r", "2026-01-01T00:00:00Z")
     delay = await ctl.reconcile_all()
-    assert api.pod_posts == 2  # launcher and worker, refused
+    assert api.pod_posts == 1  # the launcher (hosting worker 0), refused
     assert api.writes.count(("event CreateFailed", "r")) == 1
     assert delay is not None
     assert delay <= 2.0  # the backoff's first wait
@@ -313,5 +313,5 @@ async def test_pods_left_by_a_deleted_run_of_the_same_name_are_removed() -> None
     ctl, api, _ = refusing(orphan=True)
     api.add_run("r", "2026-01-01T00:00:00Z")
     await ctl.reconcile_all()
-    assert sorted(api.deleted) == ["r-launcher", "r-worker-0"]
+    assert sorted(api.deleted) == ["r-launcher"]  # it hosts worker 0: the run's one pod
     assert "being removed" in ctl._create_failures["uid-r"].message

@@ -154,11 +154,12 @@ class Apiserver:
         return cond["status"], cond["reason"]
 
     def workers(self, run: str) -> list[dict[str, Any]]:
+        """The run's Horovod hosts: worker pods, and a launcher that hosts worker 0."""
         return [
             p
             for p in self.pods.values()
             if p["metadata"]["labels"]["accordion.dev/run"] == run
-            and p["metadata"]["labels"]["accordion.dev/role"] == "worker"
+            and "accordion.dev/worker-index" in p["metadata"]["labels"]
         ]
 
 

@@ -81,8 +81,8 @@ def test_a_grant_of_n_is_the_launcher_and_n_minus_1_workers() -> None:
     assert created(decide(run, [], 1)) == ["mnist-launcher"]
     assert created(decide(run, [], 3)) == ["mnist-launcher", "mnist-worker-1", "mnist-worker-2"]
     # the setting off: a launcher beside the grant's workers, as before
-    default = decide(run, [], 1, cfg=Config())
-    assert created(default) == ["mnist-launcher", "mnist-worker-0"]
+    own = decide(run, [], 1, cfg=Config(launcher_hosts_worker=False))
+    assert created(own) == ["mnist-launcher", "mnist-worker-0"]
     # growing a running run adds workers after index 0
     plan = decide(run, [hosting(), worker(1)], 3)
     assert created(plan) == ["mnist-worker-2"]
@@ -161,6 +161,7 @@ def test_a_ready_launcher_missing_from_the_world_is_never_replaced_as_a_worker()
 
 def test_runs_kueue_admits_keep_a_separate_launcher() -> None:
     assert hosts_worker(make_run(), CFG)
-    assert not hosts_worker(make_run(), Config())
+    assert hosts_worker(make_run(), Config())  # the default
+    assert not hosts_worker(make_run(), Config(launcher_hosts_worker=False))
     queued = make_run(metadata={"labels": {LABEL_QUEUE: "team-a"}})
     assert not hosts_worker(queued, CFG)

@@ -75,7 +75,8 @@ def test_admitted_run_gets_launcher_and_workers() -> None:
         now=NOW,
     )
     assert plan.ensure_auth
-    assert names(plan.create) == ["mnist-launcher", "mnist-worker-0", "mnist-worker-1"]
+    # the launcher hosts worker 0 (Config.launcher_hosts_worker, on by default)
+    assert names(plan.create) == ["mnist-launcher", "mnist-worker-1"]
     st = plan.status_patch
     assert st is not None
     assert st["phase"] == "Running"
@@ -83,7 +84,7 @@ def test_admitted_run_gets_launcher_and_workers() -> None:
     assert st["currentWorkers"] == 0
     assert st["workerSummary"] == "0/2"
     assert st["startTime"] == to_rfc3339(NOW)
-    assert st["selector"] == "accordion.dev/run=mnist,accordion.dev/role=worker"
+    assert st["selector"] == "accordion.dev/run=mnist,accordion.dev/worker-index"
     assert cond(plan, "Admitted")["status"] == "True"
     assert cond(plan, "Scaling")["reason"] == "ScalingUp"
     assert plan.events == []  # admission is in status; Events are for trouble

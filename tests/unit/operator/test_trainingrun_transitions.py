@@ -26,7 +26,11 @@ from accordion_operator.trainingrun.observe import Children, PodState
 
 NOW = 1_800_000_000.0
 #: the launcher's restarts wait 10 s, 20 s, 40 s, then 60 s each
-CFG = Config(launcher_backoff_seconds=10, launcher_backoff_max_seconds=60)
+#: the table is the launcher-of-its-own mode, where every worker index is a pod of its own;
+#: test_launcher_hosts_worker.py decides the default, a launcher that hosts worker 0
+CFG = Config(
+    launcher_backoff_seconds=10, launcher_backoff_max_seconds=60, launcher_hosts_worker=False
+)
 #: the default spec.workers.minAvailableTimeoutSeconds: a run not yet at its minimum is checked
 #: again at this deadline
 MIN_TIMEOUT = 600.0

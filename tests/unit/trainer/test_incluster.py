@@ -8,8 +8,14 @@ from typing import Any
 import pytest
 
 from accordion_trainer.errors import TrainerError
-from accordion_trainer.horovod_run import ssh_every_host
-from accordion_trainer.incluster import WORKER_SESSION_ENV, launcher_env, sshd_set_env
+from accordion_trainer.horovod_run import ordered_hosts, rank_in_discovery_order, ssh_every_host
+from accordion_trainer.incluster import (
+    WORKER_SESSION_ENV,
+    launcher_env,
+    led_by,
+    left_world,
+    sshd_set_env,
+)
 from accordion_trainer.kube import ready_worker_ips, starting_worker_ips, worker_selector
 from accordion_trainer.policy import decide_commit_every, scaled_lr
 from accordion_trainer.progress import (
@@ -254,3 +260,60 @@ def test_history_entries_take_the_crd_shape() -> None:
         {"epoch": 2, "history": [{"epoch": 1, "loss": 0.5, "val_accuracy": 0.9}]}, now=0.0
     )
     assert status["history"] == [{"epoch": 1, "metrics": {"loss": 0.5, "val_accuracy": 0.9}}]
+
+
+def test_a_hosting_launcher_offers_no_host_until_its_own_serves() -> None:
+    # Horovod ranks hosts in the order it first sees them: worker 1 warm first must not be rank 0
+    assert led_by(["10.0.0.11"], "10.0.0.10") == []
+    assert led_by(["10.0.0.10", "10.0.0.11"], "10.0.0.10") == ["10.0.0.10", "10.0.0.11"]
+    assert led_by(["10.0.0.11"], None) == ["10.0.0.11"]  # a launcher of its own waits for none
+    assert led_by([], "10.0.0.10") == []
+
+
+def test_a_hosting_launcher_whose_own_host_left_the_world_fails() -> None:
+    world = {"epoch": 3, "worldPods": ["r-launcher", "r-worker-1"]}
+    assert not left_world(world, "r-launcher")
+    assert left_world({"epoch": 3, "worldPods": ["r-worker-1"]}, "r-launcher")
+    assert not left_world({"epoch": 3, "worldPods": ["r-worker-1"]}, None)  # own launcher
+    assert not left_world({"resultsURI": "s3://b/p"}, "r-launcher")  # no world in the report
+
+
+def test_hosts_found_together_are_ranked_in_discovery_order() -> None:
+    # Horovod itself iterates a set here: the launcher's own host could land anywhere
+    found = ["10.0.0.10", "10.0.0.9", "10.0.0.11"]
+    assert ordered_hosts(set(found), [], found) == found
+    # an older host keeps its rank; a new one goes after it, wherever discovery lists it
+    assert ordered_hosts({"10.0.0.10", "10.0.0.9"}, ["10.0.0.9"], ["10.0.0.10", "10.0.0.9"]) == [
+        "10.0.0.9",
+        "10.0.0.10",
+    ]
+    assert ordered_hosts({"10.0.0.10"}, ["10.0.0.9"], ["10.0.0.10"]) == ["10.0.0.10"]
+
+
+def test_horovods_host_manager_ranks_in_the_discovery_scripts_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from horovod.runner.elastic import discovery
+
+    # what rank_in_discovery_order replaces, put back after the test
+    monkeypatch.setattr(
+        discovery.HostDiscoveryScript,
+        "find_available_hosts_and_slots",
+        discovery.HostDiscoveryScript.find_available_hosts_and_slots,
+    )
+    monkeypatch.setattr(
+        discovery.HostManager,
+        "order_available_hosts",
+        staticmethod(discovery.HostManager.order_available_hosts),
+    )
+    rank_in_discovery_order()
+    script = discovery.HostDiscoveryScript("unused", 1)
+    for printed, order in (
+        ("10.0.0.10:1\n10.0.0.9:2\n", ["10.0.0.10", "10.0.0.9"]),
+        ("10.0.0.9:2\n10.0.0.10:1\n", ["10.0.0.9", "10.0.0.10"]),
+    ):
+        monkeypatch.setattr(script, "_execute_discovery_script", lambda printed=printed: printed)
+        manager = discovery.HostManager(script)
+        manager.update_available_hosts()
+        assert manager.current_hosts.host_assignment_order == order
+        assert manager.current_hosts.host_slots == {"10.0.0.10": 1, "10.0.0.9": 2}
