@@ -388,6 +388,8 @@ def test_notes_tell_the_next_steps() -> None:
             "/operator/launcherIdentityIdleSeconds",
         ),
         ({"operator.podAntiAffinity": '"soft"'}, "at '/operator/podAntiAffinity'"),
+        # the operator would read "yes please" as false, as it reads any boolean setting
+        ({"operator.launcherHostsWorker": '"yes please"'}, "at '/operator/launcherHostsWorker'"),
         ({"operator.resources.limit": '{"memory":"1Gi"}'}, "additional properties 'limit'"),
         ({"operator.logLevel": '"verbose"'}, "at '/operator/logLevel'"),
         ({"monitoring.serviceMonitor.enable": "true"}, "additional properties 'enable'"),

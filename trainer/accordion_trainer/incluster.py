@@ -532,6 +532,30 @@ def launcher_env(env: Mapping[str, str], bindir: Path) -> dict[str, str]:
     return out
 
 
+def alone(env: Mapping[str, str]) -> bool:
+    """Whether this launcher hosts worker 0 of a run of at most one worker pod (pure): its own
+    pod is its only host for good (horovodrun's --max-np is fixed), and the operator gives it no
+    ssh Secret (docs/contract.md)."""
+    return env.get("ACCORDION_WORKER_INDEX") is not None and env.get("ACCORDION_MAX_WORKERS") == "1"
+
+
+def own_key_pair(ssh_dir: Path) -> Path:
+    """A fresh ssh key pair in `ssh_dir` (private, 0700), laid out as the run's Secret is
+    mounted: the launcher's ssh client and its hosted worker's sshd use it, and it never leaves
+    the pod."""
+    ssh_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key = ssh_dir / "id_ed25519"
+    key.unlink(missing_ok=True)
+    key.with_suffix(".pub").unlink(missing_ok=True)
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)],
+        check=True,
+        capture_output=True,
+    )
+    (ssh_dir / "authorized_keys").write_text(key.with_suffix(".pub").read_text())
+    return ssh_dir
+
+
 def start_hosted_worker(env: Mapping[str, str]) -> subprocess.Popen[bytes] | None:
     """The launcher pod that also hosts worker 0 (the operator sets ACCORDION_WORKER_INDEX on
     it only then) runs the worker's half as a child: stage-in, the warm training processes and
@@ -581,6 +605,10 @@ def cmd_launcher(_: argparse.Namespace) -> int:
     from .usercmd import training_entry
 
     env = dict(os.environ)
+    work = Path(env.get("ACCORDION_LAUNCHER_DIR") or tempfile.mkdtemp(prefix="accordion-launcher-"))
+    work.mkdir(parents=True, exist_ok=True)
+    if alone(env):  # no ssh Secret: a pair of its own, for its own worker's sshd
+        env["ACCORDION_SSH_DIR"] = str(own_key_pair(work / "own-ssh"))
     worker = start_hosted_worker(env)
     # horovodrun counts processes: a worker pod is one host with one slot per GPU, and it
     # joins or leaves with all of them
@@ -588,8 +616,6 @@ def cmd_launcher(_: argparse.Namespace) -> int:
     min_workers = int(env.get("ACCORDION_MIN_WORKERS", "1"))
     min_np = min_workers * slots
     max_np = int(env.get("ACCORDION_MAX_WORKERS", str(min_workers))) * slots
-    work = Path(env.get("ACCORDION_LAUNCHER_DIR") or tempfile.mkdtemp(prefix="accordion-launcher-"))
-    work.mkdir(parents=True, exist_ok=True)
     hosts_file = work / "hosts"
     source = host_source(env)
     interval = float(env.get("ACCORDION_DISCOVERY_INTERVAL_S", "0.5"))

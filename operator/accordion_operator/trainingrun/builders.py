@@ -331,6 +331,20 @@ def _placement(run: TrainingRun) -> dict[str, Any]:
     return out
 
 
+def alone(run: TrainingRun) -> bool:
+    """Whether a launcher hosting worker 0 of `run` is its only Horovod host for good: the run
+    has at most one worker pod (horovodrun's --max-np is fixed at the launcher's start). Such
+    a launcher makes its ssh key pair in its own pod (the trainer: ACCORDION_WORKER_INDEX with
+    ACCORDION_MAX_WORKERS=1), and the run has no ssh Secret: a write less, and a key that never
+    leaves the pod."""
+    return run.spec.workers.max == 1
+
+
+def mounts_ssh_secret(pod: Mapping[str, Any]) -> bool:
+    """Whether `pod` needs the run's ssh Secret (its `ssh` volume)."""
+    return any(v.get("name") == "ssh" for v in pod["spec"].get("volumes") or ())
+
+
 def _ssh_volume(run: TrainingRun) -> dict[str, Any]:
     # 0440 (+ fsGroup when the image runs as non-root): the trainer copies the keys into private
     # 0600 files itself; 0400 would leave them unreadable to a non-root user (contract).
@@ -480,4 +494,7 @@ def _hosting_launcher_pod(run: TrainingRun, cfg: Config) -> dict[str, Any]:
     spec |= {"hostname": name, "serviceAccountName": LAUNCHER_IDENTITY}
     container = spec["containers"][0]
     container |= {"name": "launcher", "command": ["python", "-m", "accordion_trainer", "launcher"]}
+    if alone(run):
+        spec["volumes"] = [v for v in spec["volumes"] if v["name"] != "ssh"]
+        container["volumeMounts"] = [m for m in container["volumeMounts"] if m["name"] != "ssh"]
     return pod

@@ -656,7 +656,7 @@ class Controller:
                 log.info("TTL after finish: deleted %s (%s)", run.key, code)
                 return
             if plan.ensure_auth and plan.create:
-                await self._ensure_auth(run)
+                await self._ensure_auth(run, any(map(builders.mounts_ssh_secret, plan.create)))
             await self._create_children(run, plan)
             if plan.workloads_create or plan.workloads_delete:
                 await self._write_workloads(run, plan)
@@ -734,9 +734,15 @@ class Controller:
             "under another name"
         )
 
-    async def _ensure_auth(self, run: TrainingRun) -> None:
-        """The run's ssh Secret and its namespace's launcher identity, before its first pod."""
+    async def _ensure_auth(self, run: TrainingRun, ssh: bool) -> None:
+        """The namespace's launcher identity and, when a pod to create mounts it (`ssh`), the
+        run's ssh Secret, before the pods. Only once both exist is the run's auth done: a
+        launcher alone in its run (builders.alone) makes its key itself, and re-ensures the
+        identity (known to exist: no write) at each creation."""
         ns = run.metadata.namespace
+        if not ssh:
+            await self.identities.ensure(ns)
+            return
         secret = builders.build_ssh_secret(run, self.cfg, builders.new_ssh_keypair())
         (code, data), _ = await asyncio.gather(self.kube.create(secret), self.identities.ensure(ns))
         if code not in (200, 201, 409):

@@ -45,7 +45,7 @@ async def test_the_role_binding_waits_for_its_role() -> None:
     kube = EscalationCheckingKube()
     ctl = Controller(Config(), kube, ClusterCache(Config()))  # type: ignore[arg-type]
     run = make_run()
-    await ctl._ensure_auth(run)
+    await ctl._ensure_auth(run, ssh=True)
     assert sorted(kube.created[:3]) == ["Role", "Secret", "ServiceAccount"]
     assert kube.created[3:] == ["RoleBinding"]
     assert run.metadata.uid in ctl.auth_done
@@ -56,7 +56,7 @@ async def test_no_role_binding_when_the_role_failed() -> None:
     ctl = Controller(Config(), kube, ClusterCache(Config()))  # type: ignore[arg-type]
     run = make_run()
     with pytest.raises(RuntimeError, match="Role"):
-        await ctl._ensure_auth(run)
+        await ctl._ensure_auth(run, ssh=True)
     assert "RoleBinding" not in kube.created
     assert run.metadata.uid not in ctl.auth_done
 
@@ -65,10 +65,10 @@ async def test_one_identity_per_namespace_for_all_its_runs() -> None:
     kube = EscalationCheckingKube()
     ctl = Controller(Config(), kube, ClusterCache(Config()))  # type: ignore[arg-type]
     runs = [make_run(metadata={"name": f"r{i}", "uid": f"u{i}"}) for i in range(5)]
-    await asyncio.gather(*(ctl._ensure_auth(r) for r in runs))  # one batch, concurrently
+    await asyncio.gather(*(ctl._ensure_auth(r, ssh=True) for r in runs))  # one batch, concurrently
     assert sorted(kube.created) == ["Role", "RoleBinding"] + ["Secret"] * 5 + ["ServiceAccount"]
     assert ctl.auth_done == {f"u{i}" for i in range(5)}
-    await ctl._ensure_auth(make_run(metadata={"name": "r9", "uid": "u9"}))
+    await ctl._ensure_auth(make_run(metadata={"name": "r9", "uid": "u9"}), ssh=True)
     assert kube.created.count("ServiceAccount") == 1  # known: no more writes for it
 
 
@@ -150,3 +150,16 @@ async def test_without_the_policy_the_identity_has_no_owner(
     assert "launcher admission policy someone-elses is missing" in caplog.text
     await ids.ensure("team-a")
     assert all("ownerReferences" not in o["metadata"] for o in kube.objects)
+
+
+async def test_a_launcher_alone_in_its_run_needs_the_identity_only() -> None:
+    kube = EscalationCheckingKube()
+    ctl = Controller(Config(), kube, ClusterCache(Config()))  # type: ignore[arg-type]
+    run = make_run()
+    await ctl._ensure_auth(run, ssh=False)
+    assert sorted(kube.created) == ["Role", "RoleBinding", "ServiceAccount"]
+    # not done: a pod that mounts the Secret (max raised later) still gets it created
+    assert run.metadata.uid not in ctl.auth_done
+    await ctl._ensure_auth(run, ssh=True)
+    assert kube.created.count("Secret") == 1
+    assert run.metadata.uid in ctl.auth_done

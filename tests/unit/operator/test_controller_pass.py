@@ -315,3 +315,31 @@ async def test_pods_left_by_a_deleted_run_of_the_same_name_are_removed() -> None
     await ctl.reconcile_all()
     assert sorted(api.deleted) == ["r-launcher"]  # it hosts worker 0: the run's one pod
     assert "being removed" in ctl._create_failures["uid-r"].message
+
+
+async def test_a_one_worker_run_whose_launcher_hosts_it_gets_no_ssh_secret(
+    cluster: tuple[Controller, Apiserver],
+) -> None:
+    """Its launcher is its only Horovod host for good (max 1): it makes its key pair in its own
+    pod (builders.alone), so the run costs no Secret; a run that may grow gets one."""
+    ctl, api = cluster
+    api.add_run("alone", "2026-01-01T00:00:00Z")
+    await ctl.reconcile_all()
+    # the namespace's launcher identity (ServiceAccount, Role, RoleBinding) and the one pod
+    assert [w for w in api.writes if w[0].startswith("create") and w[1]] == [
+        ("create Pod", "alone")
+    ]
+    await ctl.reconcile_all()  # a later pass does not create it either
+    assert ("create Secret", "alone") not in api.writes
+    grows = make_body(
+        metadata={"name": "grows", "namespace": "team-a", "uid": "uid-grows"},
+        spec={"workers": {"min": 1, "max": 2}},
+    )
+    grows["metadata"] |= {
+        "resourceVersion": api._next_rv(),
+        "creationTimestamp": "2026-01-01T00:01:00Z",
+    }
+    api.runs["grows"] = grows
+    ctl.cache.apply("run", "ADDED", grows)
+    await ctl.reconcile_all()
+    assert ("create Secret", "grows") in api.writes

@@ -165,3 +165,19 @@ def test_runs_kueue_admits_keep_a_separate_launcher() -> None:
     assert not hosts_worker(make_run(), Config(launcher_hosts_worker=False))
     queued = make_run(metadata={"labels": {LABEL_QUEUE: "team-a"}})
     assert not hosts_worker(queued, CFG)
+
+
+def test_a_launcher_alone_in_its_run_mounts_no_ssh_secret() -> None:
+    """max 1: the launcher's pod is the run's only host for good, and makes its own key pair
+    (the trainer's incluster.alone); a run that may grow mounts the run's Secret."""
+    alone = make_run(spec={"workers": {"min": 1, "max": 1}})
+    pod_body = builders.build_launcher_pod(alone, CFG, hosts_worker=True)
+    assert not builders.mounts_ssh_secret(pod_body)
+    (c,) = pod_body["spec"]["containers"]
+    assert all(m["name"] != "ssh" for m in c["volumeMounts"])
+    assert {"name": "ACCORDION_MAX_WORKERS", "value": "1"} in c["env"]
+    grows = make_run(spec={"workers": {"min": 1, "max": 2}})
+    assert builders.mounts_ssh_secret(builders.build_launcher_pod(grows, CFG, hosts_worker=True))
+    # a launcher of its own always reaches its workers with the run's key
+    assert builders.mounts_ssh_secret(builders.build_launcher_pod(alone, CFG))
+    assert builders.mounts_ssh_secret(builders.build_worker_pod(alone, 0, CFG))

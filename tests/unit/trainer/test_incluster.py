@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,9 +13,13 @@ from accordion_trainer.errors import TrainerError
 from accordion_trainer.horovod_run import ordered_hosts, rank_in_discovery_order, ssh_every_host
 from accordion_trainer.incluster import (
     WORKER_SESSION_ENV,
+    alone,
     launcher_env,
     led_by,
     left_world,
+    own_key_pair,
+    prepare_ssh_client,
+    prepare_sshd,
     sshd_set_env,
 )
 from accordion_trainer.kube import ready_worker_ips, starting_worker_ips, worker_selector
@@ -317,3 +323,26 @@ def test_horovods_host_manager_ranks_in_the_discovery_scripts_order(
         manager.update_available_hosts()
         assert manager.current_hosts.host_assignment_order == order
         assert manager.current_hosts.host_slots == {"10.0.0.10": 1, "10.0.0.9": 2}
+
+
+def test_a_launcher_alone_in_its_run_makes_its_own_key_pair(tmp_path: Path) -> None:
+    assert alone({"ACCORDION_WORKER_INDEX": "0", "ACCORDION_MAX_WORKERS": "1"})
+    assert not alone({"ACCORDION_WORKER_INDEX": "0", "ACCORDION_MAX_WORKERS": "2"})
+    assert not alone({"ACCORDION_MAX_WORKERS": "1"})  # a launcher of its own
+    ssh_dir = own_key_pair(tmp_path / "own-ssh")
+    assert ssh_dir.stat().st_mode & 0o777 == 0o700
+    public = (ssh_dir / "id_ed25519.pub").read_text()
+    assert (ssh_dir / "authorized_keys").read_text() == public
+    derived = subprocess.run(
+        ["ssh-keygen", "-y", "-f", str(ssh_dir / "id_ed25519")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert derived.split()[:2] == public.split()[:2]
+    # what the hosted worker's sshd and the launcher's ssh client read, as from the Secret
+    prepare_sshd(ssh_dir, tmp_path / "sshd", "127.0.0.1", 2222, {})
+    assert (tmp_path / "sshd" / "authorized_keys").read_text() == public
+    prepare_ssh_client(ssh_dir, tmp_path / "client", 2222)
+    # a restarted launcher makes a new pair
+    assert (own_key_pair(ssh_dir) / "id_ed25519.pub").read_text() != public
