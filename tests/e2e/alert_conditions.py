@@ -37,7 +37,7 @@ CLOSED_ENDPOINT = "127.0.0.1:1"
 
 
 def training_run(
-    cluster: Cluster, name: str, secret: str, data_endpoint: str | None = None
+    cluster: Cluster, name: str, secret: str, data_endpoint: str | None = None, workers: int = 1
 ) -> dict[str, Any]:
     store = {"endpoint": cluster.minio.endpoint, "credentialsSecret": {"name": secret}}
     return {
@@ -54,7 +54,13 @@ def training_run(
                 "prefix": "mnist/",
             },
             "results": {**store, "bucket": "mnist-results", "prefix": "alerts/"},
-            "workers": {"min": 1, "max": 1, "gpusPerWorker": 0, "cpu": "100m", "memory": "1Gi"},
+            "workers": {
+                "min": workers,
+                "max": workers,
+                "gpusPerWorker": 0,
+                "cpu": "100m",
+                "memory": "1Gi",
+            },
             "tolerations": [GPU_TOLERATION],
         },
     }
@@ -78,8 +84,14 @@ def create(cluster: Cluster) -> None:
         )
         runs = {
             PENDING_NS: training_run(cluster, "waits-for-secret", "does-not-exist"),
+            # two workers: worker 1 is a pod of its own, replaced at once when it fails (worker
+            # 0, in the launcher's pod, restarts with the launcher's back-off: 10 s, 20 s, ...)
             FAILING_NS: training_run(
-                cluster, "unreachable-data", "minio-credentials", data_endpoint=CLOSED_ENDPOINT
+                cluster,
+                "unreachable-data",
+                "minio-credentials",
+                data_endpoint=CLOSED_ENDPOINT,
+                workers=2,
             ),
             QUOTA_NS: training_run(cluster, "over-quota", "minio-credentials"),
         }
