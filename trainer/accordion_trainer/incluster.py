@@ -600,8 +600,38 @@ def watch_hosted_worker(
     threading.Thread(target=watch, name="hosted-worker", daemon=True).start()
 
 
+def relay(proc: subprocess.Popen[str], reporter: Reporter, own: str | None) -> TrainerError | None:
+    """horovodrun's output to the pod's log and its progress to the run's status, until it
+    ends; the first failure it shows (a contract reason, or `own`, the pod of a launcher hosting
+    worker 0, gone from the world) stops it and is returned."""
+    from .standalone import stop_horovodrun
+
+    error: TrainerError | None = None
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        sys.stdout.write(line)
+        sys.stdout.flush()
+        progress = parse_progress(line)
+        if progress is not None:
+            reporter.offer(progress, force="resultsURI" in progress)
+            if error is None and left_world(progress, own):
+                error = TrainerError(
+                    Reason.TrainingError,
+                    f"worker 0's training process in this pod ({own}) left the Horovod world; "
+                    "the launcher restarts with it and resumes from the newest checkpoint",
+                )
+                stop_horovodrun(proc)
+        if error is None:
+            error = parse_error_line(line)
+            if error is not None:
+                # The contract's reasons are not transient (bad data, bad model): every worker
+                # would hit them again, so stop instead of letting horovod retry until timeout.
+                stop_horovodrun(proc)
+    return error
+
+
 def cmd_launcher(_: argparse.Namespace) -> int:
-    from .standalone import horovodrun_argv, start_horovodrun, stop_horovodrun, write_executable
+    from .standalone import horovodrun_argv, start_horovodrun, write_executable
     from .usercmd import training_entry
 
     env = dict(os.environ)
@@ -636,7 +666,6 @@ def cmd_launcher(_: argparse.Namespace) -> int:
     argv = horovodrun_argv(min_np, min_np, max_np, discovery, iface, entry=entry)
     argv[argv.index("--start-timeout") + 1] = env.get("ACCORDION_START_TIMEOUT_S", "600")
     reporter = Reporter(status_sender(env))
-    error: TrainerError | None = None
     own = env.get("ACCORDION_POD_NAME") if worker is not None else None
     print(f"[launcher] {' '.join(argv)}", flush=True)
     hvd_env = launcher_env(env, bindir)
@@ -650,26 +679,7 @@ def cmd_launcher(_: argparse.Namespace) -> int:
         proc.send_signal(signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, stop)
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        sys.stdout.write(line)
-        sys.stdout.flush()
-        progress = parse_progress(line)
-        if progress is not None:
-            reporter.offer(progress, force="resultsURI" in progress)
-            if error is None and left_world(progress, own):
-                error = TrainerError(
-                    Reason.TrainingError,
-                    f"worker 0's training process in this pod ({own}) left the Horovod world; "
-                    "the launcher restarts with it and resumes from the newest checkpoint",
-                )
-                stop_horovodrun(proc)
-        if error is None:
-            error = parse_error_line(line)
-            if error is not None:
-                # The contract's reasons are not transient (bad data, bad model): every worker
-                # would hit them again, so stop instead of letting horovod retry until timeout.
-                stop_horovodrun(proc)
+    error = relay(proc, reporter, own)
     rc = proc.wait()
     poller.stop()
     reporter.flush()
