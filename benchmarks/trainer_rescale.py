@@ -302,13 +302,26 @@ def on_process_nodes(argv: list[str]) -> None:
     ap.add_argument("--name", default="trainer_rescale_phases")
     ap.add_argument("--settle", type=float, default=2.0, help="seconds of steps between changes")
     ap.add_argument("--replot", action="store_true", help="only recompute summaries and plot")
+    ap.add_argument(
+        "--pinned",
+        action="store_true",
+        help="two process nodes, each pinned to a host CPU of its own (as nodes have): the new "
+        "pod's start does not share a core with the running worker's training",
+    )
     a = ap.parse_args(argv)
     if a.replot:
         resummarize(a.name)
         return
     tmp = Path(tempfile.mkdtemp(prefix="bench-rescale-"))
     load_at_start = os.getloadavg()
-    demo = Demo(Cluster(demo_config(tmp / "cluster", free_port_block(first=27400))), ci=True)
+    cfg = demo_config(tmp / "cluster", free_port_block(first=27400))
+    where = (
+        "process nodes (accordion_dev.demo cluster: 3 nodes x 1 simulated GPU, sharing all cores)"
+    )
+    if a.pinned:
+        cfg.process_nodes, cfg.process_node_cpus = 2, ("0", "1")
+        where = "process nodes (2 nodes x 1 simulated GPU, node i pinned to host CPU i)"
+    demo = Demo(Cluster(cfg), ci=True)
     grows: list[dict[str, Any]] = []
     shrinks: list[dict[str, Any]] = []
     loads: list[float] = []
@@ -376,7 +389,7 @@ def on_process_nodes(argv: list[str]) -> None:
         demo.c.down()
     doc_out = {
         "setup": {
-            "where": "process nodes (accordion_dev.demo cluster: 3 nodes x 1 simulated GPU)",
+            "where": where,
             "run": "mnist-cnn, batch 64, workers min 1 max 2, kubectl scale 1 <-> 2",
             "changes": a.changes,
             "settle_s": a.settle,

@@ -115,6 +115,10 @@ class ClusterConfig:
     #: process nodes: pods really run as local processes (accordion_dev.nodeagent)
     process_nodes: int = 0
     process_node_gpus: int = 1
+    #: host CPUs per process node (`taskset -c` lists; node i gets entry i mod n): nodes with
+    #: cores of their own, for benchmarks that time a pod's start beside other nodes' training.
+    #: Empty: every node shares every core.
+    process_node_cpus: tuple[str, ...] = ()
     #: how quickly the node controller notices a lost node (real default: 50 s)
     node_monitor_grace_seconds: int = 20
     #: Prometheus and its pod discovery. Off for control-plane benchmarks: it would try to
@@ -635,6 +639,7 @@ class Cluster:
                 gpu_product=self.config.gpu_product,
                 log_file=self.procs.log_dir / f"node-{name}.log",
                 image_registries=[self.registry] if self.registry else None,
+                host_cpus=cpus[i % len(cpus)] if (cpus := self.config.process_node_cpus) else None,
             )
             self.procs.add(
                 Proc(

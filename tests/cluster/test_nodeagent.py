@@ -41,14 +41,15 @@ class Agents:
         self.names = [f"na-{run}-{i}" for i in range(2)]
         self.http = cluster.http()
         for i, name in enumerate(self.names):
-            self.start(name, 40 + i)
+            # the second node has a core of its own (host CPU 0), as benchmarks pin nodes
+            self.start(name, 40 + i, host_cpus="0" if i == 1 else None)
         nodes = self.http.get(
             "/api/v1/nodes", params={"labelSelector": "accordion.dev/process-node=true"}
         )
         assert nodes.status_code == 200
         _poll(lambda: all(self.ready(n) for n in self.names), 30, "test nodes Ready")
 
-    def start(self, name: str, index: int) -> None:
+    def start(self, name: str, index: int, host_cpus: str | None = None) -> None:
         state = self.cluster.state_dir / "nodes" / name
         log = self.cluster.procs.log_dir / f"nodeagent-test-{name}.log"
         popen = start_agent(
@@ -61,6 +62,7 @@ class Agents:
             heartbeat_seconds=2,
             backoff_base=1,
             log_file=log,
+            host_cpus=host_cpus,
         )
         self.cluster.procs.add(
             Proc(
@@ -419,6 +421,29 @@ def test_gpu_ids_are_never_shared(agents: Agents, namespace: str) -> None:
         )
         assert devices("g2") == freed
         assert devices("g2") != devices("g1")
+
+
+def test_a_pinned_node_runs_its_pods_and_their_children_on_its_own_cpus(
+    agents: Agents, namespace: str
+) -> None:
+    mine = "import os; print(*sorted(os.sched_getaffinity(0)), sep=',', flush=True)"
+    # the pod's process, then a process it starts (as a worker's sshd starts training)
+    script = f"import subprocess, sys\n{mine}\nsubprocess.run([sys.executable, '-c', {mine!r}])"
+    cmd = ["python", "-c", script]
+    with agents.cluster.http() as http:
+        for name, node in (("free", agents.names[0]), ("pinned", agents.names[1])):
+            create(http, namespace, pod(name, cmd, node, restartPolicy="Never"))
+        for name in ("free", "pinned"):
+            wait_phase(http, namespace, name, {"Succeeded"})
+
+    def cpus(name: str) -> list[str]:
+        out = accordion_dev(agents.cluster, "node", "logs", name, "-n", namespace)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.split()
+
+    everywhere = ",".join(map(str, sorted(os.sched_getaffinity(0))))
+    assert cpus("free") == [everywhere, everywhere]
+    assert cpus("pinned") == ["0", "0"]
 
 
 def test_agent_stop_kills_its_pods_and_a_restart_runs_them_again(

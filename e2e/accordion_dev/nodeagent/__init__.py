@@ -94,6 +94,7 @@ class AgentOptions(TypedDict, total=False):
     heartbeat_seconds: float | None
     backoff_base: float | None
     image_registries: list[str] | None
+    host_cpus: str | None
 
 
 def agent_argv(
@@ -110,8 +111,14 @@ def agent_argv(
     heartbeat_seconds: float | None = None,
     backoff_base: float | None = None,
     image_registries: list[str] | None = None,
+    host_cpus: str | None = None,
 ) -> list[str]:
+    """`host_cpus` (a `taskset -c` list) pins the agent and so every process of its pods (they
+    inherit its CPU affinity, and so do those their sshd starts) to those host CPUs: a node
+    with cores of its own, as a real node has, instead of every node sharing all of them."""
+    pin = ["taskset", "-c", host_cpus] if host_cpus else []
     argv = [
+        *pin,
         sys.executable,
         "-m",
         "accordion_dev.nodeagent",
