@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from accordion_dev.cluster import Cluster, ClusterConfig, free_port_block
+from accordion_dev.labels import WORKER_INDEX
 from accordion_dev.simulated_runs import run_body
 from benchmarks._common import prepare_namespaces, start_operator, write_result
 
@@ -61,7 +62,7 @@ def observe(cluster: Cluster, gpus: int, namespaces: Sequence[str] = ()) -> dict
         labels = meta["labels"]
         owned[(owner, labels.get("accordion.dev/role", ""))] += 1
         # a Horovod host: a worker pod, or a launcher that hosts worker 0 (a worker index)
-        owned[(owner, "host")] += "accordion.dev/worker-index" in labels
+        owned[(owner, "host")] += WORKER_INDEX in labels
     problems: list[str] = []
     admitted = 0
     for r in runs:

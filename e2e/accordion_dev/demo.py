@@ -33,6 +33,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from accordion_dev import labels
 from accordion_dev.cluster import REPO, Cluster, ClusterConfig, ClusterError, bin_dir
 from accordion_dev.operator_proc import install_launcher_policy
 
@@ -144,7 +145,7 @@ class Demo:
     def hosts(self, run: str) -> list[dict[str, Any]]:
         """The run's Horovod hosts that are not being deleted: its worker pods, and its launcher
         when that hosts worker 0 (the pods with a worker index)."""
-        return self._pods(f"accordion.dev/run={run},accordion.dev/worker-index")
+        return self._pods(labels.hosts(run))
 
     def _pods(self, selector: str) -> list[dict[str, Any]]:
         with self.c.http() as http:

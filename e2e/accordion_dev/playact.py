@@ -23,11 +23,8 @@ from typing import Any
 
 import httpx
 
+from accordion_dev import labels
 from accordion_dev.simulated_runs import MERGE
-
-LABEL_RUN = "accordion.dev/run"
-LABEL_ROLE = "accordion.dev/role"
-LABEL_INDEX = "accordion.dev/worker-index"
 
 
 def _rfc3339(t: float) -> str:
@@ -227,7 +224,7 @@ class Player:
 
     def _watch(self, http: httpx.Client) -> None:
         url = f"/api/v1/namespaces/{self.ns}/pods"
-        selector = {"labelSelector": LABEL_RUN}
+        selector = {"labelSelector": labels.RUN}
         try:
             while not self._stop.is_set():
                 listed = http.get(url, params=selector)
@@ -277,7 +274,7 @@ class Player:
     @staticmethod
     def _seen(pod: dict[str, Any]) -> PodSeen:
         meta, status = pod["metadata"], pod.get("status") or {}
-        labels = meta.get("labels") or {}
+        own = meta.get("labels") or {}
         ready = any(
             c.get("type") == "Ready" and c.get("status") == "True"
             for c in status.get("conditions") or ()
@@ -285,14 +282,14 @@ class Player:
         containers = (pod.get("spec") or {}).get("containers") or [{}]
         env = {e["name"]: str(e.get("value", "")) for e in containers[0].get("env") or ()}
         return PodSeen(
-            run=labels.get(LABEL_RUN, ""),
-            role=labels.get(LABEL_ROLE, ""),
-            host=LABEL_INDEX in labels,
+            run=own.get(labels.RUN, ""),
+            role=own.get(labels.ROLE, ""),
+            host=labels.WORKER_INDEX in own,
             ready=ready,
             deleting=bool(meta.get("deletionTimestamp")),
             phase=status.get("phase") or "Pending",
             node=(pod.get("spec") or {}).get("nodeName"),
-            env=env if labels.get(LABEL_ROLE) == "launcher" else {},
+            env=env if own.get(labels.ROLE) == "launcher" else {},
         )
 
     # --- playing ---------------------------------------------------------------------------------

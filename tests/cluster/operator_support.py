@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 
+from accordion_dev import labels
 from accordion_dev.cluster import Cluster
 from accordion_dev.operator_proc import OperatorProcess
 from accordion_operator.config import Config
@@ -126,7 +127,7 @@ class Api(ResourceApi):
     def workers(self, run: str) -> list[dict[str, Any]]:
         """The run's Horovod hosts: its worker pods and a launcher that hosts worker 0 (the pods
         with a worker index), whichever way the operator runs the launcher."""
-        return self.pods(f"accordion.dev/run={run},accordion.dev/worker-index")
+        return self.pods(labels.hosts(run))
 
 
 class ExpApi(ResourceApi):

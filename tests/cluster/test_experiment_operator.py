@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 from operator_support import ExpApi, Operator
 
+from accordion_dev import labels
 from accordion_dev.cluster import Cluster
 from accordion_dev.polling import poll
 from accordion_dev.simulated_runs import experiment_body, finish_run, results_path
@@ -203,9 +204,7 @@ def test_median_stopping_prunes_a_bad_run_and_keeps_its_results(
                 p
                 for p in exp_api.http.get(
                     f"/api/v1/namespaces/{exp_api.ns}/pods",
-                    params={
-                        "labelSelector": "accordion.dev/run=pruned-001,accordion.dev/worker-index"
-                    },
+                    params={"labelSelector": labels.hosts("pruned-001")},
                 ).json()["items"]
                 if not p["metadata"].get("deletionTimestamp")
             ]
