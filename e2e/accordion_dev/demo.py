@@ -121,12 +121,6 @@ class Demo:
         for key in ("data", "results"):
             if key in spec:
                 spec[key]["endpoint"] = endpoint  # the example names the default local port
-        if self.ci:
-            # short, but long enough that grow and shrink happen mid-training on a loaded
-            # machine too (`make test`'s two streams): epochs of the 5,000-image sample take
-            # ~1-3 s here, a grow's new worker 10-40 s to import TensorFlow and join. Measured:
-            # the shrink landed at epoch 6 on a quiet machine, at epoch 19 of 20 in a CI run
-            spec["epochs"] = 26
         return doc
 
     def apply(self, doc: dict[str, Any]) -> None:
@@ -214,6 +208,12 @@ class Demo:
 
     def train(self) -> dict[str, Any]:
         doc = self.manifest("mnist-trainingrun.yaml")
+        if self.ci:
+            # short, but long enough that grow and shrink happen mid-training on a loaded
+            # machine too (`make test`'s two streams): epochs of the 5,000-image sample take
+            # ~1-3 s here, a grow's new worker 10-40 s to import TensorFlow and join. Measured:
+            # the shrink landed at epoch 6 on a quiet machine, at epoch 19 of 20 in a CI run
+            doc["spec"]["epochs"] = 26
         name = doc["metadata"]["name"]
         # Start with one GPU node cordoned so that growing later is visible.
         nodes = self.c.process_node_names()

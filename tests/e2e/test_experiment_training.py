@@ -9,8 +9,8 @@ nodes of one simulated GPU each; parallelism 1 each, so at most two trainings sh
 - `diabetes-experiment.yaml` (issue 17's Experiment example, not MNIST): TPE over the
   learning_rate and units of a regression model the user compiled (mse loss, mae metric,
   `examples/diabetes_regression.py` as the run's code from the data bucket), minimising
-  `val_loss`. Its budget is cut for CI (two runs, one random startup trial, parallelism 1,
-  the demo's CI epoch cap). Each suggestion is checked against Optuna's own TPESampler asked
+  `val_loss`. Its budget is cut for CI (two runs, one random startup trial, parallelism 1;
+  the example's 15 epochs each). Each suggestion is checked against Optuna's own TPESampler asked
   offline with the same seed, direction and distributions and the finished runs the operator
   had seen (parallelism 1: all earlier runs), i.e. the operator really used TPE on the real
   results, reproducibly; the best run must beat predicting the training mean.
