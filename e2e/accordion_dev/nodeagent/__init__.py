@@ -97,6 +97,24 @@ class AgentOptions(TypedDict, total=False):
     host_cpus: str | None
 
 
+def host_cpu_set(cpus: str) -> set[int]:
+    """The host CPUs a `taskset -c` list ("0", "0,2", "1-3") names. Raises ValueError, naming
+    the CPUs this process may run on, for a malformed list or a CPU it may not use (taskset
+    would fail, and the node would never turn Ready)."""
+    have = os.sched_getaffinity(0)
+    usable = ",".join(map(str, sorted(have)))
+    out: set[int] = set()
+    try:
+        for part in cpus.split(","):
+            lo, dash, hi = part.strip().partition("-")
+            out |= set(range(int(lo), int(hi if dash else lo) + 1))
+    except ValueError:
+        raise ValueError(f"host CPUs {cpus!r}: not a CPU list like 0 or 0,2 or 1-3") from None
+    if not out or not out <= have:
+        raise ValueError(f"host CPUs {cpus!r}: usable CPUs here are {usable}")
+    return out
+
+
 def agent_argv(
     kubeconfig: Path,
     name: str,
@@ -116,7 +134,9 @@ def agent_argv(
     """`host_cpus` (a `taskset -c` list) pins the agent and so every process of its pods (they
     inherit its CPU affinity, and so do those their sshd starts) to those host CPUs: a node
     with cores of its own, as a real node has, instead of every node sharing all of them."""
-    pin = ["taskset", "-c", host_cpus] if host_cpus else []
+    pin = (
+        ["taskset", "-c", ",".join(map(str, sorted(host_cpu_set(host_cpus))))] if host_cpus else []
+    )
     argv = [
         *pin,
         sys.executable,
